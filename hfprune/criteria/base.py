@@ -1,0 +1,96 @@
+"""The criterion interface: turn calibration statistics and weights into scores. Higher score = keep.
+
+A criterion is a small class registered by name. The calibration engine (``hfprune.calibration``) calls
+`Criterion.accumulate` once per batch for every layer it observes, with that layer's input (and, when
+`Criterion.grad_mode` asks, the gradients flowing into its output); the criterion keeps *sufficient statistics*
+only: sums and matrix products whose size does not grow with the number of samples. Statistics are plain
+tensors in a dict so they can be summed across processes.
+
+Scores:
+- `weight_scores(layer, stats)` gives one score per weight as an ``[out, in]`` matrix (unstructured, N:M);
+- `unit_scores(group, stats, layers)` gives one score per unit of a `UnitGroup` (structured). The default
+  sums the weight scores over each unit's slices on the sides named by `structured_sides`; criteria with a
+  unit-level definition (expressiveness) override it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from ..structure.groups import UnitGroup
+from ..structure.layers import Layer
+
+if TYPE_CHECKING:
+    from ..config import PruningConfig
+
+Stats = dict[str, torch.Tensor]
+
+
+class Criterion:
+    """Base class. Subclasses set `name` and override what they need."""
+
+    name: ClassVar[str] = ""
+    #: forward passes over calibration data are needed
+    needs_data: ClassVar[bool] = False
+    #: None (no backward), "loss" (dL/dz of the training loss), "output" (dy_k/dz for the network output y,
+    #: exact per output or by random projections; see `output_cotangents`)
+    grad_mode: ClassVar[str | None] = None
+    #: the sides of a unit whose weight scores are summed into the unit's score
+    structured_sides: ClassVar[tuple[str, ...]] = ("out", "in")
+    #: granularities this criterion can score
+    supports: ClassVar[tuple[str, ...]] = ("weights", "neurons", "heads", "channels")
+    #: unstructured selection compares weights within each output row (Wanda) instead of within the layer
+    per_row: ClassVar[bool] = False
+
+    def __init__(self, config: "PruningConfig") -> None:
+        self.config = config
+
+    # --- statistics ---------------------------------------------------------------------------------------------
+    def observed_layers(self, layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
+        """Names of the layers whose statistics this criterion needs (none for data-free criteria)."""
+        if not self.needs_data:
+            return []
+        if groups is None:
+            return list(layers)
+        return sorted({c.layer for g in groups for c in g.couplings if c.side in self.structured_sides
+                       and c.layer in layers})
+
+    def init_stats(self, layer: Layer) -> Stats:
+        """Zeroed accumulators for one layer."""
+        return {}
+
+    def accumulate(self, layer: Layer, stats: Stats, inputs: torch.Tensor,
+                   grads: list[torch.Tensor] | None = None) -> None:
+        """Add one batch. ``inputs``: the layer input in its own layout (use ``layer.input_matrix``).
+        ``grads``: gradients w.r.t. the layer output, one tensor per backward pass (``layer.output_matrix``)."""
+
+    def after_backward(self, layer: Layer, stats: Stats) -> None:
+        """Called after each batch's backward passes (e.g. to read ``weight.grad``)."""
+
+    # --- scores ---------------------------------------------------------------------------------------------------
+    def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
+        """One score per weight, ``[out, in]``."""
+        raise NotImplementedError(f"criterion {self.name!r} does not score single weights")
+
+    def unit_scores(self, group: UnitGroup, stats: dict[str, Stats], layers: dict[str, Layer]) -> torch.Tensor:
+        """One score per unit: weight scores summed over each unit's slices on `structured_sides`."""
+        total = torch.zeros(group.num_units, dtype=torch.float64)
+        for c in group.couplings:
+            if c.side not in self.structured_sides or c.layer not in layers:
+                continue
+            layer = layers[c.layer]
+            s = self.weight_scores(layer, stats.get(c.layer, {})).double()
+            per_index = s.sum(dim=1) if c.side == "out" else s.sum(dim=0)
+            if c.side == "in" and layer.kind == "conv2d":  # columns are channel x kernel window
+                k = layer.in_features // layer.module.in_channels
+                per_index = per_index.view(-1, k).sum(dim=1)
+            total += per_index[c.index.to(per_index.device)].sum(dim=1).cpu()
+        return total
+
+    # --- compensation (elimination-compensation) ------------------------------------------------------------------
+    def bias_compensation(self, layer: Layer, stats: Stats, removed: torch.Tensor) -> torch.Tensor | None:
+        """Change of the layer's bias after removing the weights where ``removed`` (``[out, in]`` bool) is True;
+        None when the criterion does not compensate."""
+        return None

@@ -1,0 +1,1 @@
+"""The research criteria (expressiveness, hybrid, elimination-compensation, relative importance) register here."""

@@ -1,0 +1,94 @@
+"""A uniform view of the weight layers hfprune scores: Linear, GPT-2's Conv1D and Conv2d all become matrices.
+
+Every criterion works on ``W`` as an ``[out, in]`` matrix and on inputs as ``[samples, in]`` matrices, whatever
+the layer type, so each formula is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # GPT-2 style Conv1D stores its weight as [in, out]
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a hard dependency
+    Conv1D = ()  # type: ignore[assignment]
+
+SCORABLE = (nn.Linear, nn.Conv2d) + ((Conv1D,) if Conv1D else ())
+
+
+def is_scorable(module: nn.Module) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1
+    return isinstance(module, SCORABLE)
+
+
+@dataclass(eq=False)
+class Layer:
+    """One scorable weight layer of a model, named as in ``model.named_modules()``."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def kind(self) -> str:
+        if isinstance(self.module, nn.Conv2d):
+            return "conv2d"
+        if Conv1D and isinstance(self.module, Conv1D):
+            return "conv1d"
+        return "linear"
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.module, "bias", None)
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_matrix().shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight_matrix().shape[1]
+
+    def weight_matrix(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``W`` as ``[out, in]`` (a view where possible; conv kernels flattened into ``in``)."""
+        w = self.module.weight if weight is None else weight
+        if self.kind == "conv1d":
+            return w.t()
+        if self.kind == "conv2d":
+            return w.reshape(w.shape[0], -1)
+        return w
+
+    def from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Inverse of `weight_matrix`: a ``[out, in]`` tensor back in the parameter's own layout."""
+        if self.kind == "conv1d":
+            return matrix.t()
+        if self.kind == "conv2d":
+            return matrix.reshape(self.module.weight.shape)
+        return matrix
+
+    def input_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer input as ``[samples, in]``: tokens x features, or image positions x unfolded kernel windows."""
+        if self.kind == "conv2d":
+            m = self.module
+            cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        return x.reshape(-1, x.shape[-1])
+
+    def output_matrix(self, z: torch.Tensor) -> torch.Tensor:
+        """The layer output (or its gradient) as ``[samples, out]``."""
+        if self.kind == "conv2d":
+            return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) if z.dim() == 4 else z.reshape(-1, z.shape[1])
+        return z.reshape(-1, z.shape[-1])
+
+
+def find_layers(model: nn.Module) -> dict[str, Layer]:
+    """Every scorable layer of ``model`` by module name."""
+    return {n: Layer(n, m) for n, m in model.named_modules() if is_scorable(m)}
