@@ -72,3 +72,23 @@ def test_gradient_importance_passes_its_statistics_through():
     lin(torch.randn(5, 4)).sum().backward()
     c.after_backward(layer, stats)
     torch.testing.assert_close(stats["importance.grad"], lin.weight.grad)
+
+
+def test_compensation_comes_from_the_importance_criterion():
+    torch.manual_seed(1)
+    lin = nn.Linear(4, 3)
+    layer = Layer("l", lin)
+    a = torch.randn(30, 4)
+    removed = torch.zeros(3, 4, dtype=torch.bool)
+    removed[:, 2] = True
+    expected = lin.weight.detach()[:, 2] * a[:, 2].mean()  # ec_output="layer": Db = W E[a]
+    for importance, want in (("elimination_compensation", expected), ("magnitude", None)):
+        c = get_criterion(PruningConfig(criterion="hybrid", granularity="neurons", hybrid_importance=importance,
+                                        ec_output="layer"))
+        stats = c.init_stats(layer)
+        c.accumulate(layer, stats, a)
+        got = c.bias_compensation(layer, stats, removed)
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want)

@@ -91,6 +91,10 @@ class Hybrid(Criterion):
     def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
         return self.expressiveness.weight_scores(layer, stats)
 
+    def bias_compensation(self, layer: Layer, stats: Stats, removed: torch.Tensor) -> torch.Tensor | None:
+        """The importance criterion's compensation (elimination-compensation shifts biases; the others do not)."""
+        return self.importance.bias_compensation(layer, self._split(stats, "importance"), removed)
+
     def unit_scores(self, group: UnitGroup, stats: dict[str, Stats], layers: dict[str, Layer]) -> torch.Tensor:
         e, i = (crit.unit_scores(group, {n: self._split(s, part) for n, s in stats.items()}, layers).double()
                 for part, crit in self._criteria.items())
