@@ -9,7 +9,8 @@ or gradients are), so they are mixed per group of comparable units:
 
 The mixing rule is a **reconstruction** (the paper's summaries name the hybrid, not its formula). ``I`` is the
 criterion named by ``config.hybrid_importance`` (magnitude by default; any baseline). The two criteria keep their
-statistics side by side under the key prefixes ``"expressiveness."`` and ``"importance."``.
+statistics side by side under the key prefixes ``"expressiveness."`` and ``"importance."``; the importance's bias
+compensation (elimination-compensation) is passed through.
 """
 
 from __future__ import annotations
