@@ -70,7 +70,7 @@ def test_criterion_that_cannot_score_the_granularity():
 
     if "expressiveness" not in available_criteria():
         pytest.fail("expressiveness criterion is not registered")
-    with pytest.raises(ConfigError, match="cannot score weights"):
+    with pytest.raises(ConfigError, match="cannot score granularity 'weights'"):
         prune(tiny_model("bert"), PruningConfig(criterion="expressiveness"), progress=False)
 
 
