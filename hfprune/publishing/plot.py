@@ -17,6 +17,7 @@ def plot_kept_units(layers: list[LayerReport], path: str | os.PathLike, title: s
     """Write a horizontal bar chart of the kept fraction per layer (colour per unit kind) to ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # a bare Figure: no pyplot state, no change to the user's backend
+    from matplotlib.patches import Patch
 
     kinds = sorted({lr.kind for lr in layers})
     colours = {k: f"C{i}" for i, k in enumerate(kinds)}
@@ -31,10 +32,8 @@ def plot_kept_units(layers: list[LayerReport], path: str | os.PathLike, title: s
     ax.set_yticks(ys, [lr.name for lr in layers], fontsize=7)
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("fraction of units kept")
-    for kind in kinds:
-        ax.barh([], [], color=colours[kind], label=kind)
     if layers:
-        ax.legend(loc="lower right", fontsize=7)
+        ax.legend(handles=[Patch(color=colours[k], label=k) for k in kinds], loc="lower right", fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png")
