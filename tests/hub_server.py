@@ -46,7 +46,6 @@ class HubServer(ThreadingHTTPServer):
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
         self.unknown: list[tuple[str, str]] = []
-        self.headers_seen: list[dict[str, str]] = []
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -119,13 +118,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body() if self.command in ("POST", "PUT") else b""
         with self.server.lock:
             self.server.requests.append((self.command, parts.path))
-            self.server.headers_seen.append(dict(self.headers))
         write = self.command in ("POST", "PUT")
         if not self._authorized(write):
             return self._error(401, "Invalid credentials in Authorization header")
         key = (self.command, segs[0] if segs else "")
         if key == ("POST", "api") and segs[1:] == ["repos", "create"]:
             return self._create(json.loads(body))
+        if key == ("GET", "api") and segs[1:] == ["agent-harnesses"]:  # user-agent telemetry registry (2.4)
+            return self._send(200, {"standardEnvVars": [], "harnesses": {}})
         if key == ("POST", "api") and segs[1:] == ["validate-yaml"]:
             return self._validate_yaml(json.loads(body))
         if key == ("POST", "api") and len(segs) == 6 and segs[1] == "models" and segs[4] == "preupload":
