@@ -264,8 +264,13 @@ def test_push_refuses_a_folder_not_saved_by_hfprune(hub, tmp_path):
 
 
 # --- atomic saving ----------------------------------------------------------------------------------------------
+# The writer imports the real hfprune/io.py under a bare package stub: importing hfprune itself pulls in torch
+# (seconds on a small machine), which would make the kill timings meaningless.
 _WRITER = textwrap.dedent("""
-    import os, sys, time
+    import os, sys, time, types
+    pkg = types.ModuleType("hfprune")
+    pkg.__path__ = [os.path.join(os.getcwd(), "hfprune")]
+    sys.modules["hfprune"] = pkg
     from hfprune.io import atomic_output_dir
     with atomic_output_dir(sys.argv[1], overwrite=True) as tmp:
         for i in range(20):
@@ -301,13 +306,14 @@ def test_process_killed_while_saving_leaves_old_or_complete_folder(tmp_path, kil
 def test_kill_at_random_moments_never_leaves_a_partial_folder(tmp_path):
     target = write_pruned_folder(tmp_path / "out", "unstructured")
     old = folder_digest(target)
-    for delay in (0.0, 0.02, 0.05, 0.1, 0.15):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, target, "0.002"],
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        proc.stdout.readline()
+    complete = sorted(f"shard-{i}.bin" for i in range(20))
+    for delay in (0.0, 0.01, 0.02, 0.04, 0.08, 0.15):  # from mid-write, through the swap, to after the end
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, target, "0.002"], stdout=subprocess.PIPE,
+                                text=True, cwd=ROOT)
+        assert proc.stdout.readline().strip() == "writing"
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         now = folder_digest(target)
-        assert now == old or sorted(now) == sorted(f"shard-{i}.bin" for i in range(20))
+        assert now == old or sorted(now) == complete
         old = now
