@@ -2,6 +2,9 @@
 
 from .config import PruningConfig
 from .criteria import available_criteria
+from .loading import load_pruned
+from .prune import PruningResult, prune
+from .report import PruningReport
 from .errors import (
     CalibrationError,
     CheckpointError,
@@ -17,6 +20,10 @@ __version__ = "0.1.0"
 __all__ = [
     "PruningConfig",
     "available_criteria",
+    "prune",
+    "PruningResult",
+    "PruningReport",
+    "load_pruned",
     "PruningError",
     "ConfigError",
     "CalibrationError",

@@ -1,0 +1,141 @@
+"""Run calibration batches through the model and let the criterion accumulate its statistics.
+
+Forward hooks hand each observed layer's input to `Criterion.accumulate`; with a ``grad_mode`` the outputs also get
+tensor hooks that capture the gradients of one or more backward passes. Only the criterion's sufficient statistics
+outlive a batch. Under `torch.distributed` (Accelerate, torchrun) every process takes its share of the batches and
+the statistics are summed across processes before anything is decided, so every process ends with the same masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..criteria import Criterion, Stats
+from ..errors import CalibrationError
+from ..structure import Layer
+
+EXACT_OUTPUTS = 16  # up to this many outputs per sample, G is computed exactly (one backward per output)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def run_model(model: nn.Module, batch: Any) -> Any:
+    device = next(model.parameters()).device
+    if isinstance(batch, dict):
+        return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    return model(batch.to(device))
+
+
+def primary_output(out: Any) -> torch.Tensor:
+    """The tensor a criterion treats as the network output y: logits, else the last hidden state."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "last_hidden_state"):
+        v = getattr(out, key, None)
+        if v is None and isinstance(out, dict):
+            v = out.get(key)
+        if isinstance(v, torch.Tensor):
+            return v
+    return out[0]
+
+
+def _loss(model: nn.Module, batch: Any, out: Any) -> torch.Tensor:
+    loss = getattr(out, "loss", None)
+    if loss is not None:
+        return loss
+    if isinstance(batch, dict) and "input_ids" in batch and hasattr(model, "get_output_embeddings") \
+            and model.get_output_embeddings() is not None:
+        return run_model(model, {**batch, "labels": batch["input_ids"]}).loss
+    raise CalibrationError("A loss-gradient criterion needs a loss: give labelled calibration data, or a model with "
+                           "a language-modelling head, or use ec_output='network' / 'layer'.")
+
+
+def _cotangents(y: torch.Tensor, num_projections: int, seed: int) -> list[torch.Tensor]:
+    """Cotangents whose squared gradients sum to G = sum_k (dy_k/dz)^2 (exact, or Hutchinson)."""
+    k = y.shape[-1]
+    if k <= EXACT_OUTPUTS:
+        return [torch.nn.functional.one_hot(torch.full(y.shape[:-1], i, device=y.device), k).to(y.dtype)
+                for i in range(k)]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    scale = num_projections ** -0.5
+    return [(torch.randn(y.shape, generator=g) * scale).to(y.device, y.dtype) for _ in range(num_projections)]
+
+
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise CalibrationError(f"Non-finite values (NaN or inf) in the input of layer {name} during calibration; "
+                               "check the model weights and the calibration data (e.g. fp16 overflow: use float32).")
+
+
+def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], observed: list[str],
+                       batches: list[Any], progress: bool = True) -> dict[str, Stats]:
+    """Accumulate ``criterion``'s statistics for the ``observed`` layers over ``batches``; summed across ranks."""
+    stats = {n: criterion.init_stats(layers[n]) for n in observed}
+    if not observed:
+        return stats
+    grad_mode = criterion.grad_mode
+    rank, world = _world()
+    mine = batches[rank::world]
+    captured: dict[str, dict[str, Any]] = {}
+
+    def hook(name: str):
+        layer = layers[name]
+
+        def fn(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = args[0]
+            _check_finite(name, x)
+            if grad_mode is None:
+                criterion.accumulate(layer, stats[name], x.detach())
+                return
+            entry = {"x": x.detach(), "grads": []}
+            captured[name] = entry
+            if output.requires_grad:
+                output.register_hook(lambda g: entry["grads"].append(layer.output_matrix(g.detach())))
+        return fn
+
+    handles = [layers[n].module.register_forward_hook(hook(n)) for n in observed]
+    was_training = model.training
+    model.eval()
+    requires = {p: p.requires_grad for p in model.parameters()}
+    try:
+        if grad_mode is not None:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        ctx = torch.no_grad() if grad_mode is None else contextlib.nullcontext()
+        for i, batch in enumerate(tqdm(mine, desc=f"calibrating ({criterion.name})", disable=not progress,
+                                       leave=False)):
+            with ctx:
+                out = run_model(model, batch)
+                if grad_mode == "loss":
+                    _loss(model, batch, out).backward()
+                elif grad_mode == "output":
+                    y = primary_output(out)
+                    cots = _cotangents(y, criterion.config.ec_projections, criterion.config.seed + i * world + rank)
+                    for j, v in enumerate(cots):
+                        y.backward(v, retain_graph=j < len(cots) - 1)
+            for name, entry in captured.items():
+                criterion.accumulate(layers[name], stats[name], entry["x"], entry["grads"])
+                criterion.after_backward(layers[name], stats[name])
+            captured.clear()
+            model.zero_grad(set_to_none=True)
+    finally:
+        for h in handles:
+            h.remove()
+        for p, r in requires.items():
+            p.requires_grad_(r)
+        model.train(was_training)
+    if world > 1:
+        for s in stats.values():
+            for t in s.values():
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return stats

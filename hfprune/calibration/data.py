@@ -1,0 +1,161 @@
+"""Turn whatever calibration data the user has into a list of model-ready batches.
+
+Accepted: a list of strings plus a tokenizer (packed into `seq_len`-token sequences), a `datasets.Dataset` (a
+``text`` or ``input_ids`` column), a `DataLoader` or any iterable of batches, a tensor (token ids or images), or
+``"random"`` (data-agnostic: uniform token ids, Gaussian images). Everything is checked before any forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import PruningConfig
+from ..errors import CalibrationError
+
+Batch = Any  # a dict of tensors (Hugging Face models) or a tensor (plain modules)
+
+
+@dataclass
+class CalibrationSet:
+    """Batches plus what the report and the model card say about them."""
+
+    batches: list[Batch]
+    source: str  # "data" | "random"
+    name: str | None = None
+    num_samples: int = 0
+    tokens: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self, seq_len: int) -> dict[str, Any]:
+        return {"source": self.source, "name": self.name, "num_samples": self.num_samples, "seq_len": seq_len,
+                "tokens": self.tokens}
+
+
+def _is_vision(model: nn.Module) -> bool:
+    return getattr(model, "main_input_name", None) == "pixel_values"
+
+
+def _chunks(items: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return [items[i:i + batch_size] for i in range(0, items.shape[0], batch_size)]
+
+
+def _ids_batches(ids: torch.Tensor, config: PruningConfig) -> list[dict[str, torch.Tensor]]:
+    return [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in _chunks(ids, config.batch_size)]
+
+
+def random_calibration(model: nn.Module, config: PruningConfig, example_inputs: Any = None) -> CalibrationSet:
+    """Data-agnostic inputs matched to the model: uniform token ids, or Gaussian images (pixels are normalised)."""
+    g = torch.Generator().manual_seed(config.seed)
+    cfg = getattr(model, "config", None)
+    n = config.num_samples
+    if cfg is not None and _is_vision(model):
+        size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+        x = torch.randn(n, cfg.num_channels, size, size, generator=g)
+        return CalibrationSet([{"pixel_values": b} for b in _chunks(x, config.batch_size)], "random",
+                              "gaussian images", n, 0)
+    if cfg is not None and getattr(cfg, "vocab_size", None):
+        ids = torch.randint(0, cfg.vocab_size, (n, config.seq_len), generator=g)
+        return CalibrationSet(_ids_batches(ids, config), "random", "uniform token ids", n, ids.numel())
+    if isinstance(example_inputs, torch.Tensor):
+        x = torch.randn((n, *example_inputs.shape[1:]), generator=g)
+        return CalibrationSet(_chunks(x, config.batch_size), "random", "gaussian inputs", n, 0)
+    raise CalibrationError("Random (data-agnostic) calibration needs a model config with vocab_size or image "
+                           "settings, or example_inputs for a plain module.")
+
+
+def _pack_texts(texts: list[str], tokenizer: Any, config: PruningConfig, name: str | None) -> CalibrationSet:
+    if tokenizer is None:
+        raise CalibrationError("Calibration texts need a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...).")
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise CalibrationError("The calibration set is empty: it holds no non-blank text.")
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    ids: list[int] = []
+    need = config.num_samples * config.seq_len
+    for t in texts:
+        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + ([sep] if sep is not None else [])
+        if len(ids) >= need:
+            break
+    if len(ids) < config.seq_len:
+        raise CalibrationError(f"The calibration set is too short: {len(ids)} tokens, fewer than one sequence of "
+                               f"seq_len={config.seq_len}. Pass more text or lower seq_len.")
+    n = min(config.num_samples, len(ids) // config.seq_len)
+    warnings = []
+    if n < config.num_samples:
+        warnings.append(f"calibration text gave {n} sequences of {config.seq_len} tokens, fewer than "
+                        f"num_samples={config.num_samples}")
+    seqs = torch.tensor(ids[: n * config.seq_len]).view(n, config.seq_len)
+    return CalibrationSet(_ids_batches(seqs, config), "data", name, n, seqs.numel(), warnings)
+
+
+def _from_tensor(x: torch.Tensor, model: nn.Module, config: PruningConfig, name: str | None) -> CalibrationSet:
+    if x.numel() == 0 or x.shape[0] == 0:
+        raise CalibrationError("The calibration set is empty: the tensor has no samples.")
+    x = x[: config.num_samples]
+    hf = hasattr(model, "config")
+    if not x.is_floating_point():
+        if x.dim() != 2:
+            raise CalibrationError(f"Token ids must be a [samples, tokens] tensor, got shape {tuple(x.shape)}.")
+        return CalibrationSet(_ids_batches(x, config), "data", name, x.shape[0], x.numel())
+    batches = [{"pixel_values": b} if hf else b for b in _chunks(x, config.batch_size)]
+    return CalibrationSet(batches, "data", name, x.shape[0], 0)
+
+
+def _from_iterable(data: Iterable, config: PruningConfig, name: str | None) -> CalibrationSet:
+    batches, n, tokens = [], 0, 0
+    for b in data:
+        if n >= config.num_samples:
+            break
+        first = b if isinstance(b, torch.Tensor) else next(iter(b.values())) if isinstance(b, dict) else None
+        if first is None:
+            raise CalibrationError(f"Calibration batches must be dicts of tensors or tensors, got {type(b).__name__}.")
+        batches.append(b)
+        n += first.shape[0]
+        if isinstance(b, dict) and "input_ids" in b:
+            tokens += int(b["input_ids"].numel())
+    if not batches:
+        raise CalibrationError("The calibration set is empty: the data loader gave no batch.")
+    return CalibrationSet(batches, "data", name, n, tokens)
+
+
+def prepare_calibration(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any = None,
+                        example_inputs: Any = None) -> CalibrationSet:
+    """Normalise ``data`` into batches (see the module docstring); raise `CalibrationError` on bad input."""
+    if config.source == "random" or (isinstance(data, str) and data == "random"):
+        return random_calibration(model, config, example_inputs)
+    if data is None:
+        raise CalibrationError("This criterion needs calibration data: pass calibration_data=texts, a Dataset, a "
+                               "DataLoader, a tensor, or 'random' for data-agnostic inputs.")
+    name = getattr(data, "_hfprune_name", None)
+    if isinstance(data, str):
+        raise CalibrationError(f"calibration_data={data!r} is a string; pass a list of texts, or 'random'.")
+    if isinstance(data, torch.Tensor):
+        return _from_tensor(data, model, config, name)
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover
+        datasets = None
+    if datasets is not None and isinstance(data, datasets.Dataset):
+        name = name or (data.info.dataset_name if data.info else None)
+        if len(data) == 0:
+            raise CalibrationError("The calibration set is empty: the Dataset has no rows.")
+        if "input_ids" in data.column_names:
+            rows = data[: config.num_samples]["input_ids"]
+            if len({len(r) for r in rows}) != 1:
+                raise CalibrationError("Tokenized calibration rows have different lengths; pad or pack them to "
+                                       "one length, or give a 'text' column instead.")
+            return _from_tensor(torch.tensor(rows), model, config, name)
+        if "text" in data.column_names:
+            return _pack_texts(list(data["text"]), tokenizer, config, name)
+        raise CalibrationError(f"The Dataset needs a 'text' or 'input_ids' column; it has {data.column_names}.")
+    if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
+        return _pack_texts(list(data), tokenizer, config, name)
+    if isinstance(data, Iterable):
+        return _from_iterable(data, config, name)
+    raise CalibrationError(f"Unsupported calibration data of type {type(data).__name__}; pass texts, a Dataset, a "
+                           "DataLoader, a tensor, or 'random'.")

@@ -1,0 +1,159 @@
+"""Physically remove masked units, add compensation biases, and rewrite the config to the new widths.
+
+After compaction the model is smaller and faster. Whether plain ``from_pretrained`` can load it depends on the
+family's config: uniform widths are written into the config; fewer heads only where the config has ``head_dim``.
+Everything else is recorded (per-group kept counts) so that `hfprune.load_pruned` can rebuild the shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from .structure import Adapter, Layer, UnitGroup, fix_attention
+
+
+def _new_param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(t.contiguous().clone(), requires_grad=like.requires_grad)
+
+
+@torch.no_grad()
+def slice_layer(module: nn.Module, side: str, keep: torch.Tensor) -> None:
+    """Keep only the output rows (``side="out"``) or input features (``"in"``) listed in ``keep``."""
+    layer = Layer("", module)
+    keep = keep.to(module.weight.device)
+    if layer.kind == "conv1d":  # weight [in, out]
+        dim = 1 if side == "out" else 0
+        module.weight = _new_param(module.weight.index_select(dim, keep), module.weight)
+        if side == "out":
+            module.bias = _new_param(module.bias.index_select(0, keep), module.bias)
+            module.nf = len(keep)
+        return
+    dim = 0 if side == "out" else 1
+    module.weight = _new_param(module.weight.index_select(dim, keep), module.weight)
+    if side == "out" and module.bias is not None:
+        module.bias = _new_param(module.bias.index_select(0, keep), module.bias)
+    if isinstance(module, nn.Linear):
+        if side == "out":
+            module.out_features = len(keep)
+        else:
+            module.in_features = len(keep)
+    elif isinstance(module, nn.Conv2d):
+        if side == "out":
+            module.out_channels = len(keep)
+        else:
+            module.in_channels = len(keep)
+
+
+def _compact_channels(group: UnitGroup, keep: torch.Tensor) -> None:
+    import torch_pruning as tp
+
+    removed = (~keep).nonzero().flatten().tolist()
+    if removed:
+        dg, root = group.meta["tp_graph"], group.meta["tp_root"]
+        dg.get_pruning_group(root, tp.prune_conv_out_channels, idxs=removed).prune()
+
+
+def compact_units(model: nn.Module, groups: list[UnitGroup], masks: dict[str, torch.Tensor]) -> None:
+    """Remove every unit whose mask entry is False, in every coupled parameter."""
+    for g in groups:
+        keep = masks[g.name].cpu()
+        if keep.all():
+            continue
+        if "tp_graph" in g.meta:
+            _compact_channels(g, keep)
+            continue
+        for c in g.couplings:
+            idx = torch.sort(c.index[keep].flatten()).values
+            slice_layer(model.get_submodule(c.layer), c.side, idx)
+        if g.kind == "heads":
+            fix_attention(model.get_submodule(g.name.rsplit(".", 1)[0]))
+
+
+@torch.no_grad()
+def add_bias(model: nn.Module, layer: Layer, delta: torch.Tensor, adapter: Adapter | None) -> None:
+    """Add ``delta`` to the layer's bias, creating the bias (and flipping the family's bias flag) if needed."""
+    module = layer.module
+    if module.bias is None:
+        module.bias = nn.Parameter(torch.zeros(layer.out_features, dtype=module.weight.dtype,
+                                               device=module.weight.device))
+        if adapter is not None:
+            _enable_bias_flag(model, layer.name, adapter)
+    module.bias += delta.to(module.bias.device, module.bias.dtype)
+
+
+def _enable_bias_flag(model: nn.Module, layer_name: str, adapter: Adapter) -> None:
+    """Llama-style configs add biases per block type (``mlp_bias``, ``attention_bias``): set the flag and give
+    every layer it governs a zero bias, so the saved checkpoint loads with plain ``from_pretrained``."""
+    parent = layer_name.rsplit(".", 1)[0]
+    flag = "mlp_bias" if parent.endswith("mlp") else "attention_bias"
+    if flag not in adapter.bias_flags:
+        return
+    setattr(model.config, flag, True)
+    block = "mlp" if flag == "mlp_bias" else "self_attn"
+    for name, m in model.named_modules():
+        if name.rsplit(".", 1)[0].endswith(block) and isinstance(m, nn.Linear) and m.bias is None:
+            m.bias = nn.Parameter(torch.zeros(m.out_features, dtype=m.weight.dtype, device=m.weight.device))
+
+
+def rewrite_config(model: nn.Module, groups: list[UnitGroup], masks: dict[str, torch.Tensor],
+                   adapter: Adapter | None) -> tuple[str, dict[str, Any]]:
+    """Write uniform new widths into ``model.config``; return the loader ("transformers" or "hfprune") and the
+    per-group kept counts that `load_pruned` needs."""
+    kept = {g.name: {"kind": g.kind, "total": g.num_units, "kept": int(masks[g.name].sum())} for g in groups}
+    cfg = getattr(model, "config", None)
+    if cfg is None or adapter is None:
+        return "hfprune", kept
+    changed = any(v["kept"] < v["total"] for v in kept.values())
+    if not changed:
+        return "transformers", kept
+    new = copy.deepcopy(cfg)
+    expressible = True
+    ffn = [g for g in groups if g.kind == "neurons"]
+    if ffn:
+        widths = {kept[g.name]["kept"] for g in ffn}
+        if len(widths) == 1:
+            setattr(new, ffn[0].config_key, widths.pop())
+        else:
+            expressible = False
+    heads = [g for g in groups if g.kind == "heads"]
+    if heads:
+        attn = [model.get_submodule(g.name.rsplit(".", 1)[0]) for g in heads]
+        counts = {(_q_heads(a), _kv_heads(a)) for a in attn}
+        if len(counts) == 1 and adapter.heads_in_config:
+            q, kv = counts.pop()
+            new.head_dim = heads[0].meta["head_dim"]
+            new.num_attention_heads = q
+            if hasattr(new, "num_key_value_heads"):
+                new.num_key_value_heads = kv
+        elif any(kept[g.name]["kept"] < kept[g.name]["total"] for g in heads):
+            expressible = False
+    if expressible:
+        try:
+            type(cfg).from_dict(new.to_dict())
+        except Exception:  # the family's own validation refuses the new shape (e.g. hidden % heads)
+            expressible = False
+    if expressible:
+        model.config = new
+        for m in model.modules():
+            if hasattr(m, "config") and m.config is cfg:
+                m.config = new
+        return "transformers", kept
+    return "hfprune", kept
+
+
+def _q_heads(attn: nn.Module) -> int:
+    from .structure.adapters import head_dim
+
+    o = getattr(attn, "o_proj", None) or getattr(getattr(attn, "output", None), "dense", None) or attn.c_proj
+    return Layer("", o).in_features // head_dim(attn)
+
+
+def _kv_heads(attn: nn.Module) -> int:
+    from .structure.adapters import head_dim
+
+    k = getattr(attn, "k_proj", None)
+    return k.out_features // head_dim(attn) if k is not None else _q_heads(attn)

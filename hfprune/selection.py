@@ -1,0 +1,123 @@
+"""Scores to keep-masks: local or global ranking, N:M patterns, rounding, never emptying a layer.
+
+Masks are boolean, True = keep: ``[out, in]`` per layer (unstructured) or ``[num_units]`` per group (structured).
+Ties are broken by index so that the same scores always give the same masks on every process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import PruningConfig
+from .errors import ConfigError
+from .structure import UnitGroup
+
+
+@dataclass
+class Selection:
+    masks: dict[str, torch.Tensor]
+    forced_min: set[str] = field(default_factory=set)  # groups/layers that kept `min_units` instead of nothing
+
+
+def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Boolean mask of the ``keep`` highest scores (stable: lower index wins ties)."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    if keep > 0:
+        order = torch.argsort(scores.flatten().double().cpu(), descending=True, stable=True)
+        mask[order[:keep]] = True
+    return mask.view(scores.shape)
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Remove the ``n`` lowest of every ``m`` consecutive inputs of each output row."""
+    out, inp = scores.shape
+    if inp % m:
+        raise ConfigError(f"N:M pattern {n}:{m} needs layer input sizes divisible by {m}; a layer has {inp}.")
+    blocks = scores.reshape(out, inp // m, m).double().cpu()
+    order = torch.argsort(blocks, dim=-1, stable=True)
+    mask = torch.ones_like(blocks, dtype=torch.bool)
+    mask.scatter_(-1, order[..., :n], False)
+    return mask.view(out, inp)
+
+
+def unstructured_masks(scores: dict[str, torch.Tensor], config: PruningConfig, per_row: bool,
+                       overrides: dict[str, torch.Tensor] | None = None) -> Selection:
+    """Weight masks. ``per_row`` compares within output rows (Wanda); ``overrides`` are criterion-chosen removals."""
+    overrides = overrides or {}
+    masks: dict[str, torch.Tensor] = {}
+    nm = config.nm
+    if nm:
+        return Selection({n: nm_mask(s, *nm) for n, s in scores.items()})
+    if config.scope == "global" and not per_row:
+        flat = torch.cat([s.flatten().double().cpu() for n, s in scores.items() if n not in overrides])
+        remove = int(round(config.sparsity * flat.numel()))
+        threshold = torch.kthvalue(flat, remove).values if remove > 0 else -math.inf
+        for n, s in scores.items():
+            masks[n] = s.double().cpu() > threshold
+    else:
+        for n, s in scores.items():
+            if per_row:
+                keep = s.shape[1] - int(round(config.sparsity * s.shape[1]))
+                order = torch.argsort(s.double().cpu(), dim=1, descending=True, stable=True)
+                mask = torch.zeros(s.shape, dtype=torch.bool)
+                mask.scatter_(1, order[:, :keep], True)
+                masks[n] = mask
+            else:
+                masks[n] = _keep_top(s, s.numel() - int(round(config.sparsity * s.numel())))
+    for n, removed in overrides.items():
+        masks[n] = ~removed.cpu()
+    forced = set()
+    for n, mask in masks.items():  # never empty a layer
+        if not mask.any():
+            masks[n] = _keep_top(scores[n], config.min_units)
+            forced.add(n)
+    return Selection(masks, forced)
+
+
+def _kept_count(group: UnitGroup, removed: float, config: PruningConfig) -> int:
+    keep = group.num_units - removed
+    keep = int(math.ceil(round(keep, 6) / config.round_to) * config.round_to) if config.round_to > 1 else int(round(keep))
+    return max(min(keep, group.num_units), min(config.min_units, group.num_units))
+
+
+def check_head_ratio(group: UnitGroup, config: PruningConfig) -> None:
+    """Under GQA a head ratio must come out as a whole number of KV groups (or query heads per group)."""
+    if "gqa" not in group.meta:
+        return
+    s = config.sparsity_for("heads")
+    units = s * group.num_units
+    if abs(units - round(units)) > 0.1:
+        what = "KV groups" if group.meta["gqa"] == "kv_groups" else "query heads per KV group"
+        raise ConfigError(f"Head sparsity {s:g} of {group.num_units} {what} is {units:.2f} {what}, not a whole "
+                          f"number; use a multiple of 1/{group.num_units}, or gqa_mode="
+                          f"{'query_heads' if group.meta['gqa'] == 'kv_groups' else 'kv_groups'}.")
+
+
+def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], config: PruningConfig) -> Selection:
+    """Unit masks per group; local = same fraction per group, global = one ranking per unit kind."""
+    masks: dict[str, torch.Tensor] = {}
+    forced: set[str] = set()
+    by_name = {g.name: g for g in groups}
+    if config.scope == "local":
+        for g in groups:
+            keep = _kept_count(g, config.sparsity_for(g.kind) * g.num_units, config)
+            masks[g.name] = _keep_top(scores[g.name], keep)
+    else:
+        for kind in {g.kind for g in groups}:
+            names = [g.name for g in groups if g.kind == kind]
+            flat = torch.cat([scores[n].double().cpu() for n in names])
+            keep_total = flat.numel() - int(round(config.sparsity_for(kind) * flat.numel()))
+            keep_all = _keep_top(flat, keep_total)
+            for n, part in zip(names, torch.split(keep_all, [by_name[n].num_units for n in names])):
+                want = int(part.sum())
+                keep = _kept_count(by_name[n], by_name[n].num_units - want, config)
+                if want < config.min_units:
+                    forced.add(n)
+                masks[n] = _keep_top(scores[n], keep)
+    for g in groups:
+        if config.scope == "local" and config.sparsity_for(g.kind) * g.num_units > g.num_units - config.min_units:
+            forced.add(g.name)
+    return Selection(masks, forced)

@@ -1,0 +1,194 @@
+"""Hugging Face family adapters: where the FFN neurons and attention heads are, and which config keys change.
+
+One adapter per family, each a few lines of module names. The generic machinery (scoring, selection, compaction)
+never looks at names; it sees `UnitGroup`s. Attention modules keep their head counts as attributes, which
+`fix_attention` recomputes from the (compacted or re-loaded) weight shapes, so compaction and `load_pruned` share
+one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .groups import Coupling, UnitGroup, blocks
+from .layers import Layer
+
+
+@dataclass(frozen=True)
+class FFNSpec:
+    producers: tuple[str, ...]  # child names whose output rows are the neurons
+    consumer: str  # child whose input columns are the neurons
+    config_key: str
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    q: str
+    k: str
+    v: str
+    o: str
+    fused_qkv: bool = False  # GPT-2: q, k, v are thirds of one Conv1D's output
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Names of one family's prunable sub-modules, relative to a block (a module whose name we match)."""
+
+    family: str
+    model_types: tuple[str, ...]
+    ffn: dict[str, FFNSpec]  # suffix of the FFN parent module -> spec
+    attention: dict[str, AttentionSpec]  # suffix of the attention parent module -> spec
+    heads_in_config: bool  # the config can express fewer heads (it has an explicit head_dim)
+    bias_flags: tuple[str, ...] = ()  # config flags that add biases (for compensation), e.g. mlp_bias
+
+    def groups(self, model: nn.Module, layers: dict[str, Layer], kinds: list[str], gqa_mode: str) -> list[UnitGroup]:
+        out: list[UnitGroup] = []
+        for name, module in model.named_modules():
+            if "neurons" in kinds:
+                for suffix, spec in self.ffn.items():
+                    if _matches(name, suffix) and all(_has(module, c) for c in (*spec.producers, spec.consumer)):
+                        out.append(_ffn_group(name, spec, layers))
+            if "heads" in kinds:
+                for suffix, spec in self.attention.items():
+                    if _matches(name, suffix) and _has(module, spec.o) and _has(module, spec.q):
+                        out.append(self._head_group(model, name, module, spec, layers, gqa_mode))
+        return out
+
+    def _head_group(self, model: nn.Module, name: str, module: nn.Module, spec: AttentionSpec,
+                    layers: dict[str, Layer], gqa_mode: str) -> UnitGroup:
+        cfg = model.config
+        d = head_dim(module)
+        o = layers[_join(name, spec.o)]
+        n_heads = o.in_features // d
+        if spec.fused_qkv:
+            qkv = _join(name, spec.q)
+            width = n_heads * d
+            idx = torch.cat([blocks(n_heads, d, offset=i * width) for i in range(3)], dim=1)
+            couplings = [Coupling(qkv, "out", idx), Coupling(o.name, "in", blocks(n_heads, d))]
+            return UnitGroup(_join(name, "heads"), "heads", n_heads, couplings, meta={"head_dim": d})
+        n_kv = layers[_join(name, spec.k)].out_features // d
+        if n_kv == n_heads:  # plain multi-head attention
+            couplings = [Coupling(_join(name, p), "out", blocks(n_heads, d)) for p in (spec.q, spec.k, spec.v)]
+            couplings.append(Coupling(o.name, "in", blocks(n_heads, d)))
+            return UnitGroup(_join(name, "heads"), "heads", n_heads, couplings, meta={"head_dim": d})
+        r = n_heads // n_kv  # query heads per KV group (HF layout: query head h uses KV head h // r)
+        if gqa_mode == "kv_groups":
+            q_idx = blocks(n_kv, r * d)
+            couplings = [Coupling(_join(name, spec.q), "out", q_idx),
+                         Coupling(_join(name, spec.k), "out", blocks(n_kv, d)),
+                         Coupling(_join(name, spec.v), "out", blocks(n_kv, d)),
+                         Coupling(o.name, "in", q_idx)]
+            return UnitGroup(_join(name, "kv_groups"), "heads", n_kv, couplings,
+                             meta={"head_dim": d, "gqa": "kv_groups", "kv_heads": n_kv, "q_per_kv": r})
+        # query_heads: unit u = the u-th query head of every KV group (so every group keeps the same count)
+        per_head = blocks(n_heads, d).view(n_kv, r, d)
+        q_idx = per_head.transpose(0, 1).reshape(r, n_kv * d)
+        couplings = [Coupling(_join(name, spec.q), "out", q_idx), Coupling(o.name, "in", q_idx)]
+        return UnitGroup(_join(name, "query_heads"), "heads", r, couplings,
+                         meta={"head_dim": d, "gqa": "query_heads", "kv_heads": n_kv, "q_per_kv": r})
+
+
+def _join(prefix: str, child: str) -> str:
+    return f"{prefix}.{child}" if prefix else child
+
+
+def _matches(name: str, suffix: str) -> bool:
+    return suffix == "*" or name == suffix or name.endswith("." + suffix)
+
+
+def _has(module: nn.Module, dotted: str) -> bool:
+    try:
+        module.get_submodule(dotted)
+    except AttributeError:
+        return False
+    return True
+
+
+def _ffn_group(name: str, spec: FFNSpec, layers: dict[str, Layer]) -> UnitGroup:
+    consumer = layers[_join(name, spec.consumer)]
+    n = consumer.in_features
+    couplings = [Coupling(_join(name, p), "out", blocks(n, 1)) for p in spec.producers]
+    couplings.append(Coupling(consumer.name, "in", blocks(n, 1)))
+    return UnitGroup(_join(name, "neurons"), "neurons", n, couplings, config_key=spec.config_key)
+
+
+def _core(attn: nn.Module) -> nn.Module:
+    """BERT keeps its head attributes on ``attention.self``; other families on the attention module itself."""
+    inner = getattr(attn, "self", None)
+    return inner if isinstance(inner, nn.Module) else attn
+
+
+def head_dim(attn: nn.Module) -> int:
+    attn = _core(attn)
+    for attr in ("head_dim", "attention_head_size"):
+        if isinstance(getattr(attn, attr, None), int):
+            return getattr(attn, attr)
+    raise ConfigError(f"Cannot find the head size of {type(attn).__name__}.")
+
+
+def fix_attention(attn: nn.Module) -> None:
+    """Recompute an attention module's head-count attributes from its current weight shapes."""
+    attn = _core(attn)
+    d = head_dim(attn)
+    if hasattr(attn, "c_attn"):  # GPT-2
+        n = attn.c_proj.weight.shape[0] // d  # Conv1D weight is [in, out]
+        attn.num_heads, attn.split_size, attn.embed_dim = n, n * d, n * d
+        return
+    q = getattr(attn, "q_proj", None) or getattr(attn, "query", None)
+    k = getattr(attn, "k_proj", None) or getattr(attn, "key", None)
+    n = q.out_features // d
+    if hasattr(attn, "num_attention_heads"):
+        attn.num_attention_heads = n
+    if hasattr(attn, "num_heads"):
+        attn.num_heads = n
+    if hasattr(attn, "all_head_size"):
+        attn.all_head_size = n * d
+    if hasattr(attn, "num_key_value_groups"):
+        attn.num_key_value_groups = n // (k.out_features // d)
+
+
+_LLAMA_LIKE = Adapter(
+    family="llama",
+    model_types=("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma", "gemma2", "olmo", "olmo2", "granite"),
+    ffn={"mlp": FFNSpec(("gate_proj", "up_proj"), "down_proj", "intermediate_size")},
+    attention={"self_attn": AttentionSpec("q_proj", "k_proj", "v_proj", "o_proj")},
+    heads_in_config=True,
+    bias_flags=("mlp_bias", "attention_bias"),
+)
+
+ADAPTERS: tuple[Adapter, ...] = (
+    Adapter(
+        family="bert",
+        model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie"),
+        ffn={"*": FFNSpec(("intermediate.dense",), "output.dense", "intermediate_size")},
+        attention={"attention": AttentionSpec("self.query", "self.key", "self.value", "output.dense")},
+        heads_in_config=False,
+    ),
+    Adapter(
+        family="gpt2",
+        model_types=("gpt2",),
+        ffn={"mlp": FFNSpec(("c_fc",), "c_proj", "n_inner")},
+        attention={"attn": AttentionSpec("c_attn", "c_attn", "c_attn", "c_proj", fused_qkv=True)},
+        heads_in_config=False,
+    ),
+    Adapter(
+        family="vit",
+        model_types=("vit",),
+        ffn={"mlp": FFNSpec(("fc1",), "fc2", "intermediate_size")},
+        attention={"attention": AttentionSpec("q_proj", "k_proj", "v_proj", "o_proj")},
+        heads_in_config=True,
+    ),
+    _LLAMA_LIKE,
+)
+
+
+def adapter_for(model: nn.Module) -> Adapter | None:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for a in ADAPTERS:
+        if model_type in a.model_types:
+            return a
+    return None
