@@ -62,9 +62,10 @@ def _card(folder: str) -> ModelCard:
     return ModelCard.load(os.path.join(folder, "README.md"))
 
 
-def _python_block(text: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 1, "the card must hold exactly one python snippet"
+def _python_block(text: str, section: str = "How to use") -> str:
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+    assert len(blocks) == 1, f"the card's {section} section must hold exactly one python snippet"
     return blocks[0]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..config import read_pruning_file
+from ..config import PruningConfig, read_pruning_file
 from ..errors import CheckpointError
 from ..report import REPORT_NAME, PruningReport
 from .plot import PLOT_NAME, plot_kept_units
@@ -137,6 +137,21 @@ def _granularity_text(granularity: str) -> str:
     return "structured: " + " and ".join(granularity.split("+")) + " physically removed"
 
 
+def _recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str) -> str:
+    """Python that reruns the pruning when no command was recorded: the config's non-default fields only."""
+    defaults = PruningConfig().to_dict()
+    always = ("criterion", "granularity", "sparsity")
+    args = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k in always or (k in defaults and defaults[k] != v))
+    source = report.calibration.get("source", "none")
+    data = {"none": "", "random": ', calibration_data="random"'}.get(source, ", calibration_data=texts, tokenizer=tok")
+    lines = ["from hfprune import PruningConfig, prune", f"from transformers import {auto_class}", "",
+             f'model = {auto_class}.from_pretrained("{report.base_model or "BASE_MODEL"}")']
+    if source == "data":
+        lines.append(f"texts = ...  # the calibration data: {report.calibration.get('name') or 'not recorded'}")
+    lines += [f"result = prune(model, PruningConfig({args}){data})", 'result.save_pretrained("pruned")']
+    return "\n".join(lines)
+
+
 def render_model_card(folder: str | os.PathLike, license: str | None = None) -> ModelCard:
     """Render the card of a saved pruned folder (its metadata parses with huggingface_hub's `ModelCardData`)."""
     saved, report = _read_folder(folder)
@@ -161,6 +176,7 @@ def _render(folder: str | os.PathLike, saved: dict[str, Any], report: PruningRep
         selection_options={k: cfg[k] for k in SELECTION_OPTIONS if cfg.get(k) not in (None, [])
                            and (k != "gqa_mode" or "heads" in report.granularity)},
         auto_class=saved.get("auto_class", "AutoModel"),
+        recipe=_recipe(cfg, report, saved.get("auto_class", "AutoModel")),
         model_id=PLACEHOLDER_ID,
         has_tokenizer=has_tokenizer,
         plot_name=PLOT_NAME,
