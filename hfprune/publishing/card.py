@@ -148,7 +148,8 @@ def _recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str) -> str:
              f'model = {auto_class}.from_pretrained("{report.base_model or "BASE_MODEL"}")']
     if source == "data":
         lines.append(f"texts = ...  # the calibration data: {report.calibration.get('name') or 'not recorded'}")
-    lines += [f"result = prune(model, PruningConfig({args}){data})", 'result.save_pretrained("pruned")']
+    lines += [f"config = PruningConfig({args})", f"result = prune(model, config{data})",
+              'result.save_pretrained("pruned")']
     return "\n".join(lines)
 
 
