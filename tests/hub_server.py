@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+from huggingface_hub import ModelCardData
 
 
 def git_blob_sha(data: bytes) -> str:
@@ -162,15 +163,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"url": url, "name": repo_id})
 
     def _validate_yaml(self, req: dict) -> None:
+        """Answer as the Hub does: 200, or 400 with ``errors: [{message}]`` (huggingface_hub reads that list)."""
         content = req.get("content", "")
-        if not content.startswith("---"):
-            return self._send(200, {"errors": [], "warnings": []})
-        try:
-            meta = yaml.safe_load(content.split("---")[1])
-        except yaml.YAMLError as e:
-            return self._error(400, f"Invalid YAML metadata: {e}")
-        if not isinstance(meta, dict):
-            return self._error(400, "YAML metadata must be a mapping")
+        problem = None
+        if content.startswith("---"):
+            try:
+                meta = yaml.safe_load(content.split("---")[1])
+                if not isinstance(meta, dict):
+                    problem = "YAML metadata must be a mapping"
+                else:
+                    ModelCardData(**meta)  # the model-index and eval-result rules huggingface_hub itself applies
+            except (yaml.YAMLError, ValueError, TypeError) as e:
+                problem = f"Invalid metadata: {e}"
+        if problem:
+            return self._send(400, {"errors": [{"message": problem}], "warnings": []}, {"X-Error-Message": problem})
         self._send(200, {"errors": [], "warnings": []})
 
     def _repo(self, repo_id: str) -> Repo | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,8 +175,12 @@ def test_card_needs_the_report(tmp_path):
 
 
 def test_template_ships_in_the_wheel(tmp_path):
+    """hfprune/model_cards is a symlink to the top-level model_cards/: the wheel must hold real files."""
     assert TEMPLATE_PATH.is_file()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation", "-q",
+    src = tmp_path / "src"  # a copy, so the build leaves no build/ folder in the checkout
+    shutil.copytree(ROOT, src, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("hfprune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -253,8 +259,9 @@ def test_push_result_object_pr_and_branch(hub, tmp_path):
         def save_pretrained(self, path: str) -> None:
             write_pruned_folder(path, "unstructured")
 
-    url = push_to_hub(Result(), REPO, token=TOKEN, endpoint=hub.url, commit_message="first")
-    assert "README.md" in hub.files(REPO)
+    url = push_to_hub(Result(), REPO, token=TOKEN, endpoint=hub.url, commit_message="first", private=True)
+    assert "README.md" in hub.files(REPO) and hub.repos[REPO].private
+    assert hub.repos[REPO].messages[url.rsplit("/", 1)[1]] == "first"
     pr = push_to_hub(Result(), REPO, token=TOKEN, endpoint=hub.url, create_pr=True)
     assert pr == f"{hub.url}/{REPO}/discussions/1" and url != pr
     push_to_hub(Result(), REPO, token=TOKEN, endpoint=hub.url, revision="dev")
@@ -286,7 +293,8 @@ def _assert_clean_failure(exc: pytest.ExceptionInfo, folder: str, before: dict, 
 
 
 @pytest.mark.parametrize("failure", ["unreachable", "401", "500_on_commit"])
-def test_push_failures_are_clear_and_leave_the_folder(hub, tmp_path, failure):
+def test_push_failures_are_clear_and_leave_the_folder(hub, tmp_path, caplog, failure):
+    caplog.set_level(logging.DEBUG)
     folder = write_pruned_folder(tmp_path / "p", "structured_nonuniform")
     before = folder_digest(folder)
     token, endpoint = TOKEN, hub.url
@@ -298,7 +306,7 @@ def test_push_failures_are_clear_and_leave_the_folder(hub, tmp_path, failure):
         hub.fail_commit = 500
     with pytest.raises(PublishError) as exc:
         push_to_hub(folder, REPO, token=token, endpoint=endpoint)
-    assert token not in str(exc.value)
+    assert token not in str(exc.value) and token not in caplog.text
     words = {"unreachable": ("creating the repository", "cannot reach"),
              "401": ("creating the repository", "401", "hf auth login"),
              "500_on_commit": ("uploading the files", "500", "try again")}[failure]
@@ -306,6 +314,18 @@ def test_push_failures_are_clear_and_leave_the_folder(hub, tmp_path, failure):
     if failure == "500_on_commit":
         assert ("POST", f"/api/models/{REPO}/commit/main") in hub.requests
         assert hub.files(REPO) == {}  # nothing half-published
+
+
+def test_push_with_metadata_the_hub_refuses(hub, tmp_path):
+    folder = write_pruned_folder(tmp_path / "p", "unstructured")
+    card = os.path.join(folder, "README.md")
+    text = open(card).read().replace("- name: bert-base-uncased-pruned", "- nom: broken")
+    open(card, "w").write(text)
+    before = folder_digest(folder)
+    with pytest.raises(PublishError, match="refused the metadata of README.md") as exc:
+        push_to_hub(folder, REPO, token=TOKEN, endpoint=hub.url)
+    _assert_clean_failure(exc, folder, before, "model_index", "write_model_card")
+    assert hub.files(REPO) == {}
 
 
 @pytest.mark.parametrize("repo_id", ["bert-pruned", "a/b/c", "me/bad name", "me/--x", "", None])

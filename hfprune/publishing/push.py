@@ -100,6 +100,14 @@ def _push_folder(folder: str, repo_id: str, private: bool | None, token: str | N
                                  "(hfprune)", revision=revision, create_pr=create_pr)
     except _NETWORK_ERRORS as e:
         raise _failure(step, e, api.endpoint, repo_id, token) from None
+    except ValueError as e:  # huggingface_hub's answer to a 400 from validate-yaml
+        if not str(e).startswith("Invalid metadata"):
+            raise
+        reason = " ".join(str(e).split("\n", 1)[-1].split()).lstrip("- ")
+        raise PublishError(_scrub(f"push_to_hub failed while uploading the files for {repo_id}: the Hub refused "
+                                  f"the metadata of {CARD_NAME} ({reason}); regenerate the card with "
+                                  "hfprune.publishing.write_model_card(folder). The local folder is unchanged.",
+                                  token)) from None
     return info.pr_url if create_pr and info.pr_url else info.commit_url
 
 
