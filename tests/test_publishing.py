@@ -269,6 +269,18 @@ def test_push_result_object_pr_and_branch(hub, tmp_path):
     assert hub.unknown == []
 
 
+def test_push_a_pruning_result(hub):
+    config = hfprune.PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.25)
+    result = hfprune.prune(tiny_bert(), config, progress=False)
+    push_to_hub(result, REPO, token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    assert {"config.json", "model.safetensors", "pruning_config.json", "pruning_report.json", "README.md",
+            "kept_units.png"} <= set(files)
+    assert json.loads(files["pruning_report.json"]) == result.report.to_dict()
+    loaded = AutoModelForSequenceClassification.from_pretrained(REPO).eval()
+    assert torch.allclose(_logits(loaded), _logits(result.model.eval()), atol=1e-6)
+
+
 def test_pushed_card_snippet_loads_from_the_hub(hub, core_saved):
     kind, folder, logits = core_saved
     push_to_hub(folder, REPO, token=TOKEN, endpoint=hub.url)
