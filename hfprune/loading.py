@@ -62,12 +62,17 @@ def _resize(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 def load_pruned(path: str | os.PathLike, auto_class: str | None = None, **kwargs: Any) -> nn.Module:
-    """Load a folder written by `PruningResult.save_pretrained` (or `hfprune prune`), whatever its widths.
+    """Load a folder (or Hub repo id) written by `PruningResult.save_pretrained` / `hfprune prune`, whatever its
+    widths.
 
     ``auto_class`` overrides the recorded transformers Auto class name (e.g. ``"AutoModelForCausalLM"``);
     ``kwargs`` go to ``from_pretrained`` / ``from_config`` (e.g. ``dtype``).
     """
     path = os.fspath(path)
+    if not os.path.isdir(path) and path.count("/") == 1:  # a Hub repo id: fetch the snapshot first
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(path, revision=kwargs.pop("revision", None), token=kwargs.pop("token", None))
     info = read_pruning_file(path)
     cls = getattr(transformers, auto_class or info.get("auto_class") or "AutoModel", None)
     if cls is None:

@@ -139,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
             revision = "/".join(segs[5:]) if len(segs) > 5 and segs[4] == "revision" else "main"
             if len(segs) == 4 or segs[4] == "revision":
                 return self._info(f"{segs[2]}/{segs[3]}", revision)
+            if segs[4] == "tree" and len(segs) >= 6:  # snapshot_download lists the files
+                return self._tree(f"{segs[2]}/{segs[3]}", segs[5])
         if self.command in ("GET", "HEAD") and len(segs) >= 5 and segs[2] == "resolve":
             return self._resolve(f"{segs[0]}/{segs[1]}", segs[3], "/".join(segs[4:]))
         with self.server.lock:
@@ -248,6 +250,16 @@ class _Handler(BaseHTTPRequestHandler):
         siblings = [{"rfilename": p, "size": len(d)} for p, d in sorted(repo.commits[oid].items())]
         self._send(200, {"id": repo_id, "modelId": repo_id, "sha": oid, "private": repo.private,
                          "siblings": siblings, "tags": [], "downloads": 0, "likes": 0})
+
+    def _tree(self, repo_id: str, revision: str) -> None:
+        repo = self._repo(repo_id)
+        if repo is None:
+            return
+        oid = repo.branches.get(revision, revision if revision in repo.commits else None)
+        if oid is None:
+            return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        self._send(200, [{"type": "file", "path": p, "size": len(d), "oid": git_blob_sha(d)}
+                         for p, d in sorted(repo.commits[oid].items())])
 
     def _resolve(self, repo_id: str, revision: str, path: str) -> None:
         repo = self._repo(repo_id)

@@ -287,12 +287,7 @@ def test_pushed_card_snippet_loads_from_the_hub(hub, core_saved):
     code = _python_block(hub.files(REPO)["README.md"].decode())
     assert f'"{REPO}"' in code
     scope: dict = {}
-    try:
-        exec(code, scope)
-    except CheckpointError as e:
-        if CORE_CASES[kind][2] != "hfprune":
-            raise
-        pytest.xfail(f"hfprune.load_pruned does not download Hub repo ids yet (it needs a local folder): {e}")
+    exec(code, scope)
     assert torch.allclose(_logits(scope["model"].eval()), logits, atol=1e-6)
 
 
