@@ -37,8 +37,9 @@ def make_trainer(out: str, pruning: dict, max_steps: int = 6, batch: int = 8, ca
                  n: int = 64, **args) -> PruningTrainer:
     config = PruningConfig(**{"criterion": "wanda", "granularity": "neurons", "sparsity": 0.5, "num_samples": 16,
                               "batch_size": 4, **pruning})
+    args = {"save_strategy": "no", **args}
     targs = TrainingArguments(output_dir=out, report_to=[], use_cpu=True, max_steps=max_steps,
                               per_device_train_batch_size=batch, learning_rate=1e-3, weight_decay=0.1,
-                              logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True, **args)
+                              logging_steps=1, seed=0, disable_tqdm=True, **args)
     return PruningTrainer(model=tiny_bert(), args=targs, train_dataset=Rows(n), pruning_config=config,
                           callbacks=callbacks)
