@@ -4,6 +4,8 @@ from .config import PruningConfig
 from .criteria import available_criteria
 from .loading import load_pruned
 from .prune import PruningResult, prune
+from .publishing import push_to_hub, render_model_card, write_model_card
+from .trainer import PruningTrainer
 from .report import PruningReport
 from .errors import (
     CalibrationError,
@@ -24,6 +26,10 @@ __all__ = [
     "PruningResult",
     "PruningReport",
     "load_pruned",
+    "PruningTrainer",
+    "push_to_hub",
+    "render_model_card",
+    "write_model_card",
     "PruningError",
     "ConfigError",
     "CalibrationError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -74,10 +75,8 @@ class PruningResult:
 
 
 def _write_card(folder: str) -> None:
-    try:
-        from .publishing import write_model_card
-    except ImportError:  # publishing is optional only while the package is being assembled
-        return
+    from .publishing import write_model_card  # late: publishing imports this module's neighbours
+
     write_model_card(folder)
 
 
@@ -101,7 +100,7 @@ def prune(model: nn.Module, config: PruningConfig, calibration_data: Any = None,
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     _check_inputs(model, config)
-    criterion = get_criterion(config)  # refuses a granularity the criterion cannot score
+    criterion = criterion_for(config)
     adapter = adapter_for(model)
     needs_data = criterion.needs_data or "channels" in config.parts
     calib: CalibrationSet | None = None
@@ -123,28 +122,7 @@ def prune(model: nn.Module, config: PruningConfig, calibration_data: Any = None,
     params_before, _ = count_params(model)
     macs_before = count_macs(model, dummy)
 
-    t = time.perf_counter()
-    observed = criterion.observed_layers(layers, groups)
-    stats = collect_statistics(model, criterion, layers, observed, calib.batches if calib else [], progress)
-    timings["calibration"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if groups is None:
-        scores = {n: criterion.weight_scores(l, stats.get(n, {})) for n, l in layers.items()}
-    else:
-        scores = {g.name: criterion.unit_scores(g, stats, layers) for g in groups}
-    timings["scoring"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if groups is None:
-        removal = getattr(criterion, "removal_mask", None)
-        overrides = {}
-        if removal is not None:
-            overrides = {n: m for n in layers if (m := removal(layers[n], scores[n])) is not None}
-        selection = unstructured_masks(scores, config, criterion.per_row, overrides)
-    else:
-        selection = structured_masks(scores, groups, config)
-    timings["selection"] = time.perf_counter() - t
+    selection, scores, stats = compute_masks(model, criterion, layers, groups, calib, progress, timings=timings)
 
     t = time.perf_counter()
     _compensate(model, criterion, layers, stats, groups, selection.masks, adapter)
@@ -172,6 +150,50 @@ def prune(model: nn.Module, config: PruningConfig, calibration_data: Any = None,
             f"{n} would have lost every unit; kept {config.min_units}" for n in sorted(selection.forced_min)],
     )
     return PruningResult(model, report, config, selection.masks, kept, tokenizer)
+
+
+def criterion_for(config: PruningConfig) -> Any:
+    """The criterion ``config`` names; its constructor raises `ConfigError` when it cannot score the granularity."""
+    return get_criterion(config)
+
+
+def compute_masks(model: nn.Module, criterion: Any, layers: dict[str, Layer], groups: list[UnitGroup] | None,
+                  calib: CalibrationSet | None, progress: bool = True, removed: dict[str, torch.Tensor] | None = None,
+                  timings: dict[str, float] | None = None) -> tuple[Any, dict, dict]:
+    """Calibrate, score and select on the current weights: (selection, scores, statistics).
+
+    ``removed`` (True = already removed, per layer or group) stays removed, so that repeated calls during
+    training (`PruningTrainer`) give monotone masks. ``timings`` receives the time of each phase.
+    """
+    config = criterion.config
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
+    observed = criterion.observed_layers(layers, groups)
+    stats = collect_statistics(model, criterion, layers, observed, calib.batches if calib else [], progress)
+    timings["calibration"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if groups is None:
+        scores = {n: criterion.weight_scores(l, stats.get(n, {})) for n, l in layers.items()}
+    else:
+        scores = {g.name: criterion.unit_scores(g, stats, layers) for g in groups}
+    for n, gone in (removed or {}).items():
+        scores[n] = scores[n].masked_fill(gone.to(scores[n].device), -math.inf)
+    timings["scoring"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if groups is None:
+        removal = getattr(criterion, "removal_mask", None)
+        overrides = {}
+        if removal is not None:
+            overrides = {n: m for n in layers if (m := removal(layers[n], scores[n])) is not None}
+        selection = unstructured_masks(scores, config, criterion.per_row, overrides)
+    else:
+        selection = structured_masks(scores, groups, config)
+    for n, gone in (removed or {}).items():
+        selection.masks[n] &= ~gone.cpu()
+    timings["selection"] = time.perf_counter() - t
+    return selection, scores, stats
 
 
 def _compensate(model: nn.Module, criterion: Any, layers: dict[str, Layer], stats: dict, groups: list | None,

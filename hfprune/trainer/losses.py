@@ -1,0 +1,60 @@
+"""Loss terms `PruningTrainer` adds to the task loss: a group-lasso regulariser and distillation from the dense model.
+
+Group lasso (Yuan & Lin) sums the L2 norm of every unit's weights (its producer rows and consumer columns), which
+drives whole units toward zero so that removing them later costs little. Removed units are left out (they are
+zero, and the norm has no gradient at zero). Unstructured pruning has one weight per group: the term is the L1 norm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..structure import Layer
+from .masks import TrainingMasks
+
+_EPS = 1e-12
+
+
+def _unit_squares(model: nn.Module, group, keep: torch.Tensor) -> torch.Tensor:
+    """Sum of squared weights owned by each kept unit of ``group``."""
+    total = 0
+    for c in group.couplings:
+        if c.side == "param":
+            continue
+        layer = Layer(c.layer, model.get_submodule(c.layer))
+        idx = c.index[keep.cpu()].to(layer.weight.device)  # [kept, width]
+        if c.side == "out":
+            w = layer.weight_matrix()[idx]  # [kept, width, in]
+            total = total + w.pow(2).sum(dim=(1, 2))
+        elif layer.kind == "conv2d":
+            w = layer.module.weight[:, idx]  # [out, kept, width, kh, kw]
+            total = total + w.pow(2).sum(dim=(0, 2, 3, 4))
+        else:
+            w = layer.weight_matrix()[:, idx]  # [out, kept, width]
+            total = total + w.pow(2).sum(dim=(0, 2))
+    return total
+
+
+def group_lasso(model: nn.Module, masks: TrainingMasks) -> torch.Tensor:
+    """Sum over kept units of the L2 norm of their weights (L1 over kept weights when unstructured)."""
+    terms = []
+    if masks.groups is None:
+        for name, keep in masks.masks.items():
+            w = masks.layers[name].weight_matrix()
+            terms.append(w[keep.to(w.device)].abs().sum())
+    else:
+        for g in masks.groups:
+            keep = masks.masks[g.name]
+            if keep.any():
+                terms.append((_unit_squares(model, g, keep) + _EPS).sqrt().sum())
+    return torch.stack(terms).sum()
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened logits, scaled by T² (Hinton et al.), averaged per position."""
+    k = student_logits.shape[-1]
+    s = F.log_softmax(student_logits.reshape(-1, k).float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.reshape(-1, k).float() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2

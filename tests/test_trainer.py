@@ -1,0 +1,250 @@
+"""PruningTrainer: schedules, masks during training, distributed agreement, resume, bad input, a real MiniLM run."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+sys.path.insert(0, os.path.dirname(__file__))
+from trainer_tiny import Rows, make_trainer  # noqa: E402
+
+from hfprune import CalibrationError, ConfigError, PruningConfig, StructureError  # noqa: E402
+from hfprune.trainer import pruning_positions, sparsity_at  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Recorder(TrainerCallback):
+    """Runs after PruningCallback: records the removed fraction and checks masked entries are exactly zero."""
+
+    def __init__(self):
+        self.trainer = None
+        self.fractions = {}
+        self.violations = []
+
+    def _check(self, state):
+        for p, drop in self.trainer.pruning_masks.dropped:
+            if (p.detach()[drop] != 0).any():
+                self.violations.append(state.global_step)
+
+    def on_optimizer_step(self, args, state, control, **kw):
+        self._check(state)
+
+    def on_step_end(self, args, state, control, **kw):
+        self._check(state)
+        kept, total = self.trainer.pruning_masks.units()
+        self.fractions[state.global_step] = 1 - kept / total
+
+
+def run(tmp_path, pruning, **kw):
+    rec = Recorder()
+    trainer = make_trainer(str(tmp_path), pruning, callbacks=[rec], **kw)
+    rec.trainer = trainer
+    trainer.train()
+    return trainer, rec
+
+
+# --- schedules ------------------------------------------------------------------------------------------------------
+def test_sparsity_formulas():
+    it = PruningConfig(sparsity=0.6, schedule="iterative", start_step=2, end_step=8, pruning_steps=3)
+    assert pruning_positions(it) == [2, 5, 8]
+    assert [sparsity_at(t, it) for t in (1, 2, 4, 5, 7, 8, 20)] == pytest.approx([0, .2, .2, .4, .4, .6, .6])
+    cu = PruningConfig(sparsity=0.8, schedule="cubic", start_step=0, end_step=10, pruning_steps=5)
+    assert pruning_positions(cu) == [2, 4, 6, 8, 10]
+    for t in range(12):
+        k = min(5, t // 2)
+        assert sparsity_at(t, cu) == pytest.approx(0.8 + (0 - 0.8) * (1 - k * 2 / 10) ** 3)
+    assert sparsity_at(0, PruningConfig(sparsity=0.3)) == 0.3
+
+
+@pytest.mark.parametrize("pruning", [
+    {"schedule": "one_shot"},
+    {"schedule": "iterative", "start_step": 1, "end_step": 5, "pruning_steps": 3},
+    {"schedule": "cubic", "start_step": 0, "end_step": 4, "pruning_steps": 2},
+])
+def test_schedule_reaches_target_when_promised(tmp_path, pruning):
+    trainer, rec = run(tmp_path, {**pruning, "keep_masks": True}, max_steps=6)
+    config = trainer.pruning_config
+    for step, frac in rec.fractions.items():
+        assert abs(frac - sparsity_at(step, config)) <= 1 / 64, step  # rounding to whole neurons (64 per layer)
+    end = pruning_positions(config)[-1]
+    assert rec.fractions[max(end, 1)] == pytest.approx(0.5)
+    if end > 1:
+        assert rec.fractions[end - 1] < 0.5
+
+
+# --- masks during training ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("granularity,optim", [("weights", "adamw_torch"), ("neurons", "sgd"), ("neurons", "adamw_torch")])
+def test_masked_weights_exactly_zero_after_every_step(tmp_path, granularity, optim):
+    pruning = {"granularity": granularity, "schedule": "iterative", "start_step": 0, "end_step": 4,
+               "pruning_steps": 3, "keep_masks": True}
+    extra = {"optim_args": "momentum=0.9"} if optim == "sgd" else {}
+    trainer, rec = run(tmp_path, pruning, max_steps=6, optim=optim, **extra)
+    assert trainer.pruning_masks.dropped and rec.fractions[6] == pytest.approx(0.5)
+    assert rec.violations == []
+
+
+def test_masks_are_monotone_and_model_compacted(tmp_path):
+    history = []
+
+    class Masks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            history.append({k: v.clone() for k, v in trainer.pruning_masks.masks.items()})
+
+    trainer = make_trainer(str(tmp_path), {"schedule": "cubic", "end_step": 4, "pruning_steps": 4},
+                           callbacks=[Masks()])
+    trainer.train()
+    for before, after in zip(history, history[1:]):
+        assert all((after[k] <= before[k]).all() for k in before)
+    assert trainer.model.config.intermediate_size == 32
+    assert trainer.model.bert.encoder.layer[0].intermediate.dense.weight.shape == (32, 32)
+    trainer.save_model(str(tmp_path / "final"))
+    assert PruningConfig.from_pretrained(str(tmp_path / "final")).sparsity == 0.5
+    from transformers import AutoModelForSequenceClassification
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "final"))
+    batch = Rows(4)[0]
+    trainer.model.eval()
+    with torch.no_grad():
+        a = trainer.model(input_ids=batch["input_ids"][None]).logits
+        b = reloaded(input_ids=batch["input_ids"][None]).logits
+    torch.testing.assert_close(a, b)
+
+
+def test_regulariser_and_distillation_are_logged_and_change_the_loss(tmp_path):
+    base, _ = run(tmp_path / "a", {"keep_masks": True}, max_steps=2)
+    reg, _ = run(tmp_path / "b", {"keep_masks": True, "regularizer": "group_lasso", "regularizer_weight": 0.1,
+                                  "distillation": True}, max_steps=2)
+    logs = [h for h in reg.state.log_history if "loss" in h]
+    assert all(h["pruning/regularizer"] > 0 for h in logs)
+    assert logs[0]["loss"] != [h for h in base.state.log_history if "loss" in h][0]["loss"]
+
+
+# --- distributed ----------------------------------------------------------------------------------------------------
+@pytest.mark.multiprocess
+def test_two_processes_hold_the_same_masks_as_one(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    script = os.path.join(ROOT, "tests", "trainer_ddp_run.py")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", script,
+                    str(tmp_path / "ddp"), "8"], check=True, env=env, timeout=120, capture_output=True)
+    subprocess.run([sys.executable, script, str(tmp_path / "one"), "16"], check=True, env=env, timeout=120,
+                   capture_output=True)
+    r0, r1, one = (load_file(str(tmp_path / d / f)) for d, f in
+                   (("ddp", "masks_rank0.safetensors"), ("ddp", "masks_rank1.safetensors"),
+                    ("one", "masks_rank0.safetensors")))
+    assert set(r0) == set(one)
+    for k in one:
+        assert torch.equal(r0[k], r1[k]) and torch.equal(r0[k], one[k]), k
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------------
+def test_resume_continues_the_schedule_exactly(tmp_path):
+    pruning = {"schedule": "cubic", "start_step": 0, "end_step": 6, "pruning_steps": 3}
+    full = make_trainer(str(tmp_path / "full"), pruning, max_steps=8)
+    full.train()
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    first = make_trainer(str(tmp_path / "part"), pruning, max_steps=8, callbacks=[Stop()], save_strategy="steps",
+                         save_steps=3)
+    first.train()
+    ckpt = tmp_path / "part" / "checkpoint-3"
+    assert (ckpt / "hfprune_masks.safetensors").exists() and (ckpt / "hfprune_state.json").exists()
+    resumed = make_trainer(str(tmp_path / "part"), pruning, max_steps=8)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    for k, m in full.pruning_masks.masks.items():
+        assert torch.equal(m, resumed.pruning_masks.masks[k]), k
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+def test_end_step_beyond_max_steps(tmp_path):
+    with pytest.raises(ConfigError, match="beyond the end of training"):
+        make_trainer(str(tmp_path), {"schedule": "cubic", "end_step": 10}, max_steps=5)
+
+
+@pytest.mark.parametrize("pruning", [{"schedule": "cubic"}, {"schedule": "iterative", "start_step": 2,
+                                                            "end_step": 3, "pruning_steps": 4}])
+def test_schedule_without_steps(tmp_path, pruning):
+    with pytest.raises(ConfigError, match="end_step"):
+        make_trainer(str(tmp_path), pruning)
+
+
+def test_empty_calibration_set(tmp_path):
+    from hfprune.trainer import PruningTrainer
+    good = make_trainer(str(tmp_path), {})
+    with pytest.raises(CalibrationError, match="empty"):
+        PruningTrainer(model=good.model, args=good.args, train_dataset=Rows(8), calibration_dataset=Rows(0),
+                       pruning_config=good.pruning_config)
+
+
+def test_family_the_config_cannot_prune(tmp_path):
+    from transformers import TrainingArguments
+    from hfprune.trainer import PruningTrainer
+
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x, labels=None):
+            return {"loss": self.b(self.a(x)).pow(2).mean()}
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=2)
+    with pytest.raises(StructureError, match="neurons"):
+        PruningTrainer(model=Plain(), args=args, pruning_config=PruningConfig(granularity="neurons"))
+
+
+# --- real model -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_minilm_fine_tuning_recovers_accuracy(tmp_path):
+    import copy
+
+    from transformers import Trainer, TrainingArguments
+
+    from hfprune import prune
+    from hfprune.examples import load_minilm, polarity_sentences
+    from hfprune.trainer import PruningTrainer
+
+    texts, labels = polarity_sentences()
+    model, tok = load_minilm("AutoModelForSequenceClassification", num_labels=2)
+    enc = tok(texts, truncation=True, max_length=32, padding="max_length", return_tensors="pt")
+    rows = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
+             "labels": torch.tensor(labels[i])} for i in range(len(texts))]
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(rows), generator=g).tolist()
+    train, test = [rows[i] for i in order[:150]], [rows[i] for i in order[150:]]
+
+    def accuracy(m):
+        m.eval()
+        with torch.no_grad():
+            logits = m(input_ids=torch.stack([r["input_ids"] for r in test]),
+                       attention_mask=torch.stack([r["attention_mask"] for r in test])).logits
+        return (logits.argmax(-1) == torch.stack([r["labels"] for r in test])).float().mean().item()
+
+    def args(out, steps):
+        return TrainingArguments(output_dir=str(tmp_path / out), report_to=[], use_cpu=True, max_steps=steps,
+                                 per_device_train_batch_size=16, learning_rate=5e-5, save_strategy="no", seed=0,
+                                 disable_tqdm=True)
+
+    Trainer(model=model, args=args("dense", 40), train_dataset=train).train()
+    dense = accuracy(model)
+    config = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5)
+    pruned = prune(copy.deepcopy(model), config, progress=False).model
+    without = accuracy(pruned)
+    trainer = PruningTrainer(model=model, args=args("pruned", 30), train_dataset=train, pruning_config=config)
+    trainer.train()
+    with_ft = accuracy(trainer.model)
+    print(f"MiniLM polarity held-out accuracy: dense {dense:.3f}, 50% FFN neurons pruned without fine-tuning "
+          f"{without:.3f}, with fine-tuning {with_ft:.3f}")
+    assert trainer.model.config.intermediate_size == 768
+    assert with_ft > without
