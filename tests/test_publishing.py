@@ -178,8 +178,8 @@ def test_template_ships_in_the_wheel(tmp_path):
     """hfprune/model_cards is a symlink to the top-level model_cards/: the wheel must hold real files."""
     assert TEMPLATE_PATH.is_file()
     src = tmp_path / "src"  # a copy, so the build leaves no build/ folder in the checkout
-    shutil.copytree(ROOT, src, symlinks=True,
-                    ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
+    skip = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
+    shutil.copytree(ROOT, src, symlinks=True, ignore=skip)
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("hfprune-*.whl")
