@@ -426,7 +426,8 @@ os.rename = rename
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="hfprune.io.atomic_output_dir swaps with two renames: between them the output path does not exist (the old folder sits in .NAME.old-*); an atomic exchange "
+                   reason="hfprune.io.atomic_output_dir swaps with two renames: between them the output path "
+                   "does not exist (the old folder sits in .NAME.old-*); an atomic exchange "
                    "(renameat2 RENAME_EXCHANGE) or recovery of .old-* on the next open would close the window")
 def test_kill_between_the_two_renames_of_the_swap(tmp_path):
     target = write_pruned_folder(tmp_path / "out", "unstructured")
