@@ -111,7 +111,7 @@ def _eval_results(report: PruningReport, task: str, model_name: str) -> list[Eva
 
 
 def _card_data(saved: dict[str, Any], report: PruningReport, license: str | None) -> ModelCardData:
-    base = _hub_id(report.base_model or saved.get("base_model"))
+    base = _hub_id(report.base_model)
     task = PIPELINE_TAGS.get(saved.get("auto_class", ""))
     model_name = f"{(report.base_model or 'model').rstrip('/').split('/')[-1]}-pruned"
     results = _eval_results(report, task or "other", model_name)
@@ -138,16 +138,19 @@ def _granularity_text(granularity: str) -> str:
 
 
 def _recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str) -> str:
-    """Python that reruns the pruning when no command was recorded: the config's non-default fields only."""
+    """Python that reruns the pruning when no command was recorded: the main settings and every non-default one."""
     defaults = PruningConfig().to_dict()
     always = ("criterion", "granularity", "sparsity")
     args = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k in always or (k in defaults and defaults[k] != v))
     source = report.calibration.get("source", "none")
     data = {"none": "", "random": ', calibration_data="random"'}.get(source, ", calibration_data=texts, tokenizer=tok")
-    lines = ["from hfprune import PruningConfig, prune", f"from transformers import {auto_class}", "",
-             f'model = {auto_class}.from_pretrained("{report.base_model or "BASE_MODEL"}")']
+    base = report.base_model or "BASE_MODEL"
+    tokenizer_import = ", AutoTokenizer" if source == "data" else ""
+    lines = ["from hfprune import PruningConfig, prune", f"from transformers import {auto_class}{tokenizer_import}", "",
+             f'model = {auto_class}.from_pretrained("{base}")']
     if source == "data":
-        lines.append(f"texts = ...  # the calibration data: {report.calibration.get('name') or 'not recorded'}")
+        lines += [f'tok = AutoTokenizer.from_pretrained("{base}")',
+                  f"texts = ...  # the calibration data: {report.calibration.get('name') or 'not recorded'}"]
     lines += [f"config = PruningConfig({args})", f"result = prune(model, config{data})",
               'result.save_pretrained("pruned")']
     return "\n".join(lines)
