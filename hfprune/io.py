@@ -7,6 +7,7 @@ the complete new one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import tempfile
@@ -29,8 +30,8 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
 def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary folder beside ``path``; on success swap it into place, on failure delete it.
 
-    The swap renames the old folder aside, renames the new one in, then deletes the old one, so at every instant
-    ``path`` is either the old complete folder or the new complete one.
+    An existing folder is swapped with the new one in a single atomic exchange (Linux ``renameat2``), then deleted,
+    so at every instant ``path`` is either the old complete folder or the new complete one.
     """
     path = os.path.abspath(os.fspath(path))
     check_output_dir(path, overwrite)
@@ -42,11 +43,24 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if os.path.exists(path):
+    if not os.path.exists(path):
+        os.rename(tmp, path)
+    elif _exchange(tmp, path):  # tmp now holds the old folder
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:  # no atomic exchange (not Linux): a short window where the old folder sits beside the path
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
         os.rmdir(old)
         os.rename(path, old)
-    os.rename(tmp, path)
-    if old:
+        os.rename(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one step with Linux's ``renameat2(RENAME_EXCHANGE)``; False where unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
