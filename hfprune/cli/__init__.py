@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     try:
         return args.handler(args, console)
     except PruningError as e:
