@@ -1,0 +1,194 @@
+"""Model cards for pruned checkpoints, rendered from ``model_cards/`` with huggingface_hub's `ModelCard`.
+
+Every number comes from the folder's ``pruning_report.json`` and every setting from its ``pruning_config.json``,
+so the card can be regenerated from a saved folder alone and never disagrees with the files beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from ..config import PruningConfig, read_pruning_file
+from ..errors import CheckpointError
+from ..report import REPORT_NAME, PruningReport
+from .plot import PLOT_NAME, plot_kept_units
+
+CARD_NAME = "README.md"
+TEMPLATE_PATH = Path(__file__).parent.parent / "model_cards" / "pruned_model_card.md"
+# The load snippet names this id until `push_to_hub` replaces it with the repo id (the folder has no name yet
+# when the card is written: it is still a temporary folder).
+PLACEHOLDER_ID = "path/to/pruned-model"
+
+PIPELINE_TAGS = {
+    "AutoModel": "feature-extraction",
+    "AutoModelForCausalLM": "text-generation",
+    "AutoModelForMaskedLM": "fill-mask",
+    "AutoModelForSeq2SeqLM": "text2text-generation",
+    "AutoModelForSequenceClassification": "text-classification",
+    "AutoModelForTokenClassification": "token-classification",
+    "AutoModelForQuestionAnswering": "question-answering",
+    "AutoModelForImageClassification": "image-classification",
+    "AutoModelForObjectDetection": "object-detection",
+    "AutoModelForSemanticSegmentation": "image-segmentation",
+    "AutoModelForAudioClassification": "audio-classification",
+    "AutoModelForCTC": "automatic-speech-recognition",
+    "AutoModelForSpeechSeq2Seq": "automatic-speech-recognition",
+    "AutoModelForImageTextToText": "image-text-to-text",
+}
+
+# PruningConfig fields that change what a criterion computes, shown next to it in the card.
+CRITERION_OPTIONS = {
+    "magnitude": ("norm",),
+    "random": ("seed",),
+    "taylor": (),
+    "wanda": (),
+    "expressiveness": ("head_pattern",),
+    "hybrid": ("alpha", "hybrid_importance", "hybrid_form", "norm", "head_pattern"),
+    "elimination_compensation": ("ec_output", "ec_projections", "compensate"),
+    "relative_importance": ("ri_k", "ri_threshold", "ri_tau"),
+}
+SELECTION_OPTIONS = ("scope", "head_sparsity", "round_to", "min_units", "gqa_mode", "targets", "ignore")
+
+
+def _hub_id(name: str | None) -> str | None:
+    """``name`` if it can be a Hub model id (not a local folder), else None: the Hub rejects paths as base_model."""
+    if not name or os.path.exists(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def _license_of(base_model: str | None) -> str | None:
+    """The base model's license, read from its card in a local folder or the local Hub cache (never the network)."""
+    if not base_model:
+        return None
+    card_path: Any = os.path.join(base_model, CARD_NAME)
+    if not os.path.isfile(card_path) and _hub_id(base_model):
+        card_path = try_to_load_from_cache(base_model, CARD_NAME)
+    if not isinstance(card_path, str) or not os.path.isfile(card_path):
+        return None
+    try:
+        return ModelCard.load(card_path, ignore_metadata_errors=True).data.get("license")
+    except (OSError, ValueError):
+        return None
+
+
+def _read_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], PruningReport]:
+    """``pruning_config.json`` and the report of a saved folder, or a `CheckpointError` naming what is missing."""
+    saved = read_pruning_file(folder)
+    path = os.path.join(folder, REPORT_NAME)
+    try:
+        report = PruningReport.load(folder)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: a model card needs the pruning report. Save the pruned model "
+                              "with `PruningResult.save_pretrained`.") from None
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{path} is corrupt ({e}); save the pruned model again.") from None
+    return saved, report
+
+
+def _eval_results(report: PruningReport, task: str, model_name: str) -> list[EvalResult]:
+    """One `EvalResult` per metric with the pruned model's value: model-index states results of this model only."""
+    results = []
+    for metric, entry in report.evaluation.items():
+        if entry.get("after") is None:
+            continue
+        results.append(EvalResult(
+            task_type=task, dataset_type=entry.get("dataset", "custom"),
+            dataset_name=entry.get("dataset_name", entry.get("dataset", "evaluation data")),
+            dataset_split=entry.get("split"), metric_type=metric, metric_name=f"{metric} (pruned)",
+            metric_value=entry["after"]))
+    return results
+
+
+def _card_data(saved: dict[str, Any], report: PruningReport, license: str | None) -> ModelCardData:
+    base = _hub_id(report.base_model or saved.get("base_model"))
+    task = PIPELINE_TAGS.get(saved.get("auto_class", ""))
+    model_name = f"{(report.base_model or 'model').rstrip('/').split('/')[-1]}-pruned"
+    results = _eval_results(report, task or "other", model_name)
+    return ModelCardData(
+        base_model=base,
+        # Plain transformers loading gets the Hub's working "Use in Transformers" snippet and widget; a folder
+        # only hfprune can load must not advertise a snippet that fails, so it names hfprune instead.
+        library_name="transformers" if report.loader == "transformers" else "hfprune",
+        license=license or saved.get("license") or _license_of(report.base_model),
+        pipeline_tag=task,
+        tags=["pruned", "hfprune", report.criterion, _granularity_text(report.granularity).split(":")[0]],
+        model_name=model_name if results else None,
+        eval_results=results or None,
+    )
+
+
+def _granularity_text(granularity: str) -> str:
+    if granularity == "weights":
+        return "unstructured: individual weights set to zero"
+    if ":" in granularity:
+        n, m = granularity.split(":")
+        return f"semi-structured: {n} of every {m} consecutive weights set to zero"
+    return "structured: " + " and ".join(granularity.split("+")) + " physically removed"
+
+
+def _recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str) -> str:
+    """Python that reruns the pruning when no command was recorded: the config's non-default fields only."""
+    defaults = PruningConfig().to_dict()
+    always = ("criterion", "granularity", "sparsity")
+    args = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k in always or (k in defaults and defaults[k] != v))
+    source = report.calibration.get("source", "none")
+    data = {"none": "", "random": ', calibration_data="random"'}.get(source, ", calibration_data=texts, tokenizer=tok")
+    lines = ["from hfprune import PruningConfig, prune", f"from transformers import {auto_class}", "",
+             f'model = {auto_class}.from_pretrained("{report.base_model or "BASE_MODEL"}")']
+    if source == "data":
+        lines.append(f"texts = ...  # the calibration data: {report.calibration.get('name') or 'not recorded'}")
+    lines += [f"config = PruningConfig({args})", f"result = prune(model, config{data})",
+              'result.save_pretrained("pruned")']
+    return "\n".join(lines)
+
+
+def render_model_card(folder: str | os.PathLike, license: str | None = None) -> ModelCard:
+    """Render the card of a saved pruned folder (its metadata parses with huggingface_hub's `ModelCardData`)."""
+    saved, report = _read_folder(folder)
+    return _render(folder, saved, report, license)
+
+
+def _render(folder: str | os.PathLike, saved: dict[str, Any], report: PruningReport,
+            license: str | None) -> ModelCard:
+    cfg = saved["pruning_config"]
+    criterion = report.criterion
+    has_tokenizer = any(os.path.isfile(os.path.join(folder, n)) for n in ("tokenizer_config.json", "tokenizer.json"))
+    data = _card_data(saved, report, license)
+    return ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE_PATH),
+        r=report,
+        cfg=cfg,
+        base_model=report.base_model,
+        base_link=_hub_id(report.base_model),
+        granularity_text=_granularity_text(report.granularity),
+        criterion_options={k: cfg[k] for k in CRITERION_OPTIONS.get(criterion, ()) if k in cfg},
+        selection_options={k: cfg[k] for k in SELECTION_OPTIONS if cfg.get(k) not in (None, [])
+                           and (k != "gqa_mode" or "heads" in report.granularity)},
+        auto_class=saved.get("auto_class", "AutoModel"),
+        recipe=_recipe(cfg, report, saved.get("auto_class", "AutoModel")),
+        model_id=PLACEHOLDER_ID,
+        has_tokenizer=has_tokenizer,
+        plot_name=PLOT_NAME,
+        forced=[lr.name for lr in report.layers if lr.forced_min],
+    )
+
+
+def write_model_card(folder: str | os.PathLike, license: str | None = None) -> None:
+    """Write ``README.md`` and ``kept_units.png`` into a saved folder (called last by ``save_pretrained``)."""
+    saved, report = _read_folder(folder)
+    card = _render(folder, saved, report, license)
+    plot_kept_units(report.layers, os.path.join(folder, PLOT_NAME),
+                    title=f"{report.criterion}, {report.granularity}, sparsity {report.sparsity:g}")
+    card.save(os.path.join(folder, CARD_NAME))
