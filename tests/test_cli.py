@@ -89,6 +89,7 @@ def _write_recipe(tmp_path: Path, data: dict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_digits_recipe_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
     recipe = _write_recipe(tmp_path, {
@@ -271,7 +272,43 @@ def test_training_section_without_trainer_is_clear(tmp_path: Path, capsys: pytes
     assert not (tmp_path / "o").exists()
 
 
-# --- the installed entry point -----------------------------------------------------------------------------------
+# --- push to a loopback Hub ----------------------------------------------------------------------------------------
+TOKEN = "hf_loopbackSecretToken0123456789"
+
+
+@pytest.fixture()
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The publishing tests' loopback Hub server, with huggingface_hub pointed at it."""
+    import huggingface_hub.constants as hub_constants
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hub_server import HubServer
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    with HubServer(token=TOKEN) as server:
+        monkeypatch.setattr(hub_constants, "ENDPOINT", server.url)
+        yield server
+
+
+def test_push_round_trip(hub, tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("hfprune.publishing")
+    out = tmp_path / "pruned"
+    assert main(["prune", str(tiny_llama), "--criterion", "magnitude", "--granularity", "neurons", "--sparsity",
+                 "0.5", "--output", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["push", str(out), "tester/tiny-pruned", "--token", TOKEN, "--quiet"]) == 0
+    assert "tester/tiny-pruned" in capsys.readouterr().out
+    files = hub.files("tester/tiny-pruned")
+    assert {"model.safetensors", "pruning_config.json", "pruning_report.json", "README.md"} <= set(files)
+    assert files["pruning_config.json"] == (out / "pruning_config.json").read_bytes()
+    assert main(["push", str(out), "not a repo id", "--token", TOKEN]) == 1
+    _one_line_error(capsys)
+
+
+# --- the installed entry point and python -m ---------------------------------------------------------------------
 def test_entry_point_subprocess(tmp_path: Path) -> None:
     exe = shutil.which("hfprune")
     cmd = [exe] if exe else [sys.executable, "-m", "hfprune"]
@@ -279,6 +316,12 @@ def test_entry_point_subprocess(tmp_path: Path) -> None:
     ok = subprocess.run([*cmd, "report", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 1 and ok.stderr.strip().startswith("hfprune: error:")
     assert "Traceback" not in ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "hfprune", "nosuchcommand"], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=300)
-    assert bad.returncode == 2 and "nosuchcommand" in bad.stderr
+
+
+def test_python_dash_m(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["hfprune", "nosuchcommand"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("hfprune", run_name="__main__")
+    assert exit_info.value.code == 2 and "nosuchcommand" in capsys.readouterr().err
