@@ -49,9 +49,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.output:
         recipe.output.dir = args.output
     recipe.output.overwrite = recipe.output.overwrite or args.overwrite
-    report = run_recipe(recipe, console, f"hfprune run {args.recipe}")
-    if report is not None:
-        console.result(format_report(report))
+    console.result(format_report(run_recipe(recipe, console, f"hfprune run {args.recipe}")))
     return EXIT_OK
 
 

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 from typing import Any
 
 from safetensors.torch import save_file
@@ -14,6 +16,7 @@ from torch import nn
 from ..criteria import get_criterion
 from ..errors import PruningError
 from ..io import atomic_output_dir, check_output_dir
+from ..measure import count_macs, count_params, dummy_input
 from ..prune import PruningResult, prune
 from ..report import PruningReport
 from .common import Console, UsageError
@@ -110,19 +113,47 @@ def _training_data(section: TrainingSection, loaded: LoadedModel, seed: int) -> 
     return rows.train_test_split(test_size=section.eval_fraction, seed=seed)
 
 
-def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) -> Any:
-    """Prune while fine-tuning with `PruningTrainer`; returns the trainer (its model is the pruned one)."""
+class _Size:
+    """Parameters and MACs of a model at one moment (the training path has no `prune()` report to read them)."""
+
+    def __init__(self, model: nn.Module, seq_len: int) -> None:
+        self.dummy, self.shape = dummy_input(model, seq_len)
+        self.params, self.nonzero = count_params(model)
+        self.macs = count_macs(model, self.dummy)
+
+
+def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) -> tuple[Any, PruningReport]:
+    """Prune while fine-tuning with `PruningTrainer`; returns the trainer (its model is the pruned one) and a
+    report of what it removed."""
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     trainer_cls = import_trainer()
-    args = {"output_dir": os.path.join(recipe.output.dir or ".", "trainer_output"), "report_to": "none",
+    cfg = recipe.pruning
+    args = {"output_dir": tempfile.mkdtemp(prefix="hfprune-train-"), "report_to": "none",
             "disable_tqdm": not console.progress, **recipe.training.args}
-    trainer = trainer_cls(model=loaded.model, args=TrainingArguments(**args), pruning_config=recipe.pruning,
+    trainer = trainer_cls(model=loaded.model, args=TrainingArguments(**args), pruning_config=cfg,
                           train_dataset=split["train"], eval_dataset=split["test"], processing_class=loaded.tokenizer,
                           data_collator=DataCollatorWithPadding(loaded.tokenizer))
+    before = _Size(loaded.model, recipe.training.max_length)
     console.info("fine-tuning with PruningTrainer")
+    start = time.perf_counter()
     trainer.train()
-    return trainer
+    model = trainer.model
+    after_params, after_nonzero = count_params(model)
+    report = PruningReport(
+        base_model=getattr(model.config, "_name_or_path", None), model_type=model.config.model_type,
+        criterion=cfg.criterion, granularity=cfg.granularity, sparsity=cfg.sparsity, scope=cfg.scope,
+        params_before=before.params, params_after=after_params, nonzero_after=after_nonzero,
+        macs_before=before.macs, macs_after=count_macs(model, before.dummy), macs_input_shape=before.shape,
+        loader=trainer.pruning_info.get("loader", "hfprune"), timings={"training": time.perf_counter() - start},
+        calibration={"source": "data", "name": recipe.training.dataset, "num_samples": cfg.num_samples})
+    return trainer, report
+
+
+def _save_trained(trainer: Any, report: PruningReport, path: str, overwrite: bool) -> None:
+    with atomic_output_dir(path, overwrite) as tmp:
+        report.save(tmp)  # first: the trainer's model card is rendered from it
+        trainer.save_model(tmp)
 
 
 def save_plain(result: PruningResult, path: str, overwrite: bool, example: str) -> None:
@@ -146,31 +177,26 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
         evaluator = Evaluator(recipe.evaluation, loaded, console, _held_out(split, loaded))
         before = evaluator.measure(loaded.model)
         console.info(f"{evaluator.metric} before pruning: {before:.4f}")
+    trainer = None
     if recipe.training:
-        trainer = _train(recipe, loaded, split, console)
-        if out.dir:
-            trainer.save_model(out.dir)
-        report = PruningReport.load(out.dir) if out.dir and os.path.isfile(
-            os.path.join(out.dir, "pruning_report.json")) else None
-        model, result = trainer.model, None
+        trainer, report = _train(recipe, loaded, split, console)
+        result, model = None, trainer.model
     else:
         result = _prune(recipe, loaded, console)
         model, report = result.model, result.report
     if evaluator is not None:
         after = evaluator.measure(model)
-        if report is not None:
-            report.evaluation[evaluator.metric] = {"before": before, "after": after}
+        report.evaluation[evaluator.metric] = {"before": before, "after": after}
         console.info(f"{evaluator.metric} after pruning: {after:.4f}")
-    if report is not None:
-        report.command = command
-    if result is not None and out.dir:
-        if loaded.vision is not None:
-            save_plain(result, out.dir, out.overwrite, recipe.model.name)
-        else:
-            result.save_pretrained(out.dir, overwrite=out.overwrite, tokenizer=loaded.tokenizer)
+    report.command = command
+    if out.dir and trainer is not None:
+        _save_trained(trainer, report, out.dir, out.overwrite)
+    elif out.dir and loaded.vision is not None:
+        save_plain(result, out.dir, out.overwrite, recipe.model.name)
+    elif out.dir:
+        result.save_pretrained(out.dir, overwrite=out.overwrite, tokenizer=loaded.tokenizer)
+    if out.dir:
         console.info(f"saved to {out.dir}")
-    elif report is not None and out.dir:
-        report.save(out.dir)
     if out.push_to_hub:
         console.info(f"pushed: {import_publishing()(out.dir, out.push_to_hub, private=out.private)}")
     return report
