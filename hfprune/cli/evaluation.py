@@ -4,6 +4,7 @@ encoders the cosine similarity of mean-pooled sentence embeddings to the unprune
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: list[str], seq_len: int 
     return math.exp(nll / max(count, 1))
 
 
-def _batches(tokenizer: Any, texts: list[str], batch_size: int, max_length: int, progress: bool, desc: str):
+def _batches(tokenizer: Any, texts: list[str], batch_size: int, max_length: int, progress: bool, desc: str) -> Iterator[Any]:
     for i in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress):
         yield tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")

@@ -14,6 +14,7 @@ import yaml
 
 from ..config import PruningConfig
 from ..errors import ConfigError
+from .common import UsageError
 from .sources import check_data_arg, check_model_arg
 
 
@@ -148,8 +149,6 @@ def parse_recipe(data: Any) -> Recipe:
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read a recipe file with `yaml.safe_load` and validate it."""
-    from .common import UsageError
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"Recipe {path!r} does not exist; pass a YAML file such as recipes/mnist-mlp-ec.yaml.")
