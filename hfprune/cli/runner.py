@@ -207,4 +207,5 @@ def _held_out(split: Any, loaded: LoadedModel) -> tuple[list[str], list] | None:
     if split is None:
         return None
     test = split["test"]
-    return loaded.tokenizer.batch_decode(test["input_ids"], skip_special_tokens=True), list(test["labels"])
+    texts = [loaded.tokenizer.decode(ids, skip_special_tokens=True) for ids in test["input_ids"]]
+    return texts, list(test["labels"])
