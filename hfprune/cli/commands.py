@@ -1,0 +1,126 @@
+"""One function per sub-command: read the parsed options, do the work, print the result, return an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from ..config import read_pruning_file
+from ..criteria import available_criteria
+from ..errors import CheckpointError
+from ..report import REPORT_NAME, PruningReport
+from .common import EXIT_OK, Console, UsageError
+from .options import picked
+from .recipe import load_recipe, parse_recipe
+from .runner import Evaluator, import_publishing, run_recipe
+from .sources import LoadedModel
+
+DEMO_CRITERION = "expressiveness"
+
+
+def format_report(report: PruningReport) -> str:
+    """The report summary plus the before/after evaluation numbers."""
+    lines = [report.summary()]
+    for metric, v in report.evaluation.items():
+        lines.append(f"{metric}: {v['before']:.4f} before -> {v['after']:.4f} after pruning")
+    return "\n".join(lines)
+
+
+def _command_line(argv: list[str] | None) -> str:
+    return "hfprune " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def cmd_prune(args: argparse.Namespace, console: Console) -> int:
+    recipe = parse_recipe({
+        "model": {"name": args.model, "task": args.task},
+        "pruning": picked(args, args.config_fields),
+        "calibration": {"data": args.calibration_data, "text_column": args.text_column},
+        **({"evaluation": {"data": args.eval_data}} if args.evaluate else {}),
+        "output": {"dir": args.output, "overwrite": args.overwrite, "push_to_hub": args.push_to_hub},
+    })
+    console.result(format_report(run_recipe(recipe, console, _command_line(args.argv))))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    recipe = load_recipe(args.recipe)
+    if args.output:
+        recipe.output.dir = args.output
+    recipe.output.overwrite = recipe.output.overwrite or args.overwrite
+    console.result(format_report(run_recipe(recipe, console, f"hfprune run {args.recipe}")))
+    return EXIT_OK
+
+
+def _checkpoint(folder: str) -> dict:
+    if not os.path.isdir(folder):
+        raise UsageError(f"Folder {folder!r} does not exist; pass the --output folder of `hfprune prune`.")
+    info = read_pruning_file(folder)
+    if not os.path.isfile(os.path.join(folder, REPORT_NAME)):
+        raise CheckpointError(f"{folder} has no {REPORT_NAME}; save the pruned model again.")
+    return info
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    info = _checkpoint(args.dir)
+    console.result(format_report(PruningReport.load(args.dir)))
+    if info.get("loader") != "state_dict":
+        try:
+            from ..publishing import write_model_card
+        except ImportError:
+            return EXIT_OK
+        write_model_card(args.dir)
+        console.info(f"model card re-rendered: {os.path.join(args.dir, 'README.md')}")
+    return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace, console: Console) -> int:
+    _checkpoint(args.dir)
+    push_to_hub = import_publishing()
+    url = push_to_hub(args.dir, args.repo_id, private=args.private, token=args.token, revision=args.revision,
+                      create_pr=args.create_pr)
+    console.result(url)
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
+    import transformers
+
+    from ..loading import load_pruned
+    from .recipe import EvaluationSection
+
+    info = _checkpoint(args.dir)
+    if info.get("loader") == "state_dict":
+        raise UsageError(f"{args.dir} holds a plain torch module ({info.get('example')}); its recipe evaluates it "
+                         "while pruning (see the report's evaluation).")
+    auto = info.get("auto_class") or "AutoModel"
+    task = {"AutoModelForCausalLM": "causal-lm", "AutoModelForSequenceClassification": "sequence-classification"}
+    loaded = LoadedModel(load_pruned(args.dir), transformers.AutoTokenizer.from_pretrained(args.dir),
+                         task=task.get(auto, "base"))
+    if loaded.task == "base":
+        raise UsageError(f"{args.dir} is a bare encoder ({auto}) with no task head; evaluate causal LMs "
+                         "(perplexity) or classifiers (accuracy).")
+    section = EvaluationSection(data=args.data, text_column=args.text_column, label_column=args.label_column,
+                                max_samples=args.max_samples)
+    evaluator = Evaluator(section, loaded, console)
+    console.result(f"{evaluator.metric}: {evaluator.measure(loaded.model):.4f}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    criterion = DEMO_CRITERION
+    if criterion not in available_criteria():
+        criterion = "wanda"
+        console.info(f"note: the {DEMO_CRITERION!r} criterion is not registered in this installation; "
+                     "the demo uses 'wanda' instead.")
+    recipe = parse_recipe({
+        "model": {"name": "example:minilm"},
+        "pruning": {"criterion": criterion, "granularity": "neurons", "sparsity": 0.3, "num_samples": 16,
+                    "seq_len": 128},
+        "calibration": {"data": "example:lee_background"},
+        "evaluation": {"data": "example:lee_test", "max_samples": 50},
+        "output": {"dir": args.output, "overwrite": args.overwrite},
+    })
+    console.result(format_report(run_recipe(recipe, console, "hfprune demo")))
+    return EXIT_OK

@@ -1,0 +1,57 @@
+"""Command-line options generated from a config dataclass's fields and their ``help`` metadata.
+
+The same role as transformers' `HfArgumentParser._add_dataclass_arguments`, which cannot be attached to
+sub-commands and does not map ``list[str] | None`` fields; the option table is never written twice. Defaults are
+suppressed so that only the options a user typed reach the dataclass, and its own defaults stay the only ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """(element type, is_list) of a hint such as ``float | None`` or ``list[str] | None``."""
+    inner = hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(inner) is list:
+        return typing.get_args(inner)[0], True
+    return inner, False
+
+
+def _typed(kind: type) -> Any:
+    """An argparse ``type=`` that also accepts 'none' for optional fields."""
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str) -> list[str]:
+    """Add ``--field-name`` (and ``--field_name``) for every field of ``cls``; return the field names."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        kind, is_list = _base_type(hints[f.name])
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name and kind is not bool else [])
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif is_list:
+            kw.update(nargs="*", metavar=f.name.upper())
+        else:
+            kw.update(type=_typed(kind), metavar=kind.__name__.upper())
+        group.add_argument(*flags, **kw)
+        names.append(f.name)
+    return names
+
+
+def picked(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """The dataclass fields the user actually gave."""
+    return {n: getattr(args, n) for n in names if hasattr(args, n)}

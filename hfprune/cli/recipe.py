@@ -1,0 +1,160 @@
+"""Recipes: one YAML file that says which model, how to prune, on what data, whether to fine-tune, and where the
+result goes. The whole recipe is validated before any work, so a typo fails in a second, not after calibration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ..config import PruningConfig
+from ..errors import ConfigError
+from .common import UsageError
+from .sources import check_data_arg, check_model_arg
+
+
+@dataclass
+class ModelSection:
+    name: str = field(metadata={"help": "Hub id, local folder, or example:minilm | example:smollm2 | "
+                                        "example:mnist-mlp | example:digits-cnn."})
+    task: str | None = field(default=None, metadata={"help": "causal-lm, sequence-classification or base; read "
+                                                             "from the model's config when empty."})
+    train_epochs: int = field(default=3, metadata={"help": "Vision examples only: epochs of training before "
+                                                           "pruning (from the pruning seed)."})
+
+
+@dataclass
+class CalibrationSection:
+    data: str | None = field(default=None, metadata={"help": "random, a .txt/.csv/.json/.jsonl file, a Hub "
+                                                             "dataset (name[:config[:split]]) or example:NAME."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text in CSV/JSON data."})
+
+
+@dataclass
+class TrainingSection:
+    dataset: str = field(metadata={"help": "Labelled training data: a CSV/JSON/JSONL file or example:polarity."})
+    text_column: str = field(default="text", metadata={"help": "Text column of the training data."})
+    label_column: str = field(default="label", metadata={"help": "Label column of the training data."})
+    eval_fraction: float = field(default=0.2, metadata={"help": "Share of the rows held out for evaluation."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per training example."})
+    args: dict[str, Any] = field(default_factory=dict, metadata={"help": "transformers TrainingArguments fields."})
+
+
+@dataclass
+class EvaluationSection:
+    data: str | None = field(default=None, metadata={"help": "Evaluation data; the model's packaged default "
+                                                             "(example:lee_test, example:polarity) when empty."})
+    text_column: str = field(default="text", metadata={"help": "Text column of the evaluation data."})
+    label_column: str = field(default="label", metadata={"help": "Label column (classifiers)."})
+    max_samples: int = field(default=200, metadata={"help": "Most evaluation texts used."})
+
+
+@dataclass
+class OutputSection:
+    dir: str | None = field(default=None, metadata={"help": "Folder the pruned model is saved to; nothing is "
+                                                            "saved when empty."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the saved folder to."})
+    private: bool | None = field(default=None, metadata={"help": "Create the Hub repo as private."})
+
+
+@dataclass
+class Recipe:
+    model: ModelSection
+    pruning: PruningConfig
+    calibration: CalibrationSection = field(default_factory=CalibrationSection)
+    training: TrainingSection | None = None
+    evaluation: EvaluationSection | None = None
+    output: OutputSection = field(default_factory=OutputSection)
+
+
+_SECTIONS = {"model": ModelSection, "pruning": PruningConfig, "calibration": CalibrationSection,
+             "training": TrainingSection, "evaluation": EvaluationSection, "output": OutputSection}
+
+
+def _unknown(where: str, key: Any, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(known)}."
+    return ConfigError(f"Unknown key {where}{key!r} in the recipe.{hint}")
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"Recipe section {where!r} must be a mapping of keys to values, got "
+                          f"{type(value).__name__}.")
+    return value
+
+
+def _section(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "args"]
+    for key in data:
+        if key not in known:
+            raise _unknown(f"{where}.", key, known)
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    for name in required:
+        if data.get(name) is None:
+            raise ConfigError(f"Recipe section {where!r} needs {name!r}: {cls.__dataclass_fields__[name].metadata['help']}")
+    return cls(**data)
+
+
+def _training(data: dict[str, Any]) -> TrainingSection:
+    """Own keys go to `TrainingSection`; every other key must be a `TrainingArguments` field."""
+    from transformers import TrainingArguments
+
+    own = {f.name for f in dataclasses.fields(TrainingSection)} - {"args"}
+    targs = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
+    args = {k: v for k, v in data.items() if k not in own}
+    for key in args:
+        if key not in targs:
+            raise _unknown("training.", key, sorted(own) + targs)
+    section = _section(TrainingSection, {k: v for k, v in data.items() if k in own}, "training")
+    section.args = args
+    return section
+
+
+def parse_recipe(data: Any) -> Recipe:
+    """Validate a loaded recipe mapping (every section, key and value) and return it as a `Recipe`."""
+    data = _mapping(data, "recipe")
+    for key in data:
+        if key not in _SECTIONS:
+            raise _unknown("", key, list(_SECTIONS))
+    if "model" not in data:
+        raise ConfigError("The recipe needs a 'model' section with a 'name' (e.g. model: {name: example:minilm}).")
+    sections = {k: _mapping(data.get(k), k) for k in _SECTIONS}
+    recipe = Recipe(
+        model=_section(ModelSection, sections["model"], "model"),
+        pruning=PruningConfig.from_dict(sections["pruning"]),
+        calibration=_section(CalibrationSection, sections["calibration"], "calibration"),
+        training=_training(sections["training"]) if data.get("training") is not None else None,
+        evaluation=_section(EvaluationSection, sections["evaluation"], "evaluation")
+        if "evaluation" in data else None,
+        output=_section(OutputSection, sections["output"], "output"),
+    )
+    check_model_arg(recipe.model.name, recipe.model.task)
+    check_data_arg(recipe.calibration.data)
+    if recipe.evaluation:
+        check_data_arg(recipe.evaluation.data)
+    if recipe.training:
+        check_data_arg(recipe.training.dataset)
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read a recipe file with `yaml.safe_load` and validate it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"Recipe {path!r} does not exist; pass a YAML file such as recipes/mnist-mlp-ec.yaml.")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Recipe {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
+    return parse_recipe(data)

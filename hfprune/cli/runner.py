@@ -1,0 +1,211 @@
+"""Run a validated `Recipe`: load, measure, prune (or prune while fine-tuning), measure again, save, push.
+
+`hfprune prune` builds a one-off recipe from its options, so the command line and recipes share this one path.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+from safetensors.torch import save_file
+from torch import nn
+
+from ..criteria import get_criterion
+from ..errors import PruningError
+from ..io import atomic_output_dir, check_output_dir
+from ..measure import count_macs, count_params, dummy_input
+from ..prune import PruningResult, prune
+from ..report import PruningReport
+from .common import Console, UsageError
+from .evaluation import embeddings, mean_cosine, perplexity, text_accuracy
+from .recipe import EvaluationSection, Recipe, TrainingSection
+from .sources import LoadedModel, calibration_input, load_model, load_rows
+
+
+def import_publishing() -> Any:
+    """`hfprune.publishing.push_to_hub`, or a clear error while that module is not installed."""
+    try:
+        from ..publishing import push_to_hub
+    except ImportError:
+        raise PruningError("Pushing needs hfprune.publishing, which this installation does not include; save with "
+                           "--output and upload the folder with `huggingface-cli upload`.") from None
+    return push_to_hub
+
+
+def import_trainer() -> Any:
+    try:
+        from ..trainer import PruningTrainer
+    except ImportError:
+        raise PruningError("The recipe has a 'training' section, which needs hfprune.trainer.PruningTrainer; this "
+                           "installation does not include it. Remove the section to prune without "
+                           "fine-tuning.") from None
+    return PruningTrainer
+
+
+def _check_before_work(recipe: Recipe) -> None:
+    """Everything that can fail without loading a model fails here."""
+    cfg, out = recipe.pruning, recipe.output
+    if out.dir:
+        check_output_dir(out.dir, out.overwrite)
+    if out.push_to_hub:
+        if not out.dir:
+            raise UsageError("Pushing to the Hub needs an output folder: set output.dir (--output).")
+        import_publishing()
+    if recipe.training:
+        import_trainer()
+    needs_data = get_criterion(cfg).needs_data or "channels" in cfg.parts
+    if needs_data and recipe.calibration.data is None and cfg.source != "random":
+        raise UsageError(f"Criterion {cfg.criterion!r} needs calibration data: pass --calibration-data FILE (or "
+                         "calibration.data in a recipe), or 'random' for data-agnostic inputs.")
+
+
+class Evaluator:
+    """Measures one quality number, the same way before and after pruning."""
+
+    def __init__(self, section: EvaluationSection, loaded: LoadedModel, console: Console,
+                 rows: tuple[list[str], list | None] | None = None) -> None:
+        self.loaded, self.progress, self.reference = loaded, console.progress, None
+        if loaded.vision is not None:
+            self.metric = "accuracy"
+            return
+        self.metric = {"causal-lm": "perplexity", "sequence-classification": "accuracy"}.get(loaded.task,
+                                                                                            "embedding_cosine")
+        labelled = self.metric == "accuracy"
+        default = "example:polarity" if labelled else "example:lee_test"
+        texts, labels = rows or load_rows(section.data or default, section.text_column,
+                                          section.label_column if labelled else None)
+        self.texts, self.labels = texts[: section.max_samples], (labels or [])[: section.max_samples]
+
+    def measure(self, model: nn.Module) -> float:
+        tok, v = self.loaded.tokenizer, self.loaded.vision
+        if v is not None:
+            from ..examples_vision import accuracy
+
+            return accuracy(model, v.test_x, v.test_y)
+        if self.metric == "perplexity":
+            return perplexity(model, tok, self.texts, progress=self.progress)
+        if self.metric == "accuracy":
+            return text_accuracy(model, tok, self.texts, self.labels, progress=self.progress)
+        emb = embeddings(model, tok, self.texts, progress=self.progress)
+        if self.reference is None:
+            self.reference = emb
+        return mean_cosine(emb, self.reference)
+
+
+def _prune(recipe: Recipe, loaded: LoadedModel, console: Console) -> PruningResult:
+    calib = calibration_input(recipe.calibration.data, loaded, recipe.calibration.text_column)
+    example = loaded.vision.train_x[:8] if loaded.vision is not None else None
+    console.info(f"pruning with {recipe.pruning.criterion} ({recipe.pruning.granularity}, "
+                 f"sparsity {recipe.pruning.sparsity:g})")
+    return prune(loaded.model, recipe.pruning, calibration_data=calib, tokenizer=loaded.tokenizer,
+                 example_inputs=example, progress=console.progress)
+
+
+def _training_data(section: TrainingSection, loaded: LoadedModel, seed: int) -> Any:
+    import datasets
+
+    texts, labels = load_rows(section.dataset, section.text_column, section.label_column)
+    enc = loaded.tokenizer(texts, truncation=True, max_length=section.max_length)
+    rows = datasets.Dataset.from_dict({**enc, "labels": [int(y) for y in labels]})
+    return rows.train_test_split(test_size=section.eval_fraction, seed=seed)
+
+
+class _Size:
+    """Parameters and MACs of a model at one moment (the training path has no `prune()` report to read them)."""
+
+    def __init__(self, model: nn.Module, seq_len: int) -> None:
+        self.dummy, self.shape = dummy_input(model, seq_len)
+        self.params, self.nonzero = count_params(model)
+        self.macs = count_macs(model, self.dummy)
+
+
+def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) -> tuple[Any, PruningReport]:
+    """Prune while fine-tuning with `PruningTrainer`; returns the trainer (its model is the pruned one) and a
+    report of what it removed."""
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    trainer_cls = import_trainer()
+    cfg = recipe.pruning
+    args = {"output_dir": tempfile.mkdtemp(prefix="hfprune-train-"), "report_to": "none",
+            "disable_tqdm": not console.progress, **recipe.training.args}
+    trainer = trainer_cls(model=loaded.model, args=TrainingArguments(**args), pruning_config=cfg,
+                          train_dataset=split["train"], eval_dataset=split["test"], processing_class=loaded.tokenizer,
+                          data_collator=DataCollatorWithPadding(loaded.tokenizer))
+    before = _Size(loaded.model, recipe.training.max_length)
+    console.info("fine-tuning with PruningTrainer")
+    start = time.perf_counter()
+    trainer.train()
+    model = trainer.model
+    after_params, after_nonzero = count_params(model)
+    report = PruningReport(
+        base_model=getattr(model.config, "_name_or_path", None), model_type=model.config.model_type,
+        criterion=cfg.criterion, granularity=cfg.granularity, sparsity=cfg.sparsity, scope=cfg.scope,
+        params_before=before.params, params_after=after_params, nonzero_after=after_nonzero,
+        macs_before=before.macs, macs_after=count_macs(model, before.dummy), macs_input_shape=before.shape,
+        loader=trainer.pruning_info.get("loader", "hfprune"), timings={"training": time.perf_counter() - start},
+        calibration={"source": "data", "name": recipe.training.dataset, "num_samples": cfg.num_samples})
+    return trainer, report
+
+
+def _save_trained(trainer: Any, report: PruningReport, path: str, overwrite: bool) -> None:
+    with atomic_output_dir(path, overwrite) as tmp:
+        report.save(tmp)  # first: the trainer's model card is rendered from it
+        trainer.save_model(tmp)
+
+
+def save_plain(result: PruningResult, path: str, overwrite: bool, example: str) -> None:
+    """Plain torch modules have no save_pretrained: state dict as safetensors, plus config and report."""
+    with atomic_output_dir(path, overwrite) as tmp:
+        state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+        save_file(state, os.path.join(tmp, "model.safetensors"))
+        result.config.save_pretrained(tmp, extra={"loader": "state_dict", "example": example, "base_model": None})
+        result.report.save(tmp)
+
+
+def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> PruningReport:
+    """Run ``recipe`` and return its report (also saved in the output folder when one is set)."""
+    _check_before_work(recipe)
+    out = recipe.output
+    console.info(f"loading {recipe.model.name}")
+    loaded = load_model(recipe.model.name, recipe.model.task, recipe.model.train_epochs, recipe.pruning.seed)
+    split = _training_data(recipe.training, loaded, recipe.pruning.seed) if recipe.training else None
+    evaluator = None
+    if recipe.evaluation is not None:
+        evaluator = Evaluator(recipe.evaluation, loaded, console, _held_out(split, loaded))
+        before = evaluator.measure(loaded.model)
+        console.info(f"{evaluator.metric} before pruning: {before:.4f}")
+    trainer = None
+    if recipe.training:
+        trainer, report = _train(recipe, loaded, split, console)
+        result, model = None, trainer.model
+    else:
+        result = _prune(recipe, loaded, console)
+        model, report = result.model, result.report
+    if evaluator is not None:
+        after = evaluator.measure(model)
+        report.evaluation[evaluator.metric] = {"before": before, "after": after}
+        console.info(f"{evaluator.metric} after pruning: {after:.4f}")
+    report.command = command
+    if out.dir and trainer is not None:
+        _save_trained(trainer, report, out.dir, out.overwrite)
+    elif out.dir and loaded.vision is not None:
+        save_plain(result, out.dir, out.overwrite, recipe.model.name)
+    elif out.dir:
+        result.save_pretrained(out.dir, overwrite=out.overwrite, tokenizer=loaded.tokenizer)
+    if out.dir:
+        console.info(f"saved to {out.dir}")
+    if out.push_to_hub:
+        console.info(f"pushed: {import_publishing()(out.dir, out.push_to_hub, private=out.private)}")
+    return report
+
+
+def _held_out(split: Any, loaded: LoadedModel) -> tuple[list[str], list] | None:
+    """The held-out training rows as texts and labels, so fine-tuned models are evaluated on unseen rows."""
+    if split is None:
+        return None
+    test = split["test"]
+    texts = [loaded.tokenizer.decode(ids, skip_special_tokens=True) for ids in test["input_ids"]]
+    return texts, list(test["labels"])

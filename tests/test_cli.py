@@ -1,0 +1,327 @@
+"""The command line, in-process through `main(argv)` (exit codes, one-line errors) and once as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hfprune import available_criteria
+from hfprune.cli import main
+from hfprune.cli.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+WORDS = ("the a cat dog sat ran on under mat log and then it was big small red blue house tree park saw "
+         "ate fish bird flew over").split()
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (12,), generator=g).tolist()) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight LlamaForCausalLM with a word-level tokenizer, saved like a Hub checkpoint."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def texts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "calib.txt"
+    path.write_text("\n".join(_texts(40)), encoding="utf-8")
+    return path
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, *needles: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error printed"
+    last = err[-1]
+    assert last.startswith("hfprune: error:") and "Traceback" not in "\n".join(err)
+    for n in needles:
+        assert n in last, last
+    return last
+
+
+# --- recipes ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_validates(path: Path) -> None:
+    data = yaml.safe_load(path.read_text())
+    if data["pruning"]["criterion"] not in available_criteria():
+        pytest.skip(f"criterion {data['pruning']['criterion']!r} is not registered on this branch")
+    recipe = load_recipe(path)
+    assert recipe.pruning.criterion == data["pruning"]["criterion"]
+    assert recipe.output.dir and "MEASURE" not in path.read_text()
+
+
+def test_all_recipes_present() -> None:
+    names = {p.stem for p in RECIPES}
+    assert {"smollm2-wanda-baseline", "smollm2-ec-unstructured-50", "smollm2-hybrid-ffn-30",
+            "minilm-expressiveness-data-agnostic", "minilm-polarity-prune-finetune", "mnist-mlp-ec",
+            "mnist-mlp-relative-importance", "cnn-digits-hybrid"} <= names
+
+
+def _write_recipe(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.slow
+def test_digits_recipe_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    recipe = _write_recipe(tmp_path, {
+        "model": {"name": "example:digits-cnn", "train_epochs": 1},
+        "pruning": {"criterion": "magnitude", "granularity": "channels", "sparsity": 0.5, "num_samples": 64},
+        "calibration": {"data": "example:digits"},
+        "evaluation": {},
+        "output": {"dir": str(out)},
+    })
+    assert main(["run", str(recipe), "--quiet"]) == 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["params_after"] < report["params_before"]
+    assert 0.0 <= report["evaluation"]["accuracy"]["after"] <= 1.0
+    assert (out / "model.safetensors").is_file() and (out / "pruning_config.json").is_file()
+    assert "accuracy:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mnist-mlp-ec", "mnist-mlp-relative-importance", "cnn-digits-hybrid"])
+def test_small_recipe_runs(name: str, tmp_path: Path) -> None:
+    path = ROOT / "recipes" / f"{name}.yaml"
+    criterion = yaml.safe_load(path.read_text())["pruning"]["criterion"]
+    if criterion not in available_criteria():
+        pytest.skip(f"criterion {criterion!r} is not registered on this branch")
+    assert main(["run", str(path), "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    acc = json.loads((tmp_path / "out" / "pruning_report.json").read_text())["evaluation"]["accuracy"]
+    assert acc["before"] > 0.7 and acc["after"] > 0.5
+
+
+# --- prune / report / evaluate round trip ------------------------------------------------------------------------
+@pytest.mark.parametrize("granularity", ["weights", "neurons"])
+def test_prune_report_evaluate_round_trip(tiny_llama: Path, texts_file: Path, tmp_path: Path, granularity: str,
+                                          capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "pruned"
+    rc = main(["prune", str(tiny_llama), "--criterion", "wanda", "--granularity", granularity, "--sparsity", "0.5",
+               "--calibration-data", str(texts_file), "--num-samples", "4", "--seq-len", "16", "--output", str(out),
+               "--evaluate", "--eval-data", str(texts_file), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "criterion wanda" in printed and "perplexity:" in printed
+    saved = json.loads((out / "pruning_config.json").read_text())
+    assert saved["pruning_config"]["sparsity"] == 0.5 and saved["auto_class"] == "AutoModelForCausalLM"
+    if granularity == "neurons":
+        assert json.loads((out / "config.json").read_text())["intermediate_size"] == 32
+
+    assert main(["report", str(out)]) == 0
+    assert "criterion wanda, granularity " + granularity in capsys.readouterr().out
+
+    assert main(["evaluate", str(out), "--data", str(texts_file), "--quiet"]) == 0
+    ppl = float(capsys.readouterr().out.strip().split(": ")[1])
+    assert ppl > 1 and ppl == pytest.approx(
+        json.loads((out / "pruning_report.json").read_text())["evaluation"]["perplexity"]["after"], rel=1e-4)
+
+
+def test_magnitude_needs_no_calibration_data(tiny_llama: Path, tmp_path: Path) -> None:
+    assert main(["prune", str(tiny_llama), "--criterion", "magnitude", "--sparsity", "0.3", "--output",
+                 str(tmp_path / "o"), "--quiet"]) == 0
+
+
+def test_data_criterion_without_data_is_a_usage_error(tiny_llama: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    assert main(["prune", str(tiny_llama), "--criterion", "wanda", "--output", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, "--calibration-data", "'random'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_csv_calibration_with_text_column(tiny_llama: Path, tmp_path: Path) -> None:
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,body\n" + "\n".join(f"{i},{t}" for i, t in enumerate(_texts(30))))
+    assert main(["prune", str(tiny_llama), "--criterion", "wanda", "--calibration-data", str(csv), "--text-column",
+                 "body", "--num-samples", "4", "--seq-len", "16", "--output", str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["prune", str(tiny_llama), "--criterion", "wanda", "--calibration-data", str(csv),
+                 "--output", str(tmp_path / "o2"), "--quiet"]) == 2
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+def test_unknown_option(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    assert main(["prune", "m", "--output", str(tmp_path / "o"), "--sparsty", "0.3"]) == 2
+    _one_line_error(capsys, "--sparsty")
+
+
+def test_bad_option_value(capsys: pytest.CaptureFixture, tiny_llama: Path, tmp_path: Path) -> None:
+    assert main(["prune", str(tiny_llama), "--sparsity", "1.5", "--output", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, "sparsity", "[0, 1)")
+
+
+@pytest.mark.parametrize("section,key,suggestion", [("pruning", "sparsty", "sparsity"),
+                                                    ("calibration", "text_colum", "text_column"),
+                                                    (None, "evalution", "evaluation")])
+def test_unknown_recipe_key(tmp_path: Path, capsys: pytest.CaptureFixture, section: str | None, key: str,
+                            suggestion: str) -> None:
+    data: dict = {"model": {"name": "example:digits-cnn"}, "pruning": {"criterion": "magnitude"},
+                  "calibration": {}, "output": {"dir": str(tmp_path / "o")}}
+    if section:
+        data[section][key] = 1
+    else:
+        data[key] = {}
+    assert main(["run", str(_write_recipe(tmp_path, data))]) == 2
+    _one_line_error(capsys, repr(key), f"Did you mean {suggestion!r}?")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_training_argument(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = {"model": {"name": "example:minilm"}, "pruning": {},
+            "training": {"dataset": "example:polarity", "num_train_epoch": 1}}
+    assert main(["run", str(_write_recipe(tmp_path, data))]) == 2
+    _one_line_error(capsys, "'num_train_epoch'", "num_train_epochs")
+
+
+def test_missing_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["prune", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, "does not exist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_hub_id_offline_says_pass_a_local_folder(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["prune", "someone/not-cached-model", "--output", str(tmp_path / "o"), "--quiet"]) == 1
+    _one_line_error(capsys, "someone/not-cached-model", "local folder")
+    assert not (tmp_path / "o").exists()
+
+
+def test_calibration_file_missing(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["prune", str(tiny_llama), "--criterion", "wanda", "--calibration-data", str(tmp_path / "no.txt"),
+                 "--output", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, "does not exist")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_calibration_file_empty(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                content: str) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text(content)
+    assert main(["prune", str(tiny_llama), "--criterion", "wanda", "--calibration-data", str(empty),
+                 "--output", str(tmp_path / "o"), "--quiet"]) == 1
+    _one_line_error(capsys, "empty")
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_exists(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["prune", str(tiny_llama), "--criterion", "magnitude", "--output", str(out), "--quiet"]) == 2
+    _one_line_error(capsys, "--overwrite")
+    assert [p.name for p in tmp_path.iterdir()] == ["o"] and os.listdir(out) == ["keep.txt"]
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    from hfprune.cli.common import UsageError
+
+    with pytest.raises(UsageError):
+        main(["prune", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--debug"])
+
+
+def test_report_of_a_folder_not_saved_by_hfprune(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", str(tmp_path)]) == 1
+    _one_line_error(capsys, "pruning_config.json")
+
+
+def test_push_without_publishing_or_bad_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["push", str(tmp_path / "nope"), "me/model"]) == 2
+    _one_line_error(capsys, "does not exist")
+
+
+def test_training_section_without_trainer_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("hfprune.trainer") is not None:
+        pytest.skip("hfprune.trainer is installed; the fine-tuning recipe covers it")
+    data = {"model": {"name": "example:minilm", "task": "sequence-classification"}, "pruning": {},
+            "training": {"dataset": "example:polarity", "num_train_epochs": 1}, "output": {"dir": str(tmp_path / "o")}}
+    assert main(["run", str(_write_recipe(tmp_path, data)), "--quiet"]) == 1
+    _one_line_error(capsys, "PruningTrainer", "Remove the section")
+    assert not (tmp_path / "o").exists()
+
+
+# --- push to a loopback Hub ----------------------------------------------------------------------------------------
+TOKEN = "hf_loopbackSecretToken0123456789"
+
+
+@pytest.fixture()
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The publishing tests' loopback Hub server, with huggingface_hub pointed at it."""
+    import huggingface_hub.constants as hub_constants
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hub_server import HubServer
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    with HubServer(token=TOKEN) as server:
+        monkeypatch.setattr(hub_constants, "ENDPOINT", server.url)
+        yield server
+
+
+def test_push_round_trip(hub, tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("hfprune.publishing")
+    out = tmp_path / "pruned"
+    assert main(["prune", str(tiny_llama), "--criterion", "magnitude", "--granularity", "neurons", "--sparsity",
+                 "0.5", "--output", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["push", str(out), "tester/tiny-pruned", "--token", TOKEN, "--quiet"]) == 0
+    assert "tester/tiny-pruned" in capsys.readouterr().out
+    files = hub.files("tester/tiny-pruned")
+    assert {"model.safetensors", "pruning_config.json", "pruning_report.json", "README.md"} <= set(files)
+    assert files["pruning_config.json"] == (out / "pruning_config.json").read_bytes()
+    assert main(["push", str(out), "not a repo id", "--token", TOKEN]) == 1
+    _one_line_error(capsys)
+
+
+# --- the installed entry point and python -m ---------------------------------------------------------------------
+def test_entry_point_subprocess(tmp_path: Path) -> None:
+    exe = shutil.which("hfprune")
+    cmd = [exe] if exe else [sys.executable, "-m", "hfprune"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ok = subprocess.run([*cmd, "report", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 1 and ok.stderr.strip().startswith("hfprune: error:")
+    assert "Traceback" not in ok.stderr
+
+
+def test_python_dash_m(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["hfprune", "nosuchcommand"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("hfprune", run_name="__main__")
+    assert exit_info.value.code == 2 and "nosuchcommand" in capsys.readouterr().err
