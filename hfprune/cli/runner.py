@@ -113,6 +113,18 @@ def _training_data(section: TrainingSection, loaded: LoadedModel, seed: int) -> 
     return rows.train_test_split(test_size=section.eval_fraction, seed=seed)
 
 
+class _PlainDictCollator:
+    """Padding collator that returns a plain dict: the calibration code accepts dicts, not `BatchEncoding`."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from transformers import DataCollatorWithPadding
+
+        self.pad = DataCollatorWithPadding(tokenizer)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        return dict(self.pad(features))
+
+
 class _Size:
     """Parameters and MACs of a model at one moment (the training path has no `prune()` report to read them)."""
 
@@ -125,7 +137,7 @@ class _Size:
 def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) -> tuple[Any, PruningReport]:
     """Prune while fine-tuning with `PruningTrainer`; returns the trainer (its model is the pruned one) and a
     report of what it removed."""
-    from transformers import DataCollatorWithPadding, TrainingArguments
+    from transformers import TrainingArguments
 
     trainer_cls = import_trainer()
     cfg = recipe.pruning
@@ -133,7 +145,7 @@ def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) ->
             "disable_tqdm": not console.progress, **recipe.training.args}
     trainer = trainer_cls(model=loaded.model, args=TrainingArguments(**args), pruning_config=cfg,
                           train_dataset=split["train"], eval_dataset=split["test"], processing_class=loaded.tokenizer,
-                          data_collator=DataCollatorWithPadding(loaded.tokenizer))
+                          data_collator=_PlainDictCollator(loaded.tokenizer))
     before = _Size(loaded.model, recipe.training.max_length)
     console.info("fine-tuning with PruningTrainer")
     start = time.perf_counter()
