@@ -84,8 +84,10 @@ def _from_pretrained(name: str, task: str | None) -> LoadedModel:
 
 
 def load_model(name: str, task: str | None = None, train_epochs: int = 3, seed: int = 0) -> LoadedModel:
-    """Load ``name``: an example (``example:minilm`` ...), a local folder, or a Hub id."""
+    """Load ``name``: an example (``example:minilm`` ...), a local folder, or a Hub id. Seeded, so a newly
+    initialised head (e.g. a classifier on a bare encoder) is the same on every run."""
     check_model_arg(name, task)
+    torch.manual_seed(seed)
     if name in ("example:mnist-mlp", "example:digits-cnn"):
         from ..examples_vision import load_vision_example
 
