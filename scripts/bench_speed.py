@@ -18,7 +18,7 @@ import torch
 from _common import (device_line, lee_sentences, lee_texts, load_minilm, load_smollm2, max_rss_mb, median_time,
                      run_child, save_json, table, token_batches)
 from hfprune import PruningConfig, prune
-from hfprune.criteria import available_criteria
+from hfprune.criteria import available_criteria, get_criterion
 
 
 def _latency(model, inputs, repeats) -> float:
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=8, help="calibration sequences for the prune() cost runs")
     ap.add_argument("--calib-seq-len", type=int, default=256)
     ap.add_argument("--models", nargs="+", default=["smollm2", "minilm"])
+    ap.add_argument("--criteria", nargs="+", default=None, help="prune() cost runs: these criteria (default: all)")
     ap.add_argument("--json", default="/tmp/bench_speed.json")
     ap.add_argument("--child", nargs=5, metavar=("MODEL", "CRITERION", "GRANULARITY", "N", "SEQ"),
                     help=argparse.SUPPRESS)
@@ -94,8 +95,8 @@ def main() -> None:
     if args.only != "speed":
         rows = []
         for m in args.models:
-            for c in available_criteria():
-                g = "weights" if c in ("wanda", "relative_importance") else "neurons"
+            for c in args.criteria or available_criteria():
+                g = "neurons" if "neurons" in get_criterion(PruningConfig(), c).supports else "weights"
                 r = run_child([sys.argv[0], "--child", m, c, g, str(args.num_samples), str(args.calib_seq_len)])
                 rows.append({"model": m, "criterion": c, "granularity": g, **r})
                 print(rows[-1], flush=True)
