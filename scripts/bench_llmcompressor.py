@@ -18,12 +18,6 @@ import time
 import torch
 
 
-def lee(name: str) -> list[str]:
-    from gensim.test.utils import datapath  # noqa: F401  (may be missing in the venv: fall back to the file path)
-    with open(datapath(name), encoding="latin-1") as f:
-        return [l.strip() for l in f if l.strip()]
-
-
 def lee_path_texts(name: str, root: str) -> list[str]:
     with open(f"{root}/{name}", encoding="latin-1") as f:
         return [l.strip() for l in f if l.strip()]
