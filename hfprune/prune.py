@@ -101,11 +101,7 @@ def prune(model: nn.Module, config: PruningConfig, calibration_data: Any = None,
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     _check_inputs(model, config)
-    criterion = get_criterion(config)
-    unsupported = [p for p in (["weights"] if not config.structured else config.parts) if p not in criterion.supports]
-    if unsupported:
-        raise ConfigError(f"Criterion {config.criterion!r} cannot score {unsupported[0]}; it supports "
-                          f"{', '.join(criterion.supports)}.")
+    criterion = get_criterion(config)  # refuses a granularity the criterion cannot score
     adapter = adapter_for(model)
     needs_data = criterion.needs_data or "channels" in config.parts
     calib: CalibrationSet | None = None

@@ -69,11 +69,11 @@ def random_calibration(model: nn.Module, config: PruningConfig, example_inputs: 
 
 
 def _pack_texts(texts: list[str], tokenizer: Any, config: PruningConfig, name: str | None) -> CalibrationSet:
-    if tokenizer is None:
-        raise CalibrationError("Calibration texts need a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...).")
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise CalibrationError("The calibration set is empty: it holds no non-blank text.")
+    if tokenizer is None:
+        raise CalibrationError("Calibration texts need a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...).")
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     ids: list[int] = []
     need = config.num_samples * config.seq_len

@@ -11,6 +11,11 @@ Scores:
 - `unit_scores(group, stats, layers)` gives one score per unit of a `UnitGroup` (structured). The default
   sums the weight scores over each unit's slices on the sides named by `structured_sides`; criteria with a
   unit-level definition (expressiveness) override it.
+
+Selection: unstructured selection removes the lowest-scoring `config.sparsity` fraction unless
+`Criterion.removal_mask` returns a mask of its own (relative importance's ``tau / fan_in`` rule).
+Compaction: `Criterion.bias_compensation` returns a bias change to add after removal (elimination-compensation).
+A criterion that cannot score the configured granularity fails at construction, naming what it supports.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from ..errors import ConfigError
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
@@ -46,6 +52,11 @@ class Criterion:
 
     def __init__(self, config: "PruningConfig") -> None:
         self.config = config
+        asked = ["weights" if config.nm is not None else p for p in config.parts]
+        unsupported = [p for p in asked if p not in self.supports]
+        if unsupported:
+            raise ConfigError(f"criterion {self.name!r} cannot score granularity {config.granularity!r}: it supports "
+                              f"{', '.join(self.supports)}. Choose one of those, or another criterion.")
 
     # --- statistics ---------------------------------------------------------------------------------------------
     def observed_layers(self, layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
@@ -88,6 +99,13 @@ class Criterion:
                 per_index = per_index.view(-1, k).sum(dim=1)
             total += per_index[c.index.to(per_index.device)].sum(dim=1).cpu()
         return total
+
+    # --- selection override -------------------------------------------------------------------------------------
+    def removal_mask(self, layer: Layer, scores: torch.Tensor) -> torch.Tensor | None:
+        """Unstructured only: a bool ``[out, in]`` mask of the weights to remove, decided by the criterion's own
+        rule (e.g. a threshold) instead of `config.sparsity`; None (the default) lets selection use the sparsity.
+        ``scores`` are this criterion's `weight_scores` for ``layer``."""
+        return None
 
     # --- compensation (elimination-compensation) ------------------------------------------------------------------
     def bias_compensation(self, layer: Layer, stats: Stats, removed: torch.Tensor) -> torch.Tensor | None:

@@ -59,7 +59,8 @@ def find_groups(model: nn.Module, config: PruningConfig, example_inputs: Any = N
         groups += found
     if "channels" in kinds:
         groups += channel_groups(model, config, example_inputs)
-    groups = [g for g in groups if all(_selected(c.layer, config) for c in g.couplings if c.side != "param")]
+    # a group is pruned when its producers are selected; an ignored consumer (a classifier) just gets narrower inputs
+    groups = [g for g in groups if all(_selected(c.layer, config) for c in g.producers)]
     if not groups:
         raise StructureError(f"No {config.granularity} unit is left after targets={config.targets} and "
                              f"ignore={config.ignore}; loosen the patterns.")
@@ -80,8 +81,7 @@ def channel_groups(model: nn.Module, config: PruningConfig, example_inputs: Any)
     names = {m: n for n, m in model.named_modules()}
     ignored = [m for n, m in model.named_modules() if n and not _selected(n, config)
                and isinstance(m, (nn.Conv2d, nn.Linear))]
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, ignored_layers=ignored,
-                                               verbose=False)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     out_fns = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
     in_fns = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
     groups = []

@@ -1,0 +1,105 @@
+"""Hybrid of expressiveness and weight importance (NEXP, arXiv 2512.06440): the paper's best compression.
+
+Expressiveness and importance measure different things (how varied a unit's activity is, how large its weights
+or gradients are), so they are mixed per group of comparable units:
+
+- ``hybrid_form="rank"`` (default): ``S = alpha * rank_norm(E) + (1 - alpha) * rank_norm(I)``, ranks scaled to
+  [0, 1] within the group (ties share their mean rank), so neither score's units dominate;
+- ``hybrid_form="product"``: ``S = E^alpha * I^(1 - alpha)`` on the raw scores.
+
+The mixing rule is a **reconstruction** (the paper's summaries name the hybrid, not its formula). ``I`` is the
+criterion named by ``config.hybrid_importance`` (magnitude by default; any baseline). The two criteria keep their
+statistics side by side under the key prefixes ``"expressiveness."`` and ``"importance."``; the importance's bias
+compensation (elimination-compensation) is passed through.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import get_criterion, register
+from .base import Criterion, Stats
+from .expressiveness import Expressiveness
+from ..structure.groups import UnitGroup
+from ..structure.layers import Layer
+
+if TYPE_CHECKING:
+    from ..config import PruningConfig
+
+
+def rank_norm(x: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``x`` scaled to [0, 1] (0 = smallest), ties sharing their mean rank; a single unit gets 1."""
+    n = x.numel()
+    if n == 1:
+        return torch.ones_like(x, dtype=torch.float64)
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)  # sorted distinct values
+    first = torch.cumsum(counts, 0) - counts  # rank of each distinct value's first occurrence
+    return (first + (counts - 1) / 2).double()[inverse] / (n - 1)
+
+
+@register
+class Hybrid(Criterion):
+    """``alpha``-mix of expressiveness and an importance criterion, per group (see module)."""
+
+    name = "hybrid"
+    needs_data = True
+    supports = Expressiveness.supports
+
+    def __init__(self, config: "PruningConfig") -> None:
+        super().__init__(config)
+        self.expressiveness = Expressiveness(config)
+        self.importance = get_criterion(config, config.hybrid_importance)
+        self._criteria: dict[str, Criterion] = {"expressiveness": self.expressiveness,
+                                                "importance": self.importance}
+
+    @property
+    def grad_mode(self) -> str | None:  # type: ignore[override]
+        return self.importance.grad_mode
+
+    def observed_layers(self, layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
+        return sorted(set(self.expressiveness.observed_layers(layers, groups))
+                      | set(self.importance.observed_layers(layers, groups)))
+
+    @staticmethod
+    def _split(stats: Stats, part: str) -> Stats:
+        prefix = part + "."
+        return {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}
+
+    def _merge(self, stats: Stats, part: str, sub: Stats) -> None:
+        stats.update({f"{part}.{k}": v for k, v in sub.items()})
+
+    def init_stats(self, layer: Layer) -> Stats:
+        stats: Stats = {}
+        for part, crit in self._criteria.items():
+            self._merge(stats, part, crit.init_stats(layer))
+        return stats
+
+    def accumulate(self, layer: Layer, stats: Stats, inputs: torch.Tensor,
+                   grads: list[torch.Tensor] | None = None) -> None:
+        for part, crit in self._criteria.items():
+            sub = self._split(stats, part)
+            crit.accumulate(layer, sub, inputs, grads)
+            self._merge(stats, part, sub)
+
+    def after_backward(self, layer: Layer, stats: Stats) -> None:
+        for part, crit in self._criteria.items():
+            sub = self._split(stats, part)
+            crit.after_backward(layer, sub)
+            self._merge(stats, part, sub)
+
+    def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
+        return self.expressiveness.weight_scores(layer, stats)
+
+    def bias_compensation(self, layer: Layer, stats: Stats, removed: torch.Tensor) -> torch.Tensor | None:
+        """The importance criterion's compensation (elimination-compensation shifts biases; the others do not)."""
+        return self.importance.bias_compensation(layer, self._split(stats, "importance"), removed)
+
+    def unit_scores(self, group: UnitGroup, stats: dict[str, Stats], layers: dict[str, Layer]) -> torch.Tensor:
+        e, i = (crit.unit_scores(group, {n: self._split(s, part) for n, s in stats.items()}, layers).double()
+                for part, crit in self._criteria.items())
+        a = self.config.alpha
+        if self.config.hybrid_form == "product":
+            return e.clamp(min=0) ** a * i.clamp(min=0) ** (1 - a)
+        return a * rank_norm(e) + (1 - a) * rank_norm(i)

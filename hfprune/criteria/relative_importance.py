@@ -1,0 +1,103 @@
+"""Relative importance (RI; Hussien et al., arXiv 2410.16151): prune weights with a small share of their neuron.
+
+The paper builds, over the data, the distribution of each weight's contribution to its neuron's output and prunes
+by that distribution's parameters, and trains with a pruning-aware regulariser; its summaries give no formulas.
+**Reconstruction**:
+
+- contribution share ``r_ij(x) = |W_ij a_j(x)| / s_i(x)`` with ``s_i = sum_k |W_ik a_k(x)|``;
+- per weight, over samples (tokens, conv positions): ``mu_ij = E[r_ij]`` and ``sigma_ij = Std[r_ij]``, from the
+  matrix products ``E[r_ij] = |W_ij| mean_t(|a_tj| / s_ti)`` and ``E[r_ij^2] = W_ij^2 mean_t(a_tj^2 / s_ti^2)``;
+  a sample in which neuron i receives nothing (``s_i = 0``) gives every share 0 (``s`` is floored at 1e-30);
+- score ``mu + k sigma`` (``config.ri_k``, default 0; k > 0 keeps weights that are sometimes important);
+- selection: the `sparsity` fraction (``ri_threshold="sparsity"``) or every weight whose score is below
+  ``ri_tau / fan_in`` (``ri_threshold="tau"``; tau = 1 means "less than an equal share"), via `removal_mask`.
+
+A unit's (structured) score is the sum of its consumer columns' mean shares: how much of the next layer's input
+it carries. (Its producer row's shares always sum to 1, so they say nothing.)
+
+`ri_regularizer` is the pruning-aware training term (also a reconstruction).
+Statistics cost two float64 ``[out, in]`` matrices per layer and two matrix products per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import register
+from .base import Criterion, Stats
+from ..structure.layers import Layer
+
+#: floor of a neuron's total absolute input, so that a sample where it receives nothing gives shares of 0
+EPS = 1e-30
+
+
+def _inverse_totals(w_abs: torch.Tensor, a_abs: torch.Tensor) -> torch.Tensor:
+    """``1 / s`` per sample and neuron, ``[samples, out]``."""
+    return 1.0 / (a_abs @ w_abs.T).clamp(min=EPS)
+
+
+@register
+class RelativeImportance(Criterion):
+    """Mean (+ k std) of each weight's share of its neuron's absolute input (reconstruction, see module)."""
+
+    name = "relative_importance"
+    needs_data = True
+    structured_sides = ("in",)
+
+    def init_stats(self, layer: Layer) -> Stats:
+        w = layer.weight_matrix()
+        z = torch.zeros(w.shape, dtype=torch.float64, device=w.device)
+        return {"r": z, "r2": z.clone(), "count": torch.zeros((), dtype=torch.float64, device=w.device)}
+
+    def accumulate(self, layer: Layer, stats: Stats, inputs: torch.Tensor,
+                   grads: list[torch.Tensor] | None = None) -> None:
+        a_abs = layer.input_matrix(inputs.detach()).double().abs()
+        inv = _inverse_totals(layer.weight_matrix().detach().double().abs(), a_abs)
+        stats["r"] += inv.T @ a_abs
+        stats["r2"] += inv.square().T @ a_abs.square()
+        stats["count"] += a_abs.shape[0]
+
+    def share_moments(self, layer: Layer, stats: Stats) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mu`` and ``sigma`` of every weight's contribution share, ``[out, in]`` float64."""
+        w_abs = layer.weight_matrix().detach().double().abs()
+        n = stats["count"].clamp(min=1)
+        mu = w_abs * stats["r"] / n
+        second = w_abs.square() * stats["r2"] / n
+        return mu, (second - mu.square()).clamp(min=0).sqrt()
+
+    def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
+        mu, sigma = self.share_moments(layer, stats)
+        return (mu + self.config.ri_k * sigma).float()
+
+    def removal_mask(self, layer: Layer, scores: torch.Tensor) -> torch.Tensor | None:
+        if self.config.ri_threshold != "tau":
+            return None
+        return scores < self.config.ri_tau / layer.in_features
+
+
+def ri_regularizer(layer: Layer | nn.Module, inputs: torch.Tensor, form: str = "entropy") -> torch.Tensor:
+    """Pruning-aware training term for one layer and one batch of its inputs (own layout), a scalar to add to
+    the loss times a weight (``config.regularizer_weight``). **Reconstruction** of the paper's regulariser.
+
+    - ``"entropy"`` (default): ``sum_i H(p_i)``, the entropy of neuron i's mean contribution shares
+      ``p_ij = rbar_ij / sum_k rbar_ik``. Lowering it concentrates each neuron's input on few weights, so more
+      weights fall below the RI threshold. It is the default because it is scale-invariant: it reshapes the
+      shares without shrinking the weights (it does not fight the task loss or weight decay over scale).
+    - ``"l1"``: ``sum_ij (1 - rbar_ij) |W_ij|``, an L1 penalty reweighted by the shares (taken as constants), so
+      weights that carry little are pushed to zero hardest.
+
+    The inputs are treated as data (detached): the term shapes this layer's weights only and costs two matrix
+    products (``rbar = |W| * (1/s)^T |A| / T``), never a per-sample ``[out, in]`` tensor.
+    """
+    if form not in ("entropy", "l1"):
+        raise ValueError(f"ri_regularizer form={form!r}: use 'entropy' or 'l1'")
+    layer = layer if isinstance(layer, Layer) else Layer("", layer)
+    w_abs = layer.weight_matrix().float().abs()  # float32 at least: the 1e-30 floor underflows in half precision
+    a_abs = layer.input_matrix(inputs.detach()).float().abs()
+    inv = _inverse_totals(w_abs, a_abs)
+    rbar = w_abs * (inv.T @ a_abs) / a_abs.shape[0]
+    if form == "l1":
+        return ((1 - rbar.detach()) * w_abs).sum()
+    p = rbar / rbar.sum(dim=1, keepdim=True).clamp(min=EPS)
+    return -(p * p.clamp(min=1e-12).log()).sum()
