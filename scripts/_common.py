@@ -20,6 +20,18 @@ from hfprune.config import PruningConfig
 from hfprune.examples import lee_texts, load_minilm, load_smollm2  # noqa: F401  (re-exported)
 
 
+def supports(criterion: str, part: str) -> bool:
+    """Whether ``criterion`` can score ``part`` ("weights", "2:4", "neurons", "heads")."""
+    from hfprune.criteria import get_criterion
+    from hfprune.errors import PruningError
+
+    try:
+        get_criterion(PruningConfig(criterion=criterion, granularity=part))
+    except PruningError:
+        return False
+    return True
+
+
 def device_line() -> str:
     """Where the numbers were taken: CPU model, cores, torch threads."""
     cpu = platform.processor() or platform.machine()

@@ -16,17 +16,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _common import (device_line, lee_sentences, lee_texts, load_minilm, load_smollm2, perplexity, save_json, table,
+from _common import (device_line, supports, lee_sentences, lee_texts, load_minilm, load_smollm2, perplexity, save_json, table,
                      token_batches)
 from hfprune import PruningConfig, prune
-from hfprune.criteria import available_criteria, get_criterion
+from hfprune.criteria import available_criteria
 
 UNSTRUCTURED = ["magnitude", "wanda", "elimination_compensation", "relative_importance"]
 STRUCTURED = ["magnitude", "taylor", "expressiveness", "hybrid", "elimination_compensation"]
-
-
-def supports(criterion: str, part: str) -> bool:
-    return part in get_criterion(PruningConfig(), criterion).supports
 
 
 def hf_run(model, tok, args, criterion, granularity, sparsity, head_sparsity=None) -> dict:
@@ -125,12 +121,13 @@ def smollm2(args) -> list[dict]:
             r = {"note": f"error {type(e).__name__}: {str(e)[:120]}"}
         rows.append({"method": method, "setting": setting, **r})
         print(rows[-1], flush=True)
+        save_json(args.json + ".partial", {"smollm2": rows})
 
     for c in [c for c in UNSTRUCTURED if c in have]:
-        for g in ("weights", "2:4"):
+        for g in [g for g in ("weights", "2:4") if supports(c, g)]:
             add(f"hfprune {c}", "50% unstructured" if g == "weights" else "2:4",
                 lambda: hf_run(model, tok, args, c, g, 0.5))
-    for c in [c for c in STRUCTURED if c in have]:
+    for c in [c for c in STRUCTURED if c in have and supports(c, "neurons")]:
         for s in args.neuron_sparsities:
             add(f"hfprune {c}", f"FFN neurons {s:.0%}", lambda: hf_run(model, tok, args, c, "neurons", s))
         if supports(c, "heads"):

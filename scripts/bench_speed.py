@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from _common import (device_line, lee_sentences, lee_texts, load_minilm, load_smollm2, max_rss_mb, median_time,
+from _common import (device_line, supports, lee_sentences, lee_texts, load_minilm, load_smollm2, max_rss_mb, median_time,
                      run_child, save_json, table, token_batches)
 from hfprune import PruningConfig, prune
-from hfprune.criteria import available_criteria, get_criterion
+from hfprune.criteria import available_criteria
 
 
 def _latency(model, inputs, repeats) -> float:
@@ -96,7 +96,7 @@ def main() -> None:
         rows = []
         for m in args.models:
             for c in args.criteria or available_criteria():
-                g = "neurons" if "neurons" in get_criterion(PruningConfig(), c).supports else "weights"
+                g = "neurons" if supports(c, "neurons") else "weights"
                 r = run_child([sys.argv[0], "--child", m, c, g, str(args.num_samples), str(args.calib_seq_len)])
                 rows.append({"model": m, "criterion": c, "granularity": g, **r})
                 print(rows[-1], flush=True)
