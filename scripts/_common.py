@@ -51,16 +51,24 @@ def token_batches(tok: Any, model: Any, num_samples: int, seq_len: int, batch_si
     return prepare_calibration(lee_texts(split), model, cfg, tok).batches
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
+def timed(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> float:
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
 
 
-def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
+                clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median over ``repeats`` calls after ``warmup``; ``clock=time.process_time`` gives CPU seconds of this process,
+    which other processes on a shared machine disturb far less than wall time (use it with 1 torch thread)."""
     for _ in range(warmup):
         fn()
-    return statistics.median(timed(fn) for _ in range(repeats))
+    return statistics.median(timed(fn, clock) for _ in range(repeats))
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from _common import device_line, load_smollm2, median_time, save_json, table, token_batches
+from _common import device_line, set_threads, load_smollm2, median_time, save_json, table, token_batches
 from hfprune import PruningConfig, prune
 from hfprune.calibration import collector
 from hfprune.calibration.collector import collect_statistics, run_model
@@ -20,18 +20,18 @@ from hfprune.criteria import get_criterion
 from hfprune.structure import find_layers, target_layers
 
 
-def plain_forward(model, batches) -> float:
-    t = time.perf_counter()
+def plain_forward(model, batches) -> tuple[float, float]:
+    t, c = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for b in batches:
             run_model(model, b)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
-def calibration(model, batches, criterion, layers, observed) -> float:
-    t = time.perf_counter()
+def calibration(model, batches, criterion, layers, observed) -> tuple[float, float]:
+    t, c = time.perf_counter(), time.process_time()
     collect_statistics(model, criterion, layers, observed, batches, progress=False)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def overhead(model, tok, args) -> list[dict]:
@@ -61,18 +61,21 @@ def overhead(model, tok, args) -> list[dict]:
                 finally:
                     collector._check_finite = real_check
                     criterion.__dict__.pop("accumulate", None)
-            rows.append({"what": label, "seconds": s})
+            rows.append({"what": label, "wall s": s[0], "cpu s": s[1]})
+            print(rows[-1], flush=True)
     assert type(criterion).accumulate is real_acc
-    best = {}
+    best: dict[str, dict] = {}
     for r in rows:  # per variant: minimum over repeats (least disturbed by other load)
-        best[r["what"]] = min(best.get(r["what"], float("inf")), r["seconds"])
+        b = best.setdefault(r["what"], {"wall s": float("inf"), "cpu s": float("inf")})
+        b["wall s"], b["cpu s"] = min(b["wall s"], r["wall s"]), min(b["cpu s"], r["cpu s"])
     base = best["plain forward (no hooks)"]
-    return [{"what": k, "seconds": v, "ratio to plain": v / base} for k, v in best.items()]
+    return [{"what": k, **v, "wall ratio": v["wall s"] / base["wall s"], "cpu ratio": v["cpu s"] / base["cpu s"]}
+            for k, v in best.items()]
 
 
-def latency(model, ids, repeats) -> float:
+def latency(model, ids, repeats, clock) -> float:
     with torch.no_grad():
-        return median_time(lambda: model(input_ids=ids), repeats=repeats, warmup=2)
+        return median_time(lambda: model(input_ids=ids), repeats=repeats, warmup=1, clock=clock)
 
 
 def speedup(model, tok, args) -> dict:
@@ -82,14 +85,16 @@ def speedup(model, tok, args) -> dict:
                    progress=False)
     rep = pruned.report
     macs_ratio = rep.macs_before / rep.macs_after
-    t_dense = [latency(dense, ids, args.latency_repeats)]
-    t_pruned = [latency(pruned.model, ids, args.latency_repeats)]
-    t_dense.append(latency(dense, ids, args.latency_repeats))  # interleaved: dense, pruned, dense, pruned
-    t_pruned.append(latency(pruned.model, ids, args.latency_repeats))
-    d, p = min(t_dense), min(t_pruned)
-    return {"dense ms": d * 1e3, "pruned ms": p * 1e3, "speed-up": d / p, "MACs ratio": macs_ratio,
-            "speed-up / MACs ratio": (d / p) / macs_ratio, "params before": rep.params_before,
-            "params after": rep.params_after}
+    out = {"MACs ratio": macs_ratio, "params before": rep.params_before, "params after": rep.params_after}
+    for name, clock in (("wall", time.perf_counter), ("cpu", time.process_time)):
+        t_dense = [latency(dense, ids, args.latency_repeats, clock)]
+        t_pruned = [latency(pruned.model, ids, args.latency_repeats, clock)]
+        t_dense.append(latency(dense, ids, args.latency_repeats, clock))  # interleaved: dense, pruned, dense, pruned
+        t_pruned.append(latency(pruned.model, ids, args.latency_repeats, clock))
+        d, p = min(t_dense), min(t_pruned)
+        out.update({f"dense {name} ms": d * 1e3, f"pruned {name} ms": p * 1e3, f"{name} speed-up": d / p,
+                    f"{name} speed-up / MACs ratio": (d / p) / macs_ratio})
+    return out
 
 
 def main() -> None:
@@ -99,9 +104,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each overhead variant (minimum reported)")
     ap.add_argument("--latency-repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: CPU time is then a faithful measure on a shared machine; 0: torch default)")
     ap.add_argument("--skip", choices=["overhead", "speedup"], default=None)
     ap.add_argument("--json", default="/tmp/bench_core.json")
     args = ap.parse_args()
+    set_threads(args.threads)
     print(device_line())
     model, tok = load_smollm2()
     out = {"args": vars(args)}
@@ -113,7 +121,7 @@ def main() -> None:
     if args.skip != "speedup":
         r = speedup(model, tok, args)
         print(f"\n(b) 50% FFN neurons removed (magnitude), batch 1 x {args.seq_len} tokens, median of "
-              f"{args.latency_repeats}, best of 2 interleaved rounds (target speed-up / MACs ratio >= 0.8)\n")
+              f"{args.latency_repeats}, best of 2 interleaved rounds, wall and process CPU time (target speed-up / MACs ratio >= 0.8)\n")
         print(table([r]))
         out["speedup"] = r
     save_json(args.json, out)
