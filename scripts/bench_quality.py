@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _common import (device_line, supports, lee_sentences, lee_texts, load_minilm, load_smollm2, perplexity, save_json, table,
+from _common import (device_line, set_threads, supports, lee_sentences, lee_texts, load_minilm, load_smollm2, perplexity, save_json, sentence_embeddings, table,
                      token_batches)
 from hfprune import PruningConfig, prune
 from hfprune.criteria import available_criteria
@@ -123,17 +123,17 @@ def smollm2(args) -> list[dict]:
         print(rows[-1], flush=True)
         save_json(args.json + ".partial", {"smollm2": rows})
 
-    for c in [c for c in UNSTRUCTURED if c in have]:
-        for g in [g for g in ("weights", "2:4") if supports(c, g)]:
+    for c in [c for c in args.unstructured if c in have]:
+        for g in [g for g in ("weights", "2:4") if supports(c, g) and (g == "weights" or c in args.nm)]:
             add(f"hfprune {c}", "50% unstructured" if g == "weights" else "2:4",
                 lambda: hf_run(model, tok, args, c, g, 0.5))
-    for c in [c for c in STRUCTURED if c in have and supports(c, "neurons")]:
+    for c in [c for c in args.structured if c in have and supports(c, "neurons")]:
         for s in args.neuron_sparsities:
             add(f"hfprune {c}", f"FFN neurons {s:.0%}", lambda: hf_run(model, tok, args, c, "neurons", s))
-        if supports(c, "heads"):
+        if supports(c, "heads") and c in args.heads:
             add(f"hfprune {c}", "1 of 3 KV groups", lambda: hf_run(model, tok, args, c, "heads", 1 / 3, 1 / 3))
     batches = token_batches(tok, model, args.num_samples, args.seq_len, args.batch_size)
-    for imp in ("magnitude", "taylor"):
+    for imp in args.tp:
         for s in args.neuron_sparsities:
             add(f"Torch-Pruning {imp}", f"FFN neurons {s:.0%}", lambda: tp_run(model, tok, args, imp, s, batches))
     return rows
@@ -142,9 +142,9 @@ def smollm2(args) -> list[dict]:
 def minilm(args) -> list[dict]:
     model, tok = load_minilm()
     held_out = lee_sentences("test", args.sentences)
-    dense = __import__("_common").sentence_embeddings(model, tok, held_out)
+    dense = sentence_embeddings(model, tok, held_out)
     rows = []
-    for c in available_criteria():
+    for c in args.minilm_criteria or available_criteria():
         if not supports(c, "neurons"):
             continue
         for s in (0.3, 0.5):
@@ -153,7 +153,7 @@ def minilm(args) -> list[dict]:
             try:
                 res = prune(copy.deepcopy(model), cfg, calibration_data=lee_texts("background"), tokenizer=tok,
                             progress=False)
-                emb = __import__("_common").sentence_embeddings(res.model, tok, held_out)
+                emb = sentence_embeddings(res.model, tok, held_out)
                 r = {"cosine": F.cosine_similarity(emb, dense, dim=-1).mean().item()}
             except Exception as e:
                 r = {"note": f"error {type(e).__name__}: {str(e)[:120]}"}
@@ -172,9 +172,17 @@ def main() -> None:
     ap.add_argument("--neuron-sparsities", type=float, nargs="+", default=[0.2, 0.3])
     ap.add_argument("--minilm-samples", type=int, default=64, help="calibration sequences of 128 tokens (MiniLM)")
     ap.add_argument("--sentences", type=int, default=200, help="held-out Lee sentences for the cosine similarity")
+    ap.add_argument("--unstructured", nargs="*", default=UNSTRUCTURED, help="criteria run at 50%% unstructured")
+    ap.add_argument("--nm", nargs="*", default=UNSTRUCTURED, help="criteria also run at 2:4")
+    ap.add_argument("--structured", nargs="*", default=STRUCTURED, help="criteria run on FFN neurons")
+    ap.add_argument("--heads", nargs="*", default=STRUCTURED, help="criteria also run on one KV group of three")
+    ap.add_argument("--tp", nargs="*", default=["magnitude", "taylor"], help="Torch-Pruning importances")
+    ap.add_argument("--minilm-criteria", nargs="*", default=None, help="default: every registered criterion")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     ap.add_argument("--only", choices=["smollm2", "minilm"], default=None)
     ap.add_argument("--json", default="/tmp/bench_quality.json")
     args = ap.parse_args()
+    set_threads(args.threads)
     print(device_line())
     print("criteria registered:", ", ".join(available_criteria()))
     out = {"args": vars(args)}

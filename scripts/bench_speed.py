@@ -10,34 +10,44 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 
 import torch
 
-from _common import (device_line, supports, lee_sentences, lee_texts, load_minilm, load_smollm2, max_rss_mb, median_time,
+from _common import (device_line, set_threads, supports, lee_sentences, lee_texts, load_minilm, load_smollm2, max_rss_mb,
                      run_child, save_json, table, token_batches)
 from hfprune import PruningConfig, prune
 from hfprune.criteria import available_criteria
 
 
-def _latency(model, inputs, repeats) -> float:
-    with torch.no_grad():
-        return median_time(lambda: model(**inputs), repeats=repeats, warmup=2)
+@torch.no_grad()
+def _latency(model, inputs, repeats) -> tuple[float, float]:
+    """(median wall seconds, median process CPU seconds) of one forward pass, after one warm-up."""
+    model(**inputs)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        model(**inputs)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def speed_rows(name, model, inputs, sparsities, repeats, granularity="neurons") -> list[dict]:
     tokens = inputs["input_ids"].numel()
-    dense = _latency(model, inputs, repeats)
-    rows = [{"model": name, "sparsity": 0.0, "latency ms": dense * 1e3, "tokens/s": tokens / dense,
-             "speed-up": 1.0, "MACs ratio": 1.0, "speed-up / MACs ratio": 1.0}]
+    dw, dc = _latency(model, inputs, repeats)
+    rows = [{"model": name, "sparsity": 0.0, "wall ms": dw * 1e3, "cpu ms": dc * 1e3, "tokens/s (cpu)": tokens / dc,
+             "speed-up (wall)": 1.0, "speed-up (cpu)": 1.0, "MACs ratio": 1.0, "speed-up (cpu) / MACs ratio": 1.0}]
     for s in sparsities:
         res = prune(copy.deepcopy(model), PruningConfig(criterion="magnitude", granularity=granularity, sparsity=s),
                     progress=False)
-        t = _latency(res.model, inputs, repeats)
+        w, c = _latency(res.model, inputs, repeats)
         macs = res.report.macs_before / res.report.macs_after
-        rows.append({"model": name, "sparsity": s, "latency ms": t * 1e3, "tokens/s": tokens / t,
-                     "speed-up": dense / t, "MACs ratio": macs, "speed-up / MACs ratio": dense / t / macs})
+        rows.append({"model": name, "sparsity": s, "wall ms": w * 1e3, "cpu ms": c * 1e3,
+                     "tokens/s (cpu)": tokens / c, "speed-up (wall)": dw / w, "speed-up (cpu)": dc / c,
+                     "MACs ratio": macs, "speed-up (cpu) / MACs ratio": dc / c / macs})
     return rows
 
 
@@ -65,6 +75,8 @@ def main() -> None:
     ap.add_argument("--calib-seq-len", type=int, default=256)
     ap.add_argument("--models", nargs="+", default=["smollm2", "minilm"])
     ap.add_argument("--criteria", nargs="+", default=None, help="prune() cost runs: these criteria (default: all)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is faithful on a shared "
+                    "machine; 0: torch default)")
     ap.add_argument("--json", default="/tmp/bench_speed.json")
     ap.add_argument("--child", nargs=5, metavar=("MODEL", "CRITERION", "GRANULARITY", "N", "SEQ"),
                     help=argparse.SUPPRESS)
@@ -72,6 +84,7 @@ def main() -> None:
     if args.child:
         m, c, g, n, s = args.child
         return child_prune(m, c, g, int(n), int(s))
+    set_threads(args.threads)
     print(device_line())
     out = {"args": vars(args)}
     if args.only != "prune-cost":
@@ -88,8 +101,8 @@ def main() -> None:
                       max_length=128, return_tensors="pt")
             rows += speed_rows(f"MiniLM-L6 ({args.minilm_batch} x 128 tokens)", model, dict(enc), args.sparsities,
                                args.repeats)
-        print("\nStructured (FFN neurons, magnitude) latency, median of %d after warm-up, torch.no_grad\n"
-              % args.repeats)
+        print("\nStructured (FFN neurons, magnitude) latency, median of %d after warm-up, torch.no_grad; wall and "
+              "process CPU time\n" % args.repeats)
         print(table(rows))
         out["speed"] = rows
     if args.only != "speed":
