@@ -16,8 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _common import (device_line, set_threads, supports, lee_sentences, lee_texts, load_minilm, load_smollm2, perplexity, save_json, sentence_embeddings, table,
-                     token_batches)
+from _common import (device_line, lee_sentences, lee_texts, load_minilm, load_smollm2, perplexity, save_json,
+                     sentence_embeddings, set_threads, supports, table, token_batches)
 from hfprune import PruningConfig, prune
 from hfprune.criteria import available_criteria
 
