@@ -1,0 +1,146 @@
+"""Helpers shared by the benchmark scripts (timing, calibration batches, perplexity, tables, peak memory)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from hfprune.calibration.data import prepare_calibration
+from hfprune.config import PruningConfig
+from hfprune.examples import lee_texts, load_minilm, load_smollm2  # noqa: F401  (re-exported)
+
+
+def supports(criterion: str, part: str) -> bool:
+    """Whether ``criterion`` can score ``part`` ("weights", "2:4", "neurons", "heads")."""
+    from hfprune.criteria import get_criterion
+    from hfprune.errors import PruningError
+
+    try:
+        get_criterion(PruningConfig(criterion=criterion, granularity=part))
+    except PruningError:
+        return False
+    return True
+
+
+def device_line() -> str:
+    """Where the numbers were taken: CPU model, cores, torch threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"device: CPU ({cpu}), {os.cpu_count()} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, no GPU")
+
+
+def token_batches(tok: Any, model: Any, num_samples: int, seq_len: int, batch_size: int,
+                  split: str = "background") -> list[dict[str, torch.Tensor]]:
+    """Packed Lee-news token batches, built exactly as `prune()` builds its calibration set."""
+    cfg = PruningConfig(criterion="wanda", num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    return prepare_calibration(lee_texts(split), model, cfg, tok).batches
+
+
+def timed(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> float:
+    t = clock()
+    fn()
+    return clock() - t
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
+                clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median over ``repeats`` calls after ``warmup``; ``clock=time.process_time`` gives CPU seconds of this process,
+    which other processes on a shared machine disturb far less than wall time (use it with 1 torch thread)."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timed(fn, clock) for _ in range(repeats))
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+@torch.no_grad()
+def perplexity(model: Any, tok: Any, texts: list[str], seq_len: int = 512, max_tokens: int | None = None) -> float:
+    """Perplexity over ``texts`` packed (EOS-separated) into non-overlapping windows of ``seq_len`` tokens."""
+    ids: list[int] = []
+    for t in texts:
+        ids += tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    if max_tokens:
+        ids = ids[:max_tokens]
+    n = len(ids) // seq_len
+    x = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+    model.eval()
+    nll, count = 0.0, 0
+    for row in x:
+        out = model(input_ids=row[None], labels=row[None])
+        nll += out.loss.item() * (seq_len - 1)
+        count += seq_len - 1
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def sentence_embeddings(model: Any, tok: Any, sentences: list[str], batch_size: int = 16) -> torch.Tensor:
+    """Mean-pooled last hidden states (the all-MiniLM-L6-v2 sentence embedding, before normalisation)."""
+    model.eval()
+    outs = []
+    for i in range(0, len(sentences), batch_size):
+        enc = tok(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+        outs.append((h * m).sum(1) / m.sum(1))
+    return torch.cat(outs)
+
+
+def lee_sentences(split: str = "test", limit: int = 200) -> list[str]:
+    """Sentences of the Lee news text (split on '. '), at least 5 words each."""
+    out = []
+    for doc in lee_texts(split):
+        out += [s.strip() + "." for s in doc.split(". ") if len(s.split()) >= 5]
+    return out[:limit]
+
+
+def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A markdown table of ``rows`` (floats with 4 significant digits)."""
+    columns = columns or list(rows[0])
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def max_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(args: list[str], timeout: float = 900) -> dict[str, Any]:
+    """Run ``python <args>`` in a fresh process; it prints one JSON line last, which is returned."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+    if p.returncode != 0 or not lines:
+        return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
+    return json.loads(lines[-1])
+
+
+def save_json(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
