@@ -108,7 +108,6 @@ def test_digits_recipe_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.parametrize("name", ["mnist-mlp-ec", "mnist-mlp-relative-importance", "cnn-digits-hybrid"])
 def test_small_recipe_runs(name: str, tmp_path: Path) -> None:
     path = ROOT / "recipes" / f"{name}.yaml"
-    criterion = yaml.safe_load(path.read_text())["pruning"]["criterion"]
     assert main(["run", str(path), "--output", str(tmp_path / "out"), "--quiet"]) == 0
     acc = json.loads((tmp_path / "out" / "pruning_report.json").read_text())["evaluation"]["accuracy"]
     assert acc["before"] > 0.7 and acc["after"] > 0.5
