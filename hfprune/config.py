@@ -77,8 +77,6 @@ class PruningConfig:
     source: str = _f("data", "'data': the calibration data given; 'random': data-agnostic inputs matched to the "
                      "model (random token ids, Gaussian images).")
     seed: int = _f(0, "Seed for random criteria, random calibration inputs and projections.")
-    sequential: bool = _f(False, "Calibrate layer by layer so that only one block's inputs and statistics are "
-                          "held (for models larger than memory); layer-local criteria only.")
     # --- criterion options ----------------------------------------------------------------------------------
     norm: int = _f(1, "Norm of `magnitude` (and of hybrid's default importance): 1 or 2.")
     alpha: float = _f(0.5, "Hybrid: weight of expressiveness against importance, in [0, 1].")
