@@ -20,6 +20,7 @@ from ..calibration.data import CalibrationSet, prepare_calibration
 from ..config import PruningConfig
 from ..errors import CalibrationError, ConfigError
 from ..prune import auto_class_name, criterion_for
+from ..report import REPORT_NAME
 from .callback import PruningCallback
 from .losses import distillation_loss, group_lasso
 from .masks import TrainingMasks
@@ -171,7 +172,7 @@ class PruningTrainer(Trainer):
         """hfprune's card (used by `push_to_hub`) when `hfprune.publishing` is installed, else Trainer's."""
         if not self.is_world_process_zero():
             return
-        if _card_writer() is None:
+        if not os.path.isfile(os.path.join(self.args.output_dir, REPORT_NAME)):
             return super().create_model_card(*args, **kwargs)
         self.pruning_config.save_pretrained(self.args.output_dir, extra=self.pruning_info)
         _write_card(self.args.output_dir)
@@ -188,15 +189,10 @@ def _is_rows(data: Any) -> bool:
     return isinstance(data, datasets.Dataset) or (isinstance(data, list) and (not data or isinstance(data[0], dict)))
 
 
-def _card_writer() -> Any:
-    try:
-        from ..publishing import write_model_card
-    except ImportError:  # hfprune.publishing is built separately; Trainer's own card is used without it
-        return None
-    return write_model_card
-
-
 def _write_card(folder: str) -> None:
-    writer = _card_writer()
-    if writer is not None and os.path.isdir(folder):
-        writer(folder)
+    """hfprune's card needs a `PruningReport`; the trainer does not write one yet, so without it Trainer's card
+    stays."""
+    from ..publishing import write_model_card
+
+    if os.path.isfile(os.path.join(folder, REPORT_NAME)):
+        write_model_card(folder)
