@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -150,6 +151,8 @@ def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) ->
     console.info("fine-tuning with PruningTrainer")
     start = time.perf_counter()
     trainer.train()
+    if "output_dir" not in recipe.training.args:  # checkpoints of a temporary folder nobody asked for
+        shutil.rmtree(args["output_dir"], ignore_errors=True)
     model = trainer.model
     after_params, after_nonzero = count_params(model)
     report = PruningReport(
