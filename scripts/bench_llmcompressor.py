@@ -85,7 +85,7 @@ def main() -> None:
         for structure in args.structures:
             model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
             cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
-            recipe = cls(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["lm_head"])
+            recipe = cls(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["re:.*lm_head"])  # the documented pattern; a bare "lm_head" did not match
             t = time.perf_counter()
             try:
                 oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(calib),

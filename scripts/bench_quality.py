@@ -20,6 +20,7 @@ from _common import (device_line, lee_sentences, lee_texts, load_minilm, load_sm
                      sentence_embeddings, set_threads, supports, table, token_batches)
 from hfprune import PruningConfig, prune
 from hfprune.criteria import available_criteria
+from hfprune.measure import count_params
 
 UNSTRUCTURED = ["magnitude", "wanda", "elimination_compensation", "relative_importance"]
 STRUCTURED = ["magnitude", "taylor", "expressiveness", "hybrid", "elimination_compensation"]
@@ -102,7 +103,7 @@ def tp_run(model, tok, args, importance, sparsity, batches) -> dict:
         m = copy.deepcopy(model)
         note = f"TP failed ({type(e).__name__}: {str(e)[:80]}); " + _manual_mlp(m, batches, importance, sparsity)
     secs = time.perf_counter() - t
-    params = sum(p.numel() for p in m.parameters() if p is not m.lm_head.weight or not m.config.tie_word_embeddings)
+    params = count_params(m)[0]
     return {"ppl": perplexity(m, tok, lee_texts("test"), args.ppl_seq_len, args.ppl_tokens), "prune s": secs,
             "params": params, "note": note}
 
