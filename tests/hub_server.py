@@ -240,34 +240,36 @@ class _Handler(BaseHTTPRequestHandler):
             repo.branches[branch] = repo.branches[req.get("startingPoint") or "main"]
         self._send(200, {})
 
-    def _info(self, repo_id: str, revision: str) -> None:
+    def _snapshot(self, repo_id: str, revision: str) -> tuple[Repo, str] | None:
+        """The repo and the commit a branch name or commit id points to; answers 404 and returns None if none."""
         repo = self._repo(repo_id)
         if repo is None:
-            return
+            return None
         oid = repo.branches.get(revision, revision if revision in repo.commits else None)
         if oid is None:
-            return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+            self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+            return None
+        return repo, oid
+
+    def _info(self, repo_id: str, revision: str) -> None:
+        if (found := self._snapshot(repo_id, revision)) is None:
+            return
+        repo, oid = found
         siblings = [{"rfilename": p, "size": len(d)} for p, d in sorted(repo.commits[oid].items())]
         self._send(200, {"id": repo_id, "modelId": repo_id, "sha": oid, "private": repo.private,
                          "siblings": siblings, "tags": [], "downloads": 0, "likes": 0})
 
     def _tree(self, repo_id: str, revision: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        if (found := self._snapshot(repo_id, revision)) is None:
             return
-        oid = repo.branches.get(revision, revision if revision in repo.commits else None)
-        if oid is None:
-            return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        repo, oid = found
         self._send(200, [{"type": "file", "path": p, "size": len(d), "oid": git_blob_sha(d)}
                          for p, d in sorted(repo.commits[oid].items())])
 
     def _resolve(self, repo_id: str, revision: str, path: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        if (found := self._snapshot(repo_id, revision)) is None:
             return
-        oid = repo.branches.get(revision, revision if revision in repo.commits else None)
-        if oid is None:
-            return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        repo, oid = found
         data = repo.commits[oid].get(path)
         if data is None:
             return self._error(404, f"Entry not found: {path}", "EntryNotFound")
