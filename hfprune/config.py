@@ -77,6 +77,10 @@ class PruningConfig:
     source: str = _f("data", "'data': the calibration data given; 'random': data-agnostic inputs matched to the "
                      "model (random token ids, Gaussian images).")
     seed: int = _f(0, "Seed for random criteria, random calibration inputs and projections.")
+    calibration_mode: str = _f("full", "'full': whole-model forward (and backward) passes, statistics of every "
+                               "layer held at once; 'sequential': layer-by-layer for large models, only one "
+                               "transformer block's inputs and statistics held at a time (forward-only criteria; "
+                               "same masks as 'full' for them). See docs/scaling.md.")
     # --- criterion options ----------------------------------------------------------------------------------
     norm: int = _f(1, "Norm of `magnitude` (and of hybrid's default importance): 1 or 2.")
     alpha: float = _f(0.5, "Hybrid: weight of expressiveness against importance, in [0, 1].")
@@ -184,6 +188,7 @@ class PruningConfig:
             "hybrid_form": ("rank", "product"),
             "head_pattern": ("output",),
             "ec_output": ("network", "loss", "layer"),
+            "calibration_mode": ("full", "sequential"),
             "ri_threshold": ("sparsity", "tau"),
             "schedule": SCHEDULES,
             "norm": (1, 2),
@@ -205,6 +210,12 @@ class PruningConfig:
                 raise bad(name, "a positive number")
         if not isinstance(self.regularizer_weight, (int, float)) or self.regularizer_weight < 0:
             raise bad("regularizer_weight", "a number >= 0")
+        if self.calibration_mode == "sequential":
+            from .criteria import sequential_conflict
+
+            problem = sequential_conflict(self)
+            if problem:
+                raise bad("calibration_mode", problem)
 
     # --- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

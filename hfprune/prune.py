@@ -13,15 +13,16 @@ from torch import nn
 
 from .calibration.collector import collect_statistics
 from .calibration.data import CalibrationSet, prepare_calibration
+from .calibration.sequential import block_of, block_statistics, find_blocks
 from .compaction import add_bias, compact_units, rewrite_config
 from .config import PruningConfig
-from .criteria import get_criterion
+from .criteria import Criterion, get_criterion
 from .errors import ConfigError, StructureError
 from .io import atomic_output_dir
 from .masks import apply_weight_masks, removed_columns
 from .measure import count_macs, count_params, dummy_input
 from .report import LayerReport, PruningReport
-from .selection import check_head_ratio, structured_masks, unstructured_masks
+from .selection import Selection, check_head_ratio, structured_masks, unstructured_masks
 from .structure import Layer, UnitGroup, adapter_for, find_groups, find_layers, target_layers
 
 _AUTO_CLASSES = ("CAUSAL_LM", "SEQUENCE_CLASSIFICATION", "IMAGE_CLASSIFICATION", "MASKED_LM",
@@ -164,24 +165,41 @@ def compute_masks(model: nn.Module, criterion: Any, layers: dict[str, Layer], gr
 
     ``removed`` (True = already removed, per layer or group) stays removed, so that repeated calls during
     training (`PruningTrainer`) give monotone masks. ``timings`` receives the time of each phase.
+    With ``calibration_mode='sequential'`` see `_sequential_masks`.
     """
-    config = criterion.config
     timings = {} if timings is None else timings
-    t = time.perf_counter()
+    for phase in ("calibration", "scoring", "selection"):
+        timings[phase] = 0.0
     observed = criterion.observed_layers(layers, groups)
-    stats = collect_statistics(model, criterion, layers, observed, calib.batches if calib else [], progress)
+    batches = calib.batches if calib else []
+    if criterion.config.calibration_mode == "sequential":
+        return _sequential_masks(model, criterion, layers, groups, observed, batches, progress, removed or {},
+                                 timings)
+    t = time.perf_counter()
+    stats = collect_statistics(model, criterion, layers, observed, batches, progress)
     timings["calibration"] = time.perf_counter() - t
+    scores = _scores(criterion, layers, groups, stats, removed or {}, timings)
+    return _select(criterion, layers, groups, scores, removed or {}, timings), scores, stats
 
+
+def _scores(criterion: Any, layers: dict[str, Layer], groups: list[UnitGroup] | None, stats: dict,
+            removed: dict[str, torch.Tensor], timings: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Scores per layer (``[out, in]``) or per group (``[units]``); already-removed entries get -inf."""
     t = time.perf_counter()
     if groups is None:
         scores = {n: criterion.weight_scores(l, stats.get(n, {})) for n, l in layers.items()}
     else:
         scores = {g.name: criterion.unit_scores(g, stats, layers) for g in groups}
-    for n, gone in (removed or {}).items():
-        scores[n] = scores[n].masked_fill(gone.to(scores[n].device), -math.inf)
-    timings["scoring"] = time.perf_counter() - t
+    for n in scores.keys() & removed.keys():
+        scores[n] = scores[n].masked_fill(removed[n].to(scores[n].device), -math.inf)
+    timings["scoring"] += time.perf_counter() - t
+    return scores
 
+
+def _select(criterion: Any, layers: dict[str, Layer], groups: list[UnitGroup] | None, scores: dict,
+            removed: dict[str, torch.Tensor], timings: dict[str, float]) -> Any:
     t = time.perf_counter()
+    config = criterion.config
     if groups is None:
         removal = getattr(criterion, "removal_mask", None)
         overrides = {}
@@ -190,10 +208,63 @@ def compute_masks(model: nn.Module, criterion: Any, layers: dict[str, Layer], gr
         selection = unstructured_masks(scores, config, criterion.per_row, overrides)
     else:
         selection = structured_masks(scores, groups, config)
-    for n, gone in (removed or {}).items():
-        selection.masks[n] &= ~gone.cpu()
-    timings["selection"] = time.perf_counter() - t
-    return selection, scores, stats
+    for n in selection.masks.keys() & removed.keys():
+        selection.masks[n] &= ~removed[n].cpu()
+    timings["selection"] += time.perf_counter() - t
+    return selection
+
+
+def _sequential_masks(model: nn.Module, criterion: Any, layers: dict[str, Layer], groups: list[UnitGroup] | None,
+                      observed: list[str], batches: list, progress: bool, removed: dict[str, torch.Tensor],
+                      timings: dict[str, float]) -> tuple[Any, dict, dict]:
+    """Block by block: statistics of one block (`block_statistics`), its scores and masks, then the next block.
+
+    Kept across blocks: masks; per-unit scores (structured: small; global scope selects once all are in);
+    statistics only where compensation needs them (elimination-compensation with ec_output='layer': two vectors
+    per layer). Per-weight scores and the other statistics are dropped after each block, so the returned scores
+    are empty for unstructured granularities.
+    """
+    prefix, blocks = find_blocks(model)
+    units = {g.name: g for g in groups} if groups is not None else layers
+    members = {n: [c.layer for c in g.couplings if c.layer in layers] for n, g in units.items()} \
+        if groups is not None else {n: [n] for n in layers}
+    where = block_of(list(layers), prefix, len(blocks))
+    home = {n: where[ls[0]] if ls and len({where[l] for l in ls}) == 1 else None for n, ls in members.items()}
+    split = sorted(n for n, h in home.items() if h is None and set(members[n]) & set(observed))
+    if split:
+        raise ConfigError(f"calibration_mode='sequential': the units {split} span several blocks or lie outside "
+                          f"{prefix}.N; use calibration_mode='full'.")
+    keep_stats = criterion.config.compensate and \
+        type(criterion).bias_compensation is not Criterion.bias_compensation
+    deferred = groups is not None and criterion.config.scope == "global"
+    selection, scores, kept = Selection({}), {}, {}
+    pending = set(units)
+
+    def decide(names: list[str], stats: dict) -> None:
+        part = [units[n] for n in names] if groups is not None else None
+        sub = {n: layers[n] for n in names} if groups is None else layers
+        s = _scores(criterion, sub, part, stats, removed, timings)
+        if groups is not None:
+            scores.update(s)
+        if not deferred:
+            chosen = _select(criterion, sub, part, s, removed, timings)
+            selection.masks.update(chosen.masks)
+            selection.forced_min.update(chosen.forced_min)
+        pending.difference_update(names)
+
+    t = time.perf_counter()
+    for i, stats in block_statistics(model, criterion, layers, observed, batches, progress):
+        timings["calibration"] += time.perf_counter() - t
+        decide([n for n in units if home[n] == i], stats)
+        if keep_stats:
+            kept.update(stats)
+        del stats
+        t = time.perf_counter()
+    for i in sorted({home[n] for n in pending}, key=lambda i: -1 if i is None else i):  # data-free, block by block
+        decide([n for n in sorted(pending) if home[n] == i], {})
+    if deferred:
+        selection = _select(criterion, layers, groups, scores, removed, timings)
+    return selection, scores, kept
 
 
 def _compensate(model: nn.Module, criterion: Any, layers: dict[str, Layer], stats: dict, groups: list | None,

@@ -82,6 +82,39 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
                                "check the model weights and the calibration data (e.g. fp16 overflow: use float32).")
 
 
+def forward_stats_hook(criterion: Criterion, layer: Layer, stats: Stats):
+    """A forward hook that checks a layer's input and adds it to ``stats`` (forward-only criteria)."""
+
+    def fn(module: nn.Module, args: tuple, output: Any) -> None:
+        x = args[0]
+        _check_finite(layer.name, x)
+        criterion.accumulate(layer, stats, x.detach())
+    return fn
+
+
+def all_reduce_stats(stats: dict[str, Stats]) -> None:
+    """Sum every statistic across processes (no-op outside torch.distributed)."""
+    if _world()[1] > 1:
+        for s in stats.values():
+            for t in s.values():
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+@contextlib.contextmanager
+def no_kv_cache(model: nn.Module):
+    """Turn off the KV cache of a Hugging Face decoder while calibrating: it would keep every layer's keys and
+    values of the batch alive for nothing."""
+    cfg = getattr(model, "config", None)
+    old = getattr(cfg, "use_cache", None)
+    if old:
+        cfg.use_cache = False
+    try:
+        yield
+    finally:
+        if old:
+            cfg.use_cache = old
+
+
 def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], observed: list[str],
                        batches: list[Any], progress: bool = True) -> dict[str, Stats]:
     """Accumulate ``criterion``'s statistics for the ``observed`` layers over ``batches``; summed across ranks."""
@@ -96,12 +129,12 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
     def hook(name: str):
         layer = layers[name]
 
+        if grad_mode is None:
+            return forward_stats_hook(criterion, layer, stats[name])
+
         def fn(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             x = args[0]
             _check_finite(name, x)
-            if grad_mode is None:
-                criterion.accumulate(layer, stats[name], x.detach())
-                return
             entry = {"x": x.detach(), "grads": []}
             captured[name] = entry
             if output.requires_grad:
@@ -119,7 +152,7 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
         ctx = torch.no_grad() if grad_mode is None else contextlib.nullcontext()
         for i, batch in enumerate(tqdm(mine, desc=f"calibrating ({criterion.name})", disable=not progress,
                                        leave=False)):
-            with ctx:
+            with ctx, no_kv_cache(model):
                 out = run_model(model, batch)
                 if grad_mode == "loss":
                     _loss(model, batch, out).backward()
@@ -139,8 +172,5 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
         for p, r in requires.items():
             p.requires_grad_(r)
         model.train(was_training)
-    if world > 1:
-        for s in stats.values():
-            for t in s.values():
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    all_reduce_stats(stats)
     return stats

@@ -44,6 +44,7 @@ class Adapter:
     attention: dict[str, AttentionSpec]  # suffix of the attention parent module -> spec
     heads_in_config: bool  # the config can express fewer heads (it has an explicit head_dim)
     bias_flags: tuple[str, ...] = ()  # config flags that add biases (for compensation), e.g. mlp_bias
+    blocks: str = ""  # suffix of the ModuleList of transformer blocks (sequential calibration), e.g. "layers"
 
     def groups(self, model: nn.Module, layers: dict[str, Layer], kinds: list[str], gqa_mode: str) -> list[UnitGroup]:
         out: list[UnitGroup] = []
@@ -158,6 +159,7 @@ _LLAMA_LIKE = Adapter(
     attention={"self_attn": AttentionSpec("q_proj", "k_proj", "v_proj", "o_proj")},
     heads_in_config=True,
     bias_flags=("mlp_bias", "attention_bias"),
+    blocks="layers",
 )
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -167,6 +169,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         ffn={"*": FFNSpec(("intermediate.dense",), "output.dense", "intermediate_size")},
         attention={"attention": AttentionSpec("self.query", "self.key", "self.value", "output.dense")},
         heads_in_config=False,
+        blocks="encoder.layer",
     ),
     Adapter(
         family="gpt2",
@@ -174,6 +177,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         ffn={"mlp": FFNSpec(("c_fc",), "c_proj", "n_inner")},
         attention={"attn": AttentionSpec("c_attn", "c_attn", "c_attn", "c_proj", fused_qkv=True)},
         heads_in_config=False,
+        blocks="h",
     ),
     Adapter(
         family="vit",
@@ -181,6 +185,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         ffn={"mlp": FFNSpec(("fc1",), "fc2", "intermediate_size")},
         attention={"attention": AttentionSpec("q_proj", "k_proj", "v_proj", "o_proj")},
         heads_in_config=True,
+        blocks="encoder.layer",
     ),
     _LLAMA_LIKE,
 )
