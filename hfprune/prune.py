@@ -19,7 +19,7 @@ from .config import PruningConfig
 from .criteria import Criterion, get_criterion
 from .errors import ConfigError, StructureError
 from .io import atomic_output_dir
-from .masks import apply_weight_masks, removed_columns
+from .masks import PackedMasks, apply_weight_masks, removed_columns
 from .measure import count_macs, count_params, dummy_input
 from .report import LayerReport, PruningReport
 from .selection import Selection, check_head_ratio, structured_masks, unstructured_masks
@@ -222,7 +222,8 @@ def _sequential_masks(model: nn.Module, criterion: Any, layers: dict[str, Layer]
     Kept across blocks: masks; per-unit scores (structured: small; global scope selects once all are in);
     statistics only where compensation needs them (elimination-compensation with ec_output='layer': two vectors
     per layer). Per-weight scores and the other statistics are dropped after each block, so the returned scores
-    are empty for unstructured granularities.
+    are empty for unstructured granularities, and unstructured masks are stored one bit per weight
+    (`PackedMasks`).
     """
     prefix, blocks = find_blocks(model)
     units = {g.name: g for g in groups} if groups is not None else layers
@@ -237,7 +238,8 @@ def _sequential_masks(model: nn.Module, criterion: Any, layers: dict[str, Layer]
     keep_stats = criterion.config.compensate and \
         type(criterion).bias_compensation is not Criterion.bias_compensation
     deferred = groups is not None and criterion.config.scope == "global"
-    selection, scores, kept = Selection({}), {}, {}
+    selection = Selection({} if groups is not None else PackedMasks())
+    scores, kept = {}, {}
     pending = set(units)
 
     def decide(names: list[str], stats: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -18,6 +19,16 @@ import torch
 from hfprune.calibration.data import prepare_calibration
 from hfprune.config import PruningConfig
 from hfprune.examples import lee_texts, load_minilm, load_smollm2  # noqa: F401  (re-exported)
+
+
+def bench_parser(doc: str | None, num_samples: int = 16, seq_len: int = 512,
+                 batch_size: int = 4) -> argparse.ArgumentParser:
+    """An argument parser with the calibration-size options every benchmark takes."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--num-samples", type=int, default=num_samples)
+    ap.add_argument("--seq-len", type=int, default=seq_len)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    return ap
 
 
 def supports(criterion: str, part: str) -> bool:

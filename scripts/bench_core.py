@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import torch
 
-from _common import device_line, set_threads, load_smollm2, median_time, save_json, table, token_batches
+from _common import bench_parser, device_line, set_threads, load_smollm2, median_time, save_json, table, token_batches
 from hfprune import PruningConfig, prune
 from hfprune.calibration import collector
 from hfprune.calibration.collector import collect_statistics, run_model
@@ -98,10 +97,7 @@ def speedup(model, tok, args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--num-samples", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap = bench_parser(__doc__)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each overhead variant (minimum reported)")
     ap.add_argument("--latency-repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1,
