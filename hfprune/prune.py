@@ -87,6 +87,10 @@ def _check_inputs(model: nn.Module, config: PruningConfig) -> None:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module (e.g. from from_pretrained), got {type(model).__name__}.")
     for name, p in model.named_parameters():
+        if p.is_meta:
+            raise ConfigError(f"Parameter {name} is on the 'meta' device (not loaded, or offloaded by accelerate's "
+                              "device_map to 'cpu'/'disk'); scoring reads every weight. Load the model with its "
+                              "weights on real devices (device_map over GPUs, or on CPU): see docs/scaling.md.")
         if not torch.isfinite(p).all():
             raise ConfigError(f"Parameter {name} holds NaN or inf; the model is corrupt and cannot be pruned.")
 

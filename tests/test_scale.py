@@ -104,6 +104,13 @@ def test_sequential_needs_blocks():
         prune(model, config, calibration_data=torch.randn(4, 8), progress=False)
 
 
+def test_offloaded_weights_are_named():
+    model = tiny_model("llama")
+    model.model.layers[1].mlp.up_proj.weight = nn.Parameter(torch.empty(64, 48, device="meta"))
+    with pytest.raises(ConfigError, match="layers.1.mlp.up_proj.weight.*meta"):
+        prune(model, PruningConfig(criterion="magnitude", calibration_mode="sequential"), progress=False)
+
+
 def test_structured_global_scope_is_supported():
     config = _config("llama", "wanda", "neurons", "sequential", scope="global")
     result = prune(tiny_model("llama"), config, calibration_data=calibration("llama"), progress=False)
@@ -129,3 +136,17 @@ def test_two_process_calibration_statistics_equal_one_process(tmp_path):
             assert torch.equal(r0[k], one[k]), k
         else:  # equal up to float summation order
             torch.testing.assert_close(r0[k], one[k], rtol=1e-6, atol=1e-9, msg=k)
+
+
+def test_pruning_trainer_in_sequential_mode(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from trainer_tiny import make_trainer
+
+    masks = {}
+    for mode in ("full", "sequential"):
+        trainer = make_trainer(str(tmp_path / mode), {"granularity": "weights", "calibration_mode": mode},
+                               max_steps=1)
+        trainer.train()
+        masks[mode] = trainer.pruning_masks.masks
+    assert masks["full"].keys() == masks["sequential"].keys()
+    assert all(torch.equal(masks["full"][k], masks["sequential"][k]) for k in masks["full"])
