@@ -89,7 +89,8 @@ def child_memory(args) -> dict:
     peak_prune = _status("VmHWM")
     cfg = model.config
     return {
-        "mode": args.mode, "params MB": param_mb, "RSS before load MB": rss0, "model resident MB": rss_model - rss0,
+        "mode": args.mode, "batch": args.batch_size, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+        "params MB": param_mb, "RSS before load MB": rss0, "model resident MB": rss_model - rss0,
         "peak compute_masks - before load MB": peak_masks - rss0, "peak prune() - before load MB": peak_prune - rss0,
         "compute_masks ratio": (peak_masks - rss0) / param_mb, "prune() ratio": (peak_prune - rss0) / param_mb,
         "compute_masks s": t_masks, "prune() s": t_prune, "peak reset exact": exact,
@@ -139,6 +140,8 @@ def main() -> None:
     ap.add_argument("--ddp-samples", type=int, default=8)
     ap.add_argument("--ddp-seq-len", type=int, default=256)
     ap.add_argument("--ddp-batch-size", type=int, default=2)
+    ap.add_argument("--mmap-threshold", type=int, default=0,
+                    help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) for the memory runs; 0: glibc's dynamic default")
     ap.add_argument("--skip", choices=["memory", "ddp"], default=None)
     ap.add_argument("--json", default="/tmp/bench_scale.json")
     ap.add_argument("--child", choices=["memory", "ddp"], help=argparse.SUPPRESS)
@@ -152,6 +155,8 @@ def main() -> None:
     common = ["--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len), "--batch-size",
               str(args.batch_size), "--threads", str(args.threads)]
     if args.skip != "memory":
+        if args.mmap_threshold:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
         rows = []
         for mode in args.modes:
             rows.append(run_child([__file__, "--child", "memory", "--mode", mode, *common], timeout=7200))
@@ -161,6 +166,7 @@ def main() -> None:
         print(table(rows))
         out["memory"] = rows
     if args.skip != "ddp":
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
         ddp = ["--ddp-samples", str(args.ddp_samples), "--ddp-seq-len", str(args.ddp_seq_len), "--ddp-batch-size",
                str(args.ddp_batch_size)]
         runs = [([__file__], 1), ([__file__], 2),

@@ -155,7 +155,11 @@ def block_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, L
                     for entry in cache:
                         hidden, args, kwargs = entry
                         out = blocks[i](hidden, *args, **kwargs)
-                        entry[0] = out[0] if isinstance(out, (tuple, list)) else out
+                        out = out[0] if isinstance(out, (tuple, list)) else out
+                        if out.shape == hidden.shape and out.dtype == hidden.dtype:
+                            hidden.copy_(out)  # in place: the cache never grows nor fragments the heap
+                        else:
+                            entry[0] = out
                         del hidden, out
             finally:
                 for h in handles:
