@@ -55,6 +55,17 @@ def test_sequential_masks_equal_full_masks(family, criterion, granularity, kw):
         assert torch.equal(w_full[k], w_seq[k]), k
 
 
+def test_sequential_calibrates_in_eval_mode():
+    """BERT has dropout after its embeddings: a model left in training mode must not change the cached inputs."""
+    masks = {}
+    for mode in ("full", "sequential"):
+        model = tiny_model("bert").train()
+        masks[mode] = prune(model, _config("bert", "wanda", "weights", mode), calibration_data=calibration("bert"),
+                            progress=False).masks
+        assert model.training
+    assert all(torch.equal(masks["full"][k], masks["sequential"][k]) for k in masks["full"])
+
+
 def test_blocks_of_each_family():
     assert find_blocks(tiny_model("llama"))[0] == "model.layers"
     assert find_blocks(tiny_model("gpt2"))[0] == "transformer.h"

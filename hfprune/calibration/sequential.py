@@ -139,11 +139,11 @@ def block_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, L
                           "calibration_mode='full'.")
     last = max(where.values(), default=-1)
     rank, world = _world()
-    cache = capture_block_inputs(model, blocks[0], batches[rank::world]) if last >= 0 else []
-    release_memory()
     was_training = model.training
-    model.eval()
+    model.eval()  # before the capture: dropout in the embeddings would change the cached inputs
     try:
+        cache = capture_block_inputs(model, blocks[0], batches[rank::world]) if last >= 0 else []
+        release_memory()
         for i in tqdm(range(last + 1), desc=f"calibrating ({criterion.name}), block by block", disable=not progress,
                       leave=False):
             names = [n for n in observed if where[n] == i]
