@@ -117,10 +117,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(description: str, argv: Sequence[str] | None, seeds: int = 3) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny settings (one seed, few epochs) for a smoke test")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds (ignored with --quick: 1)")
+    p.add_argument("--seeds", type=int, default=seeds, help="training seeds (ignored with --quick: 1)")
     p.add_argument("--out", default="docs/results", help="folder of the JSON results")
     p.add_argument("--img", default="docs/img", help="folder of the PNG plots")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
