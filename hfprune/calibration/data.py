@@ -35,6 +35,11 @@ class CalibrationSet:
     warnings: list[str] = field(default_factory=list)
 
     def describe(self, seq_len: int) -> dict[str, Any]:
+        """``seq_len`` is the token batches' own length when they have one (None when padded to different lengths,
+        e.g. by `DataCollatorWithPadding`), else the configured one."""
+        lengths = {b["input_ids"].shape[-1] for b in self.batches if isinstance(b, dict) and "input_ids" in b}
+        if lengths:
+            seq_len = lengths.pop() if len(lengths) == 1 else None
         return {"source": self.source, "name": self.name, "num_samples": self.num_samples, "seq_len": seq_len,
                 "tokens": self.tokens}
 
