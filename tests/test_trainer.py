@@ -249,6 +249,8 @@ def test_relative_importance_loss_is_task_plus_weighted_term(tmp_path):
     for n, p in model.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
     assert trainer.compute_loss(model.eval(), batch) == model(**batch).loss  # no term outside training
+    model.train()(**batch)
+    assert trainer._layer_inputs.inputs == {}  # forwards outside compute_loss leave no activations behind
 
 
 def test_relative_importance_run_keeps_masks_and_logs_the_term(tmp_path):

@@ -13,6 +13,9 @@ e.g. the FFN down projection for neurons). It needs each layer's input in the cu
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,22 +71,29 @@ def ri_layers(masks: TrainingMasks) -> dict[str, Layer]:
 
 
 class LayerInputs:
-    """Forward pre-hooks keeping the latest training-time input (detached) of each of ``layers``."""
+    """Forward pre-hooks keeping the input (detached) of each of ``layers`` seen inside `capture()`; elsewhere
+    (evaluation, MAC counting, a gradient-checkpointing recompute, the user's own forwards) they keep nothing."""
 
     def __init__(self, layers: dict[str, Layer]) -> None:
         self.layers = layers
         self.inputs: dict[str, torch.Tensor] = {}
+        self.active = False
         self.handles = [l.module.register_forward_pre_hook(self._hook(n)) for n, l in layers.items()]
 
     def _hook(self, name: str):
         def keep(module: nn.Module, args: tuple) -> None:
-            if module.training and torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor):
+            if self.active and args and isinstance(args[0], torch.Tensor):
                 self.inputs[name] = args[0].detach()
         return keep
 
-    def pop(self) -> dict[str, torch.Tensor]:
-        out, self.inputs = self.inputs, {}
-        return out
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Keep the inputs of the forward passes run inside; yields the dict they land in (fresh each time)."""
+        self.inputs, self.active = {}, True
+        try:
+            yield self.inputs
+        finally:
+            self.inputs, self.active = {}, False  # the caller's dict lives on; this object keeps no activations
 
     def remove(self) -> None:
         for h in self.handles:

@@ -8,6 +8,7 @@ save (`save_model`, `push_to_hub`) writes what `PruningResult.save_pretrained` w
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -117,12 +118,12 @@ class PruningTrainer(Trainer):
         self._pruning_info = {"loader": loader, "compacted": not self.pruning_config.keep_masks}
         return output
 
-    def _regularizer(self) -> torch.Tensor | None:
-        """The configured regulariser on the current weights (RI: on the inputs of this batch's forward)."""
+    def _regularizer(self, layer_inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The configured regulariser on the current weights (RI: on ``layer_inputs``, this batch's forward)."""
         if self.pruning_config.regularizer == "group_lasso":
             return group_lasso(self.model, self.pruning_masks)
         if self._layer_inputs is not None:
-            return relative_importance(self._layer_inputs.layers, self._layer_inputs.pop())
+            return relative_importance(self._layer_inputs.layers, layer_inputs)
         return None
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -131,14 +132,16 @@ class PruningTrainer(Trainer):
         extras = model.training and (self.pruning_config.regularizer is not None or self.teacher is not None)
         if not extras:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        capture = self._layer_inputs.capture() if self._layer_inputs is not None else contextlib.nullcontext({})
+        with capture as seen:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         config = self.pruning_config
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(**inputs).logits
             kd = distillation_loss(outputs.logits, teacher_logits, config.distillation_temperature)
             loss = (1 - config.distillation_weight) * loss + config.distillation_weight * kd
-        reg = self._regularizer()
+        reg = self._regularizer(seen)
         if reg is not None:
             self._reg_sum += float(reg.detach())
             self._reg_count += 1
