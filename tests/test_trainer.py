@@ -378,14 +378,18 @@ def test_save_model_writes_config_report_and_card(tmp_path, scope):
     assert ("load_pruned" in card.text) == (report.loader == "hfprune")
 
 
-def test_push_to_hub_uploads_the_hfprune_card(tmp_path, hub):
+@pytest.mark.parametrize("how", ["push_to_hub()", "save_model() with args.push_to_hub"])
+def test_push_to_hub_uploads_the_hfprune_card(tmp_path, hub, how):
     import json
 
     from test_publishing import REPO, TOKEN
 
-    trainer = make_trainer(str(tmp_path / "out"), {}, max_steps=2, hub_model_id=REPO, hub_token=TOKEN)
+    auto = how != "push_to_hub()"
+    trainer = make_trainer(str(tmp_path / "out"), {}, max_steps=2, hub_model_id=REPO, hub_token=TOKEN,
+                           push_to_hub=auto)
     trainer.train()
-    trainer.push_to_hub()
+    trainer.save_model() if auto else trainer.push_to_hub()
+    assert hub.repos[REPO].messages[hub.repos[REPO].branches["main"]] == ("Model save" if auto else "End of training")
     files = hub.files(REPO)
     assert {"config.json", "model.safetensors", "pruning_config.json", "pruning_report.json", "README.md",
             "kept_units.png"} <= set(files)
