@@ -114,6 +114,8 @@ class PruningTrainer(Trainer):
         loader = "transformers" if hasattr(self.model, "save_pretrained") else "hfprune"
         if not self.pruning_config.keep_masks:
             loader, _ = self.pruning_masks.compact(self.model)
+            if self._layer_inputs is not None:  # a compacted trainer does not train again
+                self._layer_inputs.remove()
         self._timings["compaction"] = time.perf_counter() - t
         self._pruning_info = {"loader": loader, "compacted": not self.pruning_config.keep_masks}
         return output
