@@ -7,6 +7,7 @@ seconds on a CPU, which gives a real trained network to prune rather than random
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -65,8 +66,13 @@ def _split(x: torch.Tensor, y: torch.Tensor, seed: int, test_fraction: float = 0
 
 
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
-                     lr: float = 2e-3, batch_size: int = 128) -> nn.Module:
-    """Plain Adam cross-entropy training; deterministic for a given seed."""
+                     lr: float = 2e-3, batch_size: int = 128, extra_loss: Callable[[], torch.Tensor] | None = None,
+                     after_step: Callable[[], None] | None = None) -> nn.Module:
+    """Plain Adam cross-entropy training; deterministic for a given seed.
+
+    ``extra_loss()`` is added to each batch's loss after its forward pass (a regulariser that reads activations
+    through hooks); ``after_step()`` runs after each optimizer step (re-applying pruning masks while fine-tuning).
+    """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -75,8 +81,13 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
         for i in range(0, len(y), batch_size):
             idx = order[i:i + batch_size]
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step()
     return model.eval()
 
 

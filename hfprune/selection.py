@@ -52,7 +52,8 @@ def unstructured_masks(scores: dict[str, torch.Tensor], config: PruningConfig, p
     if nm:
         return Selection({n: nm_mask(s, *nm) for n, s in scores.items()})
     if config.scope == "global" and not per_row:
-        flat = torch.cat([s.flatten().double().cpu() for n, s in scores.items() if n not in overrides])
+        ranked = [s.flatten().double().cpu() for n, s in scores.items() if n not in overrides]
+        flat = torch.cat(ranked) if ranked else torch.empty(0, dtype=torch.float64)  # every layer overridden
         remove = int(round(config.sparsity * flat.numel()))
         threshold = torch.kthvalue(flat, remove).values if remove > 0 else -math.inf
         for n, s in scores.items():

@@ -26,9 +26,9 @@ UNSTRUCTURED = ["magnitude", "wanda", "elimination_compensation", "relative_impo
 STRUCTURED = ["magnitude", "taylor", "expressiveness", "hybrid", "elimination_compensation"]
 
 
-def hf_run(model, tok, args, criterion, granularity, sparsity, head_sparsity=None) -> dict:
+def hf_run(model, tok, args, criterion, granularity, sparsity, head_sparsity=None, scope="local") -> dict:
     cfg = PruningConfig(criterion=criterion, granularity=granularity, sparsity=sparsity, head_sparsity=head_sparsity,
-                        num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size)
+                        num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size, scope=scope)
     t = time.perf_counter()
     res = prune(copy.deepcopy(model), cfg, calibration_data=lee_texts("background"), tokenizer=tok, progress=False)
     secs = time.perf_counter() - t
@@ -37,9 +37,11 @@ def hf_run(model, tok, args, criterion, granularity, sparsity, head_sparsity=Non
 
 
 # --- Torch-Pruning on the MLPs -----------------------------------------------------------------------------------
-def _tp_group_scores(model, batches, importance: str, sparsity: float):
+def _tp_group_scores(model, batches, importance: str, sparsity: float, scope: str = "local"):
     """TP's DependencyGraph groups of each MLP's up_proj output channels, scored by TP's importance; prune them with
-    TP itself (group.prune()) and rewrite intermediate_size. Returns a note on how it went."""
+    TP itself (group.prune()) and rewrite intermediate_size (``scope="local"``; ``"global"`` ranks every layer's
+    scores together, as TP's own global pruning does with its default mean-normalised importances, and leaves
+    per-layer widths that `hfprune.load_pruned` reloads). Returns a note on how it went."""
     import torch_pruning as tp
 
     example = {"input_ids": batches[0]["input_ids"][:1]}
@@ -51,18 +53,25 @@ def _tp_group_scores(model, batches, importance: str, sparsity: float):
         model.zero_grad()
         for b in batches:
             model(**b, labels=b["input_ids"]).loss.backward()
-    plans = []
+    ups, scores, deps = [], [], 0
     for layer in model.model.layers:
         up = layer.mlp.up_proj
-        n = up.out_features
-        group = dg.get_pruning_group(up, tp.prune_linear_out_channels, idxs=list(range(n)))
-        scores = imp(group)
-        plans.append((up, scores.argsort()[: int(round(n * sparsity))].tolist(), len(group)))
-    for up, idxs, _ in plans:
-        dg.get_pruning_group(up, tp.prune_linear_out_channels, idxs=idxs).prune()
+        group = dg.get_pruning_group(up, tp.prune_linear_out_channels, idxs=list(range(up.out_features)))
+        ups.append(up)
+        scores.append(imp(group))
+        deps = len(group)
+    if scope == "global":
+        flat = torch.cat(scores)
+        cut = flat.sort().values[int(round(flat.numel() * sparsity)) - 1]
+        plans = [(up, (sc <= cut).nonzero().flatten().tolist()) for up, sc in zip(ups, scores)]
+    else:
+        plans = [(up, sc.argsort()[: int(round(sc.numel() * sparsity))].tolist()) for up, sc in zip(ups, scores)]
+    for up, idxs in plans:
+        if idxs:
+            dg.get_pruning_group(up, tp.prune_linear_out_channels, idxs=idxs).prune()
     model.zero_grad(set_to_none=True)
-    model.config.intermediate_size = model.model.layers[0].mlp.up_proj.out_features
-    return f"TP DependencyGraph, {plans[0][2]} dependencies per group"
+    model.config.intermediate_size = max(layer.mlp.up_proj.out_features for layer in model.model.layers)
+    return f"TP DependencyGraph, {deps} dependencies per group, {scope} ranking"
 
 
 def _manual_mlp(model, batches, importance: str, sparsity: float) -> str:
@@ -93,11 +102,11 @@ def _manual_mlp(model, batches, importance: str, sparsity: float) -> str:
     return "fallback: TP formula computed directly"
 
 
-def tp_run(model, tok, args, importance, sparsity, batches) -> dict:
+def tp_run(model, tok, args, importance, sparsity, batches, scope="local") -> dict:
     m = copy.deepcopy(model)
     t = time.perf_counter()
     try:
-        note = _tp_group_scores(m, batches, importance, sparsity)
+        note = _tp_group_scores(m, batches, importance, sparsity, scope)
     except Exception as e:  # record exactly why TP failed, then use its formula on the same groups
         print(f"Torch-Pruning failed on {type(model).__name__}: {type(e).__name__}: {e}")
         m = copy.deepcopy(model)
@@ -106,6 +115,10 @@ def tp_run(model, tok, args, importance, sparsity, batches) -> dict:
     params = count_params(m)[0]
     return {"ppl": perplexity(m, tok, lee_texts("test"), args.ppl_seq_len, args.ppl_tokens), "prune s": secs,
             "params": params, "note": note}
+
+
+def _scope_label(scope: str) -> str:
+    return ", global ranking" if scope == "global" else ""
 
 
 def smollm2(args) -> list[dict]:
@@ -130,13 +143,17 @@ def smollm2(args) -> list[dict]:
                 lambda: hf_run(model, tok, args, c, g, 0.5))
     for c in [c for c in args.structured if c in have and supports(c, "neurons")]:
         for s in args.neuron_sparsities:
-            add(f"hfprune {c}", f"FFN neurons {s:.0%}", lambda: hf_run(model, tok, args, c, "neurons", s))
+            for scope in args.scopes:
+                add(f"hfprune {c}", f"FFN neurons {s:.0%}{_scope_label(scope)}",
+                    lambda: hf_run(model, tok, args, c, "neurons", s, scope=scope))
         if supports(c, "heads") and c in args.heads:
             add(f"hfprune {c}", "1 of 3 KV groups", lambda: hf_run(model, tok, args, c, "heads", 1 / 3, 1 / 3))
     batches = token_batches(tok, model, args.num_samples, args.seq_len, args.batch_size)
     for imp in args.tp:
         for s in args.neuron_sparsities:
-            add(f"Torch-Pruning {imp}", f"FFN neurons {s:.0%}", lambda: tp_run(model, tok, args, imp, s, batches))
+            for scope in args.scopes:
+                add(f"Torch-Pruning {imp}", f"FFN neurons {s:.0%}{_scope_label(scope)}",
+                    lambda: tp_run(model, tok, args, imp, s, batches, scope))
     return rows
 
 
@@ -178,6 +195,8 @@ def main() -> None:
     ap.add_argument("--structured", nargs="*", default=STRUCTURED, help="criteria run on FFN neurons")
     ap.add_argument("--heads", nargs="*", default=STRUCTURED, help="criteria also run on one KV group of three")
     ap.add_argument("--tp", nargs="*", default=["magnitude", "taylor"], help="Torch-Pruning importances")
+    ap.add_argument("--scopes", nargs="+", default=["local", "global"], choices=["local", "global"],
+                    help="FFN-neuron rankings run for hfprune and Torch-Pruning: per layer, and across layers")
     ap.add_argument("--minilm-criteria", nargs="*", default=None, help="default: every registered criterion")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     ap.add_argument("--only", choices=["smollm2", "minilm"], default=None)

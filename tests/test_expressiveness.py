@@ -91,6 +91,21 @@ def test_single_image_uses_positions_as_samples():
     assert (got > 0).all()  # the aligned form would give 0 with one image
 
 
+def test_single_image_flattened_into_linear_uses_positions_as_samples():
+    """A conv channel read by a Linear after Flatten owns one input per position: with one image those are its
+    samples (before, every channel scored 0 and the ranking was the channel index)."""
+    torch.manual_seed(4)
+    fc = nn.Linear(2 * 9, 3)
+    x = torch.randn(1, 2, 3, 3)
+    group = UnitGroup("ch", "channels", 2, [Coupling("fc", "in", torch.arange(18).view(2, 9))])
+    c = crit(granularity="channels")
+    layers = {"fc": Layer("fc", fc)}
+    got = c.unit_scores(group, {"fc": run(c, layers["fc"], [x.flatten(1)])}, layers)
+    naive = [pairwise_hamming([[bool(v > 0)] for v in x[0, ch].flatten()]) for ch in range(2)]
+    torch.testing.assert_close(got * 9 / 8, torch.tensor(naive).double())
+    assert (got > 0).all()
+
+
 def test_refuses_single_weights():
     with pytest.raises(ConfigError, match="neurons, heads, channels"):
         crit(granularity="weights")

@@ -98,6 +98,22 @@ def test_tau_rule_removes_less_than_tau_over_fan_in():
     assert plain.removal_mask(layer, scores) is None
 
 
+def test_tau_rule_with_global_scope():
+    """Every layer decides its own removals under the tau rule, so a global ranking has nothing left to rank
+    (this used to fail in torch.cat); the masks are the tau rule's."""
+    from hfprune import prune
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    x = torch.randn(40, 6)
+    config = PruningConfig(criterion="relative_importance", ri_threshold="tau", ri_tau=1.0, scope="global",
+                           num_samples=40, batch_size=20)
+    result = prune(model, config, calibration_data=x, progress=False)
+    for name, mask in result.masks.items():
+        assert torch.equal(model.get_submodule(name).weight != 0, mask)
+    assert 0 < result.report.nonzero_after < result.report.params_before
+
+
 def test_unit_score_sums_consumer_column_shares():
     torch.manual_seed(4)
     up, down = nn.Linear(3, 4), nn.Linear(4, 2)

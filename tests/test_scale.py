@@ -146,7 +146,8 @@ def test_two_process_calibration_statistics_equal_one_process(tmp_path):
         if k.startswith("mask/"):
             assert torch.equal(r0[k], one[k]), k
         else:  # equal up to float summation order
-            torch.testing.assert_close(r0[k], one[k], rtol=1e-6, atol=1e-9, msg=k)
+            tol = 1e-5 if r0[k].dtype == torch.float32 else 1e-9  # weight-sized statistics are float32
+            torch.testing.assert_close(r0[k], one[k], rtol=tol, atol=tol * r0[k].abs().max().item(), msg=k)
 
 
 def test_pruning_trainer_in_sequential_mode(tmp_path):

@@ -115,6 +115,14 @@ def no_kv_cache(model: nn.Module):
             cfg.use_cache = old
 
 
+def _track_input(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: let gradients reach this layer's output even when nothing before it requires grad."""
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad:
+        return (x.detach().requires_grad_(), *args[1:])
+    return None
+
+
 def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], observed: list[str],
                        batches: list[Any], progress: bool = True) -> dict[str, Stats]:
     """Accumulate ``criterion``'s statistics for the ``observed`` layers over ``batches``; summed across ranks."""
@@ -147,8 +155,13 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
     requires = {p: p.requires_grad for p in model.parameters()}
     try:
         if grad_mode is not None:
+            # Backward computes what the criterion reads and nothing else: the observed layers' inputs are made
+            # to require grad, so gradients reach their outputs; weight gradients (about half of a backward
+            # pass, and a model-sized .grad buffer) only where the criterion reads weight.grad.
+            wanted = {id(layers[n].module.weight) for n in observed} if criterion.needs_weight_grads else set()
             for p in model.parameters():
-                p.requires_grad_(True)
+                p.requires_grad_(id(p) in wanted)
+            handles += [layers[n].module.register_forward_pre_hook(_track_input) for n in observed]
         ctx = torch.no_grad() if grad_mode is None else contextlib.nullcontext()
         for i, batch in enumerate(tqdm(mine, desc=f"calibrating ({criterion.name})", disable=not progress,
                                        leave=False)):

@@ -1,13 +1,16 @@
 """Turn whatever calibration data the user has into a list of model-ready batches.
 
 Accepted: a list of strings plus a tokenizer (packed into `seq_len`-token sequences), a `datasets.Dataset` (a
-``text`` or ``input_ids`` column), a `DataLoader` or any iterable of batches, a tensor (token ids or images), or
-``"random"`` (data-agnostic: uniform token ids, Gaussian images). Everything is checked before any forward pass.
+``text`` or ``input_ids`` column), a `DataLoader` or any iterable of batches (each a tensor or a Mapping of tensors:
+a dict, or the `BatchEncoding` a tokenizer or a `DataCollatorWithPadding` returns), one Mapping of tensors (e.g.
+``tokenizer(texts, padding=True, return_tensors="pt")``; split into ``batch_size`` rows), a tensor (token ids or
+images), or ``"random"`` (data-agnostic: uniform token ids, Gaussian images). Everything is checked before any
+forward pass. Mappings become plain dicts, so the model is always called as ``model(**batch)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +35,11 @@ class CalibrationSet:
     warnings: list[str] = field(default_factory=list)
 
     def describe(self, seq_len: int) -> dict[str, Any]:
+        """``seq_len`` is the token batches' own length when they have one (None when padded to different lengths,
+        e.g. by `DataCollatorWithPadding`), else the configured one."""
+        lengths = {b["input_ids"].shape[-1] for b in self.batches if isinstance(b, dict) and "input_ids" in b}
+        if lengths:
+            seq_len = lengths.pop() if len(lengths) == 1 else None
         return {"source": self.source, "name": self.name, "num_samples": self.num_samples, "seq_len": seq_len,
                 "tokens": self.tokens}
 
@@ -106,21 +114,51 @@ def _from_tensor(x: torch.Tensor, model: nn.Module, config: PruningConfig, name:
     return CalibrationSet(batches, "data", name, x.shape[0], 0)
 
 
+def _as_batch(b: Any) -> Batch:
+    """A tensor, or a Mapping of tensors as a plain dict (a `BatchEncoding` is a Mapping but not a dict)."""
+    if isinstance(b, torch.Tensor):
+        return b
+    if isinstance(b, Mapping) and b and isinstance(next(iter(b.values())), torch.Tensor):
+        return dict(b)
+    hint = " (tokenize with return_tensors='pt')" if isinstance(b, Mapping) else ""
+    raise CalibrationError(f"Calibration batches must be tensors or Mappings of tensors{hint}, got "
+                           f"{type(b).__name__}.")
+
+
+def _batch_tokens(b: Batch) -> int:
+    """Real tokens of a batch: the attention mask's ones when there is one (padding is not data)."""
+    if not isinstance(b, dict) or "input_ids" not in b:
+        return 0
+    mask = b.get("attention_mask")
+    return int(mask.sum()) if isinstance(mask, torch.Tensor) else int(b["input_ids"].numel())
+
+
 def _from_iterable(data: Iterable, config: PruningConfig, name: str | None) -> CalibrationSet:
     batches, n, tokens = [], 0, 0
     for b in data:
         if n >= config.num_samples:
             break
-        first = b if isinstance(b, torch.Tensor) else next(iter(b.values())) if isinstance(b, dict) else None
-        if first is None:
-            raise CalibrationError(f"Calibration batches must be dicts of tensors or tensors, got {type(b).__name__}.")
+        b = _as_batch(b)
         batches.append(b)
-        n += first.shape[0]
-        if isinstance(b, dict) and "input_ids" in b:
-            tokens += int(b["input_ids"].numel())
+        n += (b if isinstance(b, torch.Tensor) else next(iter(b.values()))).shape[0]
+        tokens += _batch_tokens(b)
     if not batches:
         raise CalibrationError("The calibration set is empty: the data loader gave no batch.")
     return CalibrationSet(batches, "data", name, n, tokens)
+
+
+def _from_mapping(data: Mapping, config: PruningConfig, name: str | None) -> CalibrationSet:
+    """One Mapping of ``[samples, ...]`` tensors (a tokenizer's output): its first ``num_samples`` rows in batches."""
+    whole = _as_batch(data)
+    rows = {t.shape[0] for t in whole.values() if isinstance(t, torch.Tensor)}
+    if len(rows) != 1:
+        raise CalibrationError(f"The calibration tensors have different numbers of rows {sorted(rows)}; give one "
+                               "[samples, ...] tensor per input.")
+    n = min(rows.pop(), config.num_samples)
+    if n == 0:
+        raise CalibrationError("The calibration set is empty: the tensors have no rows.")
+    return _from_iterable(({k: v[i:i + config.batch_size] for k, v in whole.items()}
+                           for i in range(0, n, config.batch_size)), config, name)
 
 
 def prepare_calibration(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any = None,
@@ -155,6 +193,8 @@ def prepare_calibration(data: Any, model: nn.Module, config: PruningConfig, toke
         raise CalibrationError(f"The Dataset needs a 'text' or 'input_ids' column; it has {data.column_names}.")
     if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
         return _pack_texts(list(data), tokenizer, config, name)
+    if isinstance(data, Mapping):
+        return _from_mapping(data, config, name)
     if isinstance(data, Iterable):
         return _from_iterable(data, config, name)
     raise CalibrationError(f"Unsupported calibration data of type {type(data).__name__}; pass texts, a Dataset, a "

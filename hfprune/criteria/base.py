@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 Stats = dict[str, torch.Tensor]
 
 
+def accumulator_dtype(layer: Layer) -> torch.dtype:
+    """Precision of weight-sized statistics: the weights' own, at least float32 (float64 would double their
+    memory for no gain in a ranking)."""
+    return torch.promote_types(layer.weight.dtype, torch.float32)
+
+
 class Criterion:
     """Base class. Subclasses set `name` and override what they need."""
 
@@ -43,6 +49,9 @@ class Criterion:
     #: None (no backward), "loss" (dL/dz of the training loss), "output" (dy_k/dz for the network output y,
     #: exact per output or by random projections; see `output_cotangents`)
     grad_mode: ClassVar[str | None] = None
+    #: the backward pass must fill ``weight.grad`` of the observed layers (read in `after_backward`); otherwise it
+    #: computes only the gradients flowing into their outputs, skipping every weight gradient
+    needs_weight_grads: ClassVar[bool] = False
     #: the sides of a unit whose weight scores are summed into the unit's score
     structured_sides: ClassVar[tuple[str, ...]] = ("out", "in")
     #: granularities this criterion can score

@@ -48,6 +48,7 @@ class Taylor(Criterion):
     name = "taylor"
     needs_data = True
     grad_mode = "loss"
+    needs_weight_grads = True
 
     def init_stats(self, layer: Layer) -> Stats:
         w = layer.weight_matrix()

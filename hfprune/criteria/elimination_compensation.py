@@ -8,8 +8,11 @@ its scalar form prints ``(E[dy/db])^2`` in the denominator, a typo: the minimise
     abar_ij = E[G_i a_j] / E[G_i],    Db*_ij = W_ij abar_ij,
     I_ij    = W_ij^2 E[G_i (a_j - abar_ij)^2] = W_ij^2 (E[G_i a_j^2] - E[G_i a_j]^2 / E[G_i]).
 
-The three expectations are matrix products per batch (``G^T 1``, ``G^T A``, ``G^T A^2``), accumulated in float64;
-no per-sample ``[out, in]`` tensor is formed. After removal every pruned weight adds its ``Db*_ij`` to ``b_i``
+The three expectations are matrix products per batch (``G^T 1``, ``G^T A``, ``G^T A^2``); no per-sample
+``[out, in]`` tensor is formed. The two ``[out, in]`` sums keep the weights' precision, at least float32 (2x the
+float32 weights they score; float64 would be 4x): all their terms are positive, so summing loses nothing to
+cancellation; the one difference of moments is taken in float64 when scoring, and only inputs that are nearly
+constant relative to their mean (whose score is nearly 0 either way) feel float32's rounding there. After removal every pruned weight adds its ``Db*_ij`` to ``b_i``
 (independently, so they sum per neuron). Removing an input unit j (structured) compensates every ``b_i`` with
 ``W_ij abar_ij``; its score is ``sum_i I_ij``. The paper ranks all weights of the network together: recipes use
 ``scope="global"``.
@@ -22,7 +25,8 @@ no per-sample ``[out, in]`` tensor is formed. After removal every pruned weight 
   layer-by-layer calibration).
 Tokens and convolution output positions are treated as separate samples (the expectations run over them), which
 drops the cross-position terms of a shared weight's gradient: an approximation outside fully-connected nets.
-Statistics cost two float64 ``[out, in]`` matrices per layer (``"layer"``: two ``[in]`` vectors).
+Statistics cost two ``[out, in]`` matrices per layer, float32 for float32 / half-precision weights (``"layer"``:
+two ``[in]`` vectors).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from . import register
-from .base import Criterion, Stats
+from .base import Criterion, Stats, accumulator_dtype
 from ..errors import CalibrationError
 from ..structure.layers import Layer
 
@@ -52,27 +56,28 @@ class EliminationCompensation(Criterion):
     def init_stats(self, layer: Layer) -> Stats:
         out, inp = layer.weight_matrix().shape
         dev = layer.weight.device
+        acc = accumulator_dtype(layer)
 
-        def z(*shape: int) -> torch.Tensor:
-            return torch.zeros(shape, dtype=torch.float64, device=dev)
+        def z(*shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=dev)
 
         if self.grad_mode is None:  # G = 1: sums of a and a^2 per input, and the sample count
             return {"a": z(inp), "a2": z(inp), "count": z()}
-        return {"g": z(out), "ga": z(out, inp), "ga2": z(out, inp), "count": z()}
+        return {"g": z(out), "ga": z(out, inp, dtype=acc), "ga2": z(out, inp, dtype=acc), "count": z()}
 
     def accumulate(self, layer: Layer, stats: Stats, inputs: torch.Tensor,
                    grads: list[torch.Tensor] | None = None) -> None:
-        a = layer.input_matrix(inputs.detach()).double()
+        a = layer.input_matrix(inputs.detach()).to(accumulator_dtype(layer))
         if self.grad_mode is None:
-            stats["a"] += a.sum(dim=0)
-            stats["a2"] += a.square().sum(dim=0)
+            stats["a"] += a.sum(dim=0, dtype=torch.float64)
+            stats["a2"] += a.square().sum(dim=0, dtype=torch.float64)
             stats["count"] += a.shape[0]
             return
         if not grads:
             raise CalibrationError(f"elimination_compensation needs gradients for {layer.name!r} "
                                    f"(grad_mode={self.grad_mode!r}) but got none")
-        g = sum(layer.output_matrix(d.detach()).double().square() for d in grads)  # [samples, out]: G per sample
-        stats["g"] += g.sum(dim=0)
+        g = sum(layer.output_matrix(d.detach()).to(a.dtype).square() for d in grads)  # [samples, out]: G per sample
+        stats["g"] += g.sum(dim=0, dtype=torch.float64)
         stats["ga"] += g.T @ a
         stats["ga2"] += g.T @ a.square()
         stats["count"] += a.shape[0]
@@ -84,11 +89,11 @@ class EliminationCompensation(Criterion):
         if self.grad_mode is None:
             abar = (stats["a"] / n).unsqueeze(0)
             return abar, (stats["a2"] - stats["a"].square() / n).unsqueeze(0) / n
-        g = stats["g"].unsqueeze(1)
+        g, ga, ga2 = stats["g"].unsqueeze(1), stats["ga"].double(), stats["ga2"].double()
         live = g > 0  # E[G_i] = 0: z_i never reaches the output, so removal costs nothing and needs no shift
         safe = torch.where(live, g, torch.ones_like(g))
-        abar = torch.where(live, stats["ga"] / safe, torch.zeros_like(stats["ga"]))
-        spread = torch.where(live, stats["ga2"] - stats["ga"].square() / safe, torch.zeros_like(stats["ga"]))
+        abar = torch.where(live, ga / safe, torch.zeros_like(ga))
+        spread = torch.where(live, ga2 - ga.square() / safe, torch.zeros_like(ga))
         return abar, spread / n
 
     def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:

@@ -14,7 +14,8 @@ change any ranking. A unit that is always on or always off scores 0: it redistri
 
 - Linear / GPT-2 Conv1D consumers: every token (or sample) is a sample; positions are not aligned across sequences.
 - Conv2d consumers: positions are aligned across images (on-counts per channel x position). When only one image
-  was seen, its positions are the samples (the paper's single-sample approximation).
+  was seen, its positions are the samples (the paper's single-sample approximation); likewise for a unit that
+  spans several input dimensions of a Linear consumer (a conv channel flattened into a classifier).
 - A unit spanning several input dimensions (an attention head) scores the mean E of its dimensions; a unit read
   by several consumer layers, the mean over them.
 
@@ -85,8 +86,19 @@ class Expressiveness(Criterion):
         raise NotImplementedError(f"criterion {self.name!r} scores units ({', '.join(self.supports)}), "
                                   "not single weights")
 
+    def consumer_expressiveness(self, layer: Layer, stats: Stats, index: torch.Tensor) -> torch.Tensor:
+        """E of every unit owning the ``index`` rows' input dimensions of one consumer, ``[units]`` float64.
+
+        With a single sample, a Linear consumer's dimensions are each on or off once (E = 0 for all); a unit that
+        spans several dimensions (a conv channel flattened into a Linear: one per position) then takes them as its
+        samples, as a Conv2d consumer takes its positions."""
+        if layer.kind != "conv2d" and stats["count"] <= 1 and index.shape[1] > 1:
+            q = stats["on"].cpu()[index].mean(dim=1) / stats["count"].clamp(min=1).cpu()
+            return 2 * q * (1 - q)
+        return self.input_expressiveness(layer, stats).cpu()[index].mean(dim=1)
+
     def unit_scores(self, group: UnitGroup, stats: dict[str, Stats], layers: dict[str, Layer]) -> torch.Tensor:
-        per_consumer = [self.input_expressiveness(layers[c.layer], stats[c.layer]).cpu()[c.index].mean(dim=1)
+        per_consumer = [self.consumer_expressiveness(layers[c.layer], stats[c.layer], c.index)
                         for c in group.consumers if c.layer in layers and "on" in stats.get(c.layer, {})]
         if not per_consumer:
             raise CalibrationError(f"expressiveness of group {group.name!r}: no statistics for its consumer layers "

@@ -58,6 +58,10 @@ class Hybrid(Criterion):
     def grad_mode(self) -> str | None:  # type: ignore[override]
         return self.importance.grad_mode
 
+    @property
+    def needs_weight_grads(self) -> bool:  # type: ignore[override]
+        return self.importance.needs_weight_grads
+
     def observed_layers(self, layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
         return sorted(set(self.expressiveness.observed_layers(layers, groups))
                       | set(self.importance.observed_layers(layers, groups)))

@@ -7,7 +7,7 @@ by that distribution's parameters, and trains with a pruning-aware regulariser; 
 - contribution share ``r_ij(x) = |W_ij a_j(x)| / s_i(x)`` with ``s_i = sum_k |W_ik a_k(x)|``;
 - per weight, over samples (tokens, conv positions): ``mu_ij = E[r_ij]`` and ``sigma_ij = Std[r_ij]``, from the
   matrix products ``E[r_ij] = |W_ij| mean_t(|a_tj| / s_ti)`` and ``E[r_ij^2] = W_ij^2 mean_t(a_tj^2 / s_ti^2)``;
-  a sample in which neuron i receives nothing (``s_i = 0``) gives every share 0 (``s`` is floored at 1e-30);
+  a sample in which neuron i receives nothing (``s_i = 0``) gives every share 0;
 - score ``mu + k sigma`` (``config.ri_k``, default 0; k > 0 keeps weights that are sometimes important);
 - selection: the `sparsity` fraction (``ri_threshold="sparsity"``) or every weight whose score is below
   ``ri_tau / fan_in`` (``ri_threshold="tau"``; tau = 1 means "less than an equal share"), via `removal_mask`.
@@ -16,7 +16,10 @@ A unit's (structured) score is the sum of its consumer columns' mean shares: how
 it carries. (Its producer row's shares always sum to 1, so they say nothing.)
 
 `ri_regularizer` is the pruning-aware training term (also a reconstruction).
-Statistics cost two float64 ``[out, in]`` matrices per layer and two matrix products per batch.
+Statistics: one ``[out, in]`` matrix per layer, two when ``ri_k > 0`` (the second moment), at the weights'
+precision but at least float32 (`accumulator_dtype`); per batch, the product for ``s`` plus one (two) ``[out, in]``
+products, the definition's floor. All summed terms are positive, so float32 sums lose nothing to cancellation;
+``sigma`` is a difference of moments, accurate enough for the ranking it feeds.
 """
 
 from __future__ import annotations
@@ -25,16 +28,14 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Criterion, Stats
+from .base import Criterion, Stats, accumulator_dtype
 from ..structure.layers import Layer
 
-#: floor of a neuron's total absolute input, so that a sample where it receives nothing gives shares of 0
-EPS = 1e-30
-
-
 def _inverse_totals(w_abs: torch.Tensor, a_abs: torch.Tensor) -> torch.Tensor:
-    """``1 / s`` per sample and neuron, ``[samples, out]``."""
-    return 1.0 / (a_abs @ w_abs.T).clamp(min=EPS)
+    """``1 / s`` per sample and neuron, ``[samples, out]``; 0 where the neuron receives nothing (its shares are 0)."""
+    s = a_abs @ w_abs.T
+    tiny = torch.finfo(s.dtype).tiny
+    return torch.where(s > tiny, 1.0 / s.clamp(min=tiny), torch.zeros_like(s))
 
 
 @register
@@ -47,28 +48,36 @@ class RelativeImportance(Criterion):
 
     def init_stats(self, layer: Layer) -> Stats:
         w = layer.weight_matrix()
-        z = torch.zeros(w.shape, dtype=torch.float64, device=w.device)
-        return {"r": z, "r2": z.clone(), "count": torch.zeros((), dtype=torch.float64, device=w.device)}
+        z = torch.zeros(w.shape, dtype=accumulator_dtype(layer), device=w.device)
+        stats = {"r": z, "count": torch.zeros((), dtype=torch.float64, device=w.device)}
+        if self.config.ri_k:
+            stats["r2"] = z.clone()
+        return stats
 
     def accumulate(self, layer: Layer, stats: Stats, inputs: torch.Tensor,
                    grads: list[torch.Tensor] | None = None) -> None:
-        a_abs = layer.input_matrix(inputs.detach()).double().abs()
-        inv = _inverse_totals(layer.weight_matrix().detach().double().abs(), a_abs)
+        dtype = accumulator_dtype(layer)
+        a_abs = layer.input_matrix(inputs.detach()).to(dtype).abs()
+        inv = _inverse_totals(layer.weight_matrix().detach().to(dtype).abs(), a_abs)
         stats["r"] += inv.T @ a_abs
-        stats["r2"] += inv.square().T @ a_abs.square()
+        if "r2" in stats:
+            stats["r2"] += inv.square().T @ a_abs.square()
         stats["count"] += a_abs.shape[0]
 
-    def share_moments(self, layer: Layer, stats: Stats) -> tuple[torch.Tensor, torch.Tensor]:
-        """``mu`` and ``sigma`` of every weight's contribution share, ``[out, in]`` float64."""
+    def share_moments(self, layer: Layer, stats: Stats) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``mu`` and ``sigma`` of every weight's contribution share, ``[out, in]`` float64; ``sigma`` is None when
+        the statistics were collected with ``ri_k = 0`` (the score needs no second moment)."""
         w_abs = layer.weight_matrix().detach().double().abs()
         n = stats["count"].clamp(min=1)
-        mu = w_abs * stats["r"] / n
-        second = w_abs.square() * stats["r2"] / n
+        mu = w_abs * stats["r"].double() / n
+        if "r2" not in stats:
+            return mu, None
+        second = w_abs.square() * stats["r2"].double() / n
         return mu, (second - mu.square()).clamp(min=0).sqrt()
 
     def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
         mu, sigma = self.share_moments(layer, stats)
-        return (mu + self.config.ri_k * sigma).float()
+        return (mu if sigma is None else mu + self.config.ri_k * sigma).float()
 
     def removal_mask(self, layer: Layer, scores: torch.Tensor) -> torch.Tensor | None:
         if self.config.ri_threshold != "tau":
@@ -93,11 +102,11 @@ def ri_regularizer(layer: Layer | nn.Module, inputs: torch.Tensor, form: str = "
     if form not in ("entropy", "l1"):
         raise ValueError(f"ri_regularizer form={form!r}: use 'entropy' or 'l1'")
     layer = layer if isinstance(layer, Layer) else Layer("", layer)
-    w_abs = layer.weight_matrix().float().abs()  # float32 at least: the 1e-30 floor underflows in half precision
+    w_abs = layer.weight_matrix().float().abs()  # float32 at least: half-precision totals underflow
     a_abs = layer.input_matrix(inputs.detach()).float().abs()
     inv = _inverse_totals(w_abs, a_abs)
     rbar = w_abs * (inv.T @ a_abs) / a_abs.shape[0]
     if form == "l1":
         return ((1 - rbar.detach()) * w_abs).sum()
-    p = rbar / rbar.sum(dim=1, keepdim=True).clamp(min=EPS)
+    p = rbar / rbar.sum(dim=1, keepdim=True).clamp(min=torch.finfo(rbar.dtype).tiny)
     return -(p * p.clamp(min=1e-12).log()).sum()

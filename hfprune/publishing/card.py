@@ -137,11 +137,16 @@ def _granularity_text(granularity: str) -> str:
     return "structured: " + " and ".join(granularity.split("+")) + " physically removed"
 
 
-def _recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str) -> str:
-    """Python that reruns the pruning when no command was recorded: the main settings and every non-default one."""
+def _config_args(cfg: dict[str, Any]) -> str:
+    """``PruningConfig`` keyword arguments: the main settings and every non-default one."""
     defaults = PruningConfig().to_dict()
     always = ("criterion", "granularity", "sparsity")
-    args = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k in always or (k in defaults and defaults[k] != v))
+    return ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k in always or (k in defaults and defaults[k] != v))
+
+
+def _recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str) -> str:
+    """Python that reruns the pruning when no command was recorded: the main settings and every non-default one."""
+    args = _config_args(cfg)
     source = report.calibration.get("source", "none")
     data = {"none": "", "random": ', calibration_data="random"'}.get(source, ", calibration_data=texts, tokenizer=tok")
     base = report.base_model or "BASE_MODEL"
@@ -156,6 +161,23 @@ def _recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str) -> str:
     return "\n".join(lines)
 
 
+def _training_recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str, training: dict[str, Any]) -> str:
+    """Python that reruns a `PruningTrainer` run (pruning while fine-tuning) with the recorded settings."""
+    base = report.base_model or "BASE_MODEL"
+    steps = (f"max_steps={training.get('max_steps')}" if (training.get("max_steps") or 0) > 0
+             else f"num_train_epochs={training.get('num_train_epochs')}")
+    return "\n".join([
+        "from hfprune import PruningConfig", "from hfprune.trainer import PruningTrainer",
+        f"from transformers import {auto_class}, TrainingArguments", "",
+        f'model = {auto_class}.from_pretrained("{base}")',
+        "train = ...  # the training data (not recorded)",
+        f"config = PruningConfig({_config_args(cfg)})",
+        f'args = TrainingArguments("pruned", {steps}, learning_rate={training.get("learning_rate")!r}, '
+        f"per_device_train_batch_size={training.get('per_device_train_batch_size')})",
+        "trainer = PruningTrainer(model=model, args=args, train_dataset=train, pruning_config=config)",
+        "trainer.train()", "trainer.save_model()"])
+
+
 def render_model_card(folder: str | os.PathLike, license: str | None = None) -> ModelCard:
     """Render the card of a saved pruned folder (its metadata parses with huggingface_hub's `ModelCardData`)."""
     saved, report = _read_folder(folder)
@@ -166,6 +188,9 @@ def _render(folder: str | os.PathLike, saved: dict[str, Any], report: PruningRep
             license: str | None) -> ModelCard:
     cfg = saved["pruning_config"]
     criterion = report.criterion
+    training = saved.get("training") if isinstance(saved.get("training"), dict) else None
+    auto_class = saved.get("auto_class", "AutoModel")
+    recipe = _training_recipe(cfg, report, auto_class, training) if training else _recipe(cfg, report, auto_class)
     has_tokenizer = any(os.path.isfile(os.path.join(folder, n)) for n in ("tokenizer_config.json", "tokenizer.json"))
     data = _card_data(saved, report, license)
     return ModelCard.from_template(
@@ -179,8 +204,9 @@ def _render(folder: str | os.PathLike, saved: dict[str, Any], report: PruningRep
         criterion_options={k: cfg[k] for k in CRITERION_OPTIONS.get(criterion, ()) if k in cfg},
         selection_options={k: cfg[k] for k in SELECTION_OPTIONS if cfg.get(k) not in (None, [])
                            and (k != "gqa_mode" or "heads" in report.granularity)},
-        auto_class=saved.get("auto_class", "AutoModel"),
-        recipe=_recipe(cfg, report, saved.get("auto_class", "AutoModel")),
+        auto_class=auto_class,
+        recipe=recipe,
+        training=training,
         model_id=PLACEHOLDER_ID,
         has_tokenizer=has_tokenizer,
         plot_name=PLOT_NAME,

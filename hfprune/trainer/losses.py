@@ -1,16 +1,26 @@
-"""Loss terms `PruningTrainer` adds to the task loss: a group-lasso regulariser and distillation from the dense model.
+"""Loss terms `PruningTrainer` adds to the task loss: the relative-importance and group-lasso regularisers, and
+distillation from the dense model.
 
 Group lasso (Yuan & Lin) sums the L2 norm of every unit's weights (its producer rows and consumer columns), which
 drives whole units toward zero so that removing them later costs little. Removed units are left out (they are
 zero, and the norm has no gradient at zero). Unstructured pruning has one weight per group: the term is the L1 norm.
+
+Relative importance (RI) is `hfprune.criteria.relative_importance.ri_regularizer` (entropy form) summed over the
+layers the RI criterion scores: the target layers (unstructured) or the consumers of the pruned units (structured,
+e.g. the FFN down projection for neurons). It needs each layer's input in the current batch, which
+`LayerInputs` keeps from the task loss's own forward pass (no second forward).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..criteria.relative_importance import ri_regularizer
 from ..structure import Layer
 from .masks import TrainingMasks
 
@@ -50,6 +60,53 @@ def group_lasso(model: nn.Module, masks: TrainingMasks) -> torch.Tensor:
             if keep.any():
                 terms.append((_unit_squares(model, g, keep) + _EPS).sqrt().sum())
     return torch.stack(terms).sum()
+
+
+def ri_layers(masks: TrainingMasks) -> dict[str, Layer]:
+    """The layers whose weights the RI term shapes: those the RI criterion scores for this pruning."""
+    if masks.groups is None:
+        return dict(masks.layers)
+    names = sorted({c.layer for g in masks.groups for c in g.couplings if c.side == "in"} & set(masks.layers))
+    return {n: masks.layers[n] for n in names}
+
+
+class LayerInputs:
+    """Forward pre-hooks keeping the input (detached) of each of ``layers`` seen inside `capture()`; elsewhere
+    (evaluation, MAC counting, a gradient-checkpointing recompute, the user's own forwards) they keep nothing."""
+
+    def __init__(self, layers: dict[str, Layer]) -> None:
+        self.layers = layers
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.active = False
+        self.handles = [l.module.register_forward_pre_hook(self._hook(n)) for n, l in layers.items()]
+
+    def _hook(self, name: str):
+        def keep(module: nn.Module, args: tuple) -> None:
+            if self.active and args and isinstance(args[0], torch.Tensor):
+                self.inputs[name] = args[0].detach()
+        return keep
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Keep the inputs of the forward passes run inside; yields the dict they land in (fresh each time)."""
+        self.inputs, self.active = {}, True
+        try:
+            yield self.inputs
+        finally:
+            self.inputs, self.active = {}, False  # the caller's dict lives on; this object keeps no activations
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.inputs = [], {}
+
+
+def relative_importance(layers: dict[str, Layer], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over ``layers`` of the RI entropy term on this batch's inputs (0 when no input was seen)."""
+    terms = [ri_regularizer(layers[n], x) for n, x in sorted(inputs.items())]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack([t.to(terms[0].device) for t in terms]).sum()
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -52,6 +52,8 @@ class TrainingMasks:
             self.masks = {n: torch.ones(l.weight_matrix().shape, dtype=torch.bool) for n, l in self.layers.items()}
         self.sparsity = 0.0
         self._dropped: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self.forced_min: set[str] = set()  # groups or layers kept at `min_units` by the latest update (report)
+        self.timings: dict[str, float] = {}  # seconds per phase, summed over updates (report)
 
     # --- choosing masks -----------------------------------------------------------------------------------------
     def _config_at(self, sparsity: float) -> PruningConfig:
@@ -67,7 +69,12 @@ class TrainingMasks:
             return False
         criterion = criterion_for(self._config_at(sparsity))
         removed = {n: ~m for n, m in self.masks.items()}
-        selection, _, stats = compute_masks(model, criterion, self.layers, self.groups, self.calib, progress, removed)
+        timings: dict[str, float] = {}
+        selection, _, stats = compute_masks(model, criterion, self.layers, self.groups, self.calib, progress, removed,
+                                            timings)
+        for phase, seconds in timings.items():
+            self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+        self.forced_min = set(selection.forced_min)
         new = _same_on_every_rank(selection.masks)
         newly_kept = {n: new[n] | removed[n] for n in new}  # compensate only for what this step removes
         _compensate(model, criterion, self.layers, stats, self.groups, newly_kept, self.adapter)

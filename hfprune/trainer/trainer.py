@@ -1,13 +1,17 @@
 """`PruningTrainer`: a drop-in `transformers.Trainer` that prunes while it fine-tunes.
 
 The schedule runs in `PruningCallback` (Trainer's loop is not copied); `compute_loss` only adds the regulariser
-and the distillation term; at the end of `train()` the model is compacted unless ``keep_masks=True``.
+and the distillation term; at the end of `train()` the model is compacted unless ``keep_masks=True``. The final
+save (`save_model`, `push_to_hub`) writes what `PruningResult.save_pretrained` writes: ``pruning_config.json``,
+``pruning_report.json`` and hfprune's model card.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import time
 from typing import Any
 
 import torch
@@ -20,22 +24,14 @@ from ..calibration.data import CalibrationSet, prepare_calibration
 from ..config import PruningConfig
 from ..errors import CalibrationError, ConfigError
 from ..prune import auto_class_name, criterion_for
-from ..report import REPORT_NAME
+from ..publishing import write_model_card
+from ..publishing.card import CARD_NAME, PLACEHOLDER_ID
+from ..report import PruningReport
 from .callback import PruningCallback
-from .losses import distillation_loss, group_lasso
+from .losses import LayerInputs, distillation_loss, group_lasso, relative_importance, ri_layers
 from .masks import TrainingMasks
+from .reporting import measure_baseline, training_report
 from .schedule import check_schedule, sparsity_at
-
-
-def _regularizer_fn(config: PruningConfig) -> Any:
-    if config.regularizer == "group_lasso":
-        return group_lasso
-    try:
-        from ..criteria.relative_importance import regularizer
-    except ImportError:
-        raise ConfigError("regularizer='relative_importance' needs hfprune.criteria.relative_importance."
-                          "regularizer, which this installation does not have; use regularizer='group_lasso'.") from None
-    return lambda model, masks: regularizer(model, masks.config)
 
 
 class PruningTrainer(Trainer):
@@ -56,14 +52,19 @@ class PruningTrainer(Trainer):
         self.pruning_config = pruning_config
         check_schedule(pruning_config, self.args.max_steps)
         calib = self._calibration(calibration_dataset)
-        self.pruning_masks = TrainingMasks(self.model, pruning_config, calib, calib.batches[0] if calib else None)
+        example = calib.batches[0] if calib else None
+        self.pruning_masks = TrainingMasks(self.model, pruning_config, calib, example)
         self._callback.masks = self.pruning_masks
-        self._regularizer = _regularizer_fn(pruning_config) if pruning_config.regularizer else None
-        self._reg_sum, self._reg_count = 0.0, 0
+        self._baseline = measure_baseline(self.model, pruning_config.seq_len, example)
         self.teacher: nn.Module | None = None
-        if pruning_config.distillation:
+        if pruning_config.distillation:  # before the RI hooks, so the teacher has none
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._layer_inputs: LayerInputs | None = None
+        if pruning_config.regularizer == "relative_importance":
+            self._layer_inputs = LayerInputs(ri_layers(self.pruning_masks))
+        self._reg_sum, self._reg_count = 0.0, 0
         self._pruning_info: dict[str, Any] | None = None
+        self._timings: dict[str, float] = {}
 
     # --- calibration --------------------------------------------------------------------------------------------
     def _calibration(self, data: Any) -> CalibrationSet | None:
@@ -106,28 +107,44 @@ class PruningTrainer(Trainer):
             folder = get_last_checkpoint(self.args.output_dir)
         if isinstance(folder, str):
             self.pruning_masks.load(self.model, folder)
+        t = time.perf_counter()
         output = super().train(resume_from_checkpoint, *args, **kwargs)
+        self._timings["training"] = self._timings.get("training", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
         loader = "transformers" if hasattr(self.model, "save_pretrained") else "hfprune"
         if not self.pruning_config.keep_masks:
             loader, _ = self.pruning_masks.compact(self.model)
+            if self._layer_inputs is not None:  # a compacted trainer does not train again
+                self._layer_inputs.remove()
+        self._timings["compaction"] = time.perf_counter() - t
         self._pruning_info = {"loader": loader, "compacted": not self.pruning_config.keep_masks}
         return output
+
+    def _regularizer(self, layer_inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The configured regulariser on the current weights (RI: on ``layer_inputs``, this batch's forward)."""
+        if self.pruning_config.regularizer == "group_lasso":
+            return group_lasso(self.model, self.pruning_masks)
+        if self._layer_inputs is not None:
+            return relative_importance(self._layer_inputs.layers, layer_inputs)
+        return None
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         """The task loss, plus the weighted regulariser and the distillation term while training."""
-        extras = model.training and (self._regularizer is not None or self.teacher is not None)
+        extras = model.training and (self.pruning_config.regularizer is not None or self.teacher is not None)
         if not extras:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        capture = self._layer_inputs.capture() if self._layer_inputs is not None else contextlib.nullcontext({})
+        with capture as seen:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         config = self.pruning_config
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(**inputs).logits
             kd = distillation_loss(outputs.logits, teacher_logits, config.distillation_temperature)
             loss = (1 - config.distillation_weight) * loss + config.distillation_weight * kd
-        if self._regularizer is not None:
-            reg = self._regularizer(self.model, self.pruning_masks)
+        reg = self._regularizer(seen)
+        if reg is not None:
             self._reg_sum += float(reg.detach())
             self._reg_count += 1
             loss = loss + config.regularizer_weight * reg
@@ -148,34 +165,56 @@ class PruningTrainer(Trainer):
     # --- saving -------------------------------------------------------------------------------------------------
     @property
     def pruning_info(self) -> dict[str, Any]:
-        """The extra content of ``pruning_config.json`` (as `PruningResult.pruning_info`)."""
+        """The extra content of ``pruning_config.json`` (as `PruningResult.pruning_info`, plus the training run)."""
         info = self._pruning_info or {"loader": "transformers", "compacted": False}
         groups = {}
         if self.pruning_masks.groups is not None:
             groups = {g.name: {"kind": g.kind, "total": g.num_units, "kept": int(self.pruning_masks.masks[g.name].sum())}
                       for g in self.pruning_masks.groups}
         base = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
+        training = {"trainer": type(self).__name__, "global_step": self.state.global_step,
+                    "max_steps": self.args.max_steps, "num_train_epochs": self.args.num_train_epochs,
+                    "learning_rate": self.args.learning_rate,
+                    "per_device_train_batch_size": self.args.per_device_train_batch_size}
         return {"base_model": base, "loader": info["loader"], "compacted": info["compacted"],
-                "auto_class": auto_class_name(self.model), "groups": groups}
+                "auto_class": auto_class_name(self.model), "groups": groups, "training": training}
+
+    @property
+    def pruning_report(self) -> PruningReport:
+        """The `PruningReport` of the model as it is now (what ``save_model`` writes as ``pruning_report.json``)."""
+        loader = (self._pruning_info or {"loader": "transformers"})["loader"]
+        return training_report(self.model, self.pruning_masks, self._baseline, loader, self._timings)
+
+    def _save_pruning_files(self, folder: str, card: bool = True) -> None:
+        """``pruning_config.json``, and with ``card`` also ``pruning_report.json`` and hfprune's model card."""
+        self.pruning_config.save_pretrained(folder, extra=self.pruning_info)
+        if card:
+            self.pruning_report.save(folder)
+            write_model_card(folder)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the (compacted, after `train`) model with ``pruning_config.json``, and hfprune's model card when
-        `hfprune.publishing` is installed; only the main process writes."""
+        """Save the (compacted, after `train`) model with ``pruning_config.json``, ``pruning_report.json`` and
+        hfprune's model card; only the main process writes. Checkpoints (Trainer's internal saves) get the config
+        only; their masks are written by `PruningCallback.on_save`."""
         super().save_model(output_dir, _internal_call)
-        folder = output_dir or self.args.output_dir
         if self.args.should_save:
-            self.pruning_config.save_pretrained(folder, extra=self.pruning_info)
-            if not _internal_call:
-                _write_card(folder)
+            self._save_pruning_files(output_dir or self.args.output_dir, card=not _internal_call)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """hfprune's card (used by `push_to_hub`) when `hfprune.publishing` is installed, else Trainer's."""
+        """hfprune's card instead of Trainer's: `Trainer.push_to_hub` calls this after saving the model into
+        ``output_dir`` and before uploading it, so the upload holds the report and the card, whose load snippet
+        names the repo being pushed to."""
         if not self.is_world_process_zero():
             return
-        if not os.path.isfile(os.path.join(self.args.output_dir, REPORT_NAME)):
-            return super().create_model_card(*args, **kwargs)
-        self.pruning_config.save_pretrained(self.args.output_dir, extra=self.pruning_info)
-        _write_card(self.args.output_dir)
+        folder = self.args.output_dir
+        self._save_pruning_files(folder)
+        repo_id = getattr(self, "hub_model_id", None)
+        if repo_id:
+            path = os.path.join(folder, CARD_NAME)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text.replace(f'"{PLACEHOLDER_ID}"', f'"{repo_id}"'))
 
 
 def _is_rows(data: Any) -> bool:
@@ -187,12 +226,3 @@ def _is_rows(data: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(data, datasets.Dataset) or (isinstance(data, list) and (not data or isinstance(data[0], dict)))
-
-
-def _write_card(folder: str) -> None:
-    """hfprune's card needs a `PruningReport`; the trainer does not write one yet, so without it Trainer's card
-    stays."""
-    from ..publishing import write_model_card
-
-    if os.path.isfile(os.path.join(folder, REPORT_NAME)):
-        write_model_card(folder)
