@@ -337,6 +337,24 @@ def test_default_calibration_slice_through_data_collator_with_padding(tmp_path, 
 
 
 # --- saving and pushing ---------------------------------------------------------------------------------------------
+def test_evaluation_goes_into_report_and_card(tmp_path):
+    from huggingface_hub import ModelCard
+    from hfprune.report import PruningReport
+
+    trainer = make_trainer(str(tmp_path / "run"), {"schedule": "one_shot"}, max_steps=4)
+    held_out = Rows(32, seed=1)
+    before = trainer.evaluate(eval_dataset=held_out)["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate(eval_dataset=held_out)["eval_loss"]
+    trainer.save_model(str(tmp_path / "final"))
+    report = PruningReport.load(str(tmp_path / "final"))
+    assert report.evaluation["eval_loss"] == {"before": before, "after": after}
+    assert not any(k.endswith(("_runtime", "_per_second")) for k in report.evaluation)
+    card = ModelCard.load(str(tmp_path / "final" / "README.md"))
+    assert "## Evaluation" in card.text and "eval_loss" in card.text
+    assert card.data.eval_results[0].metric_value == after
+
+
 @pytest.mark.parametrize("scope", ["local", "global"])
 def test_save_model_writes_config_report_and_card(tmp_path, scope):
     import json

@@ -40,8 +40,9 @@ def measure_baseline(model: nn.Module, seq_len: int, example_inputs: Any = None)
 
 
 def training_report(model: nn.Module, masks: TrainingMasks, baseline: Baseline, loader: str,
-                    timings: dict[str, float]) -> PruningReport:
-    """What the run pruned so far, and the size and MACs of ``model`` now against the dense baseline."""
+                    timings: dict[str, float], evaluation: dict[str, dict[str, float]] | None = None) -> PruningReport:
+    """What the run pruned so far, the size and MACs of ``model`` now against the dense baseline, and the
+    trainer's evaluation metrics (metric -> {"before", "after"})."""
     config = masks.config
     cfg = getattr(model, "config", None)
     params_after, nonzero_after = count_params(model)
@@ -60,4 +61,5 @@ def training_report(model: nn.Module, masks: TrainingMasks, baseline: Baseline, 
         timings={**masks.timings, **timings},
         calibration=masks.calib.describe(config.seq_len) if masks.calib else {"source": "none"},
         warnings=warnings,
+        evaluation={k: dict(v) for k, v in (evaluation or {}).items()},
     )

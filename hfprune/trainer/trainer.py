@@ -34,6 +34,10 @@ from .reporting import measure_baseline, training_report
 from .schedule import check_schedule, sparsity_at
 
 
+#: Trainer metrics that describe the evaluation run, not the model's quality
+_NOT_QUALITY = ("_runtime", "_samples_per_second", "_steps_per_second", "epoch")
+
+
 class PruningTrainer(Trainer):
     """`Trainer` plus ``pruning_config`` (what, how and when to prune) and an optional ``calibration_dataset``
     (default: the first ``num_samples`` rows of ``train_dataset``). Bad settings raise before training starts."""
@@ -65,6 +69,7 @@ class PruningTrainer(Trainer):
         self._reg_sum, self._reg_count = 0.0, 0
         self._pruning_info: dict[str, Any] | None = None
         self._timings: dict[str, float] = {}
+        self._evaluation: dict[str, dict[str, float]] = {}
 
     # --- calibration --------------------------------------------------------------------------------------------
     def _calibration(self, data: Any) -> CalibrationSet | None:
@@ -183,7 +188,18 @@ class PruningTrainer(Trainer):
     def pruning_report(self) -> PruningReport:
         """The `PruningReport` of the model as it is now (what ``save_model`` writes as ``pruning_report.json``)."""
         loader = (self._pruning_info or {"loader": "transformers"})["loader"]
-        return training_report(self.model, self.pruning_masks, self._baseline, loader, self._timings)
+        return training_report(self.model, self.pruning_masks, self._baseline, loader, self._timings,
+                               self._evaluation)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Trainer's `evaluate`; its metrics also go into the pruning report and card: those measured while nothing
+        was removed yet as "before", the latest ones as "after"."""
+        metrics = super().evaluate(*args, **kwargs)
+        when = "before" if self.pruning_masks.sparsity == 0 else "after"
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not name.endswith(_NOT_QUALITY):
+                self._evaluation.setdefault(name, {})[when] = float(value)
+        return metrics
 
     def _save_pruning_files(self, folder: str, card: bool = True) -> None:
         """``pruning_config.json``, and with ``card`` also ``pruning_report.json`` and hfprune's model card."""
