@@ -142,12 +142,14 @@ def prune(model: nn.Module, config: PruningConfig, calibration_data: Any = None,
     timings["total"] = time.perf_counter() - t_start
 
     params_after, nonzero_after = count_params(model)
+    # Masked weights stay in place as zeros: dense MACs only change when units were removed.
+    macs_after = count_macs(model, dummy) if groups is not None else macs_before
     report = PruningReport(
         base_model=getattr(getattr(model, "config", None), "_name_or_path", None) or None,
         model_type=getattr(getattr(model, "config", None), "model_type", type(model).__name__),
         criterion=config.criterion, granularity=config.granularity, sparsity=config.sparsity, scope=config.scope,
         params_before=params_before, params_after=params_after, nonzero_after=nonzero_after,
-        macs_before=macs_before, macs_after=count_macs(model, dummy), macs_input_shape=shape, loader=loader,
+        macs_before=macs_before, macs_after=macs_after, macs_input_shape=shape, loader=loader,
         layers=_layer_reports(groups, selection, scores),
         timings=timings,
         calibration=calib.describe(config.seq_len) if calib else {"source": "none"},

@@ -22,13 +22,24 @@ class Selection:
     forced_min: set[str] = field(default_factory=set)  # groups/layers that kept `min_units` instead of nothing
 
 
+def _keep_top_rows(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Boolean mask of the ``keep`` highest scores of each row of a 2-D tensor; ties go to the lower index (what a
+    stable descending sort keeps). One k-th value per row instead of a full sort: selection is linear in size."""
+    s = scores.detach().cpu()
+    s = s if s.dtype == torch.float64 else s.float()
+    n = s.shape[1]
+    if keep <= 0 or keep >= n:
+        return torch.full(s.shape, keep > 0, dtype=torch.bool)
+    threshold = torch.kthvalue(s, n - keep + 1, dim=1, keepdim=True).values  # the keep-th highest
+    mask = s > threshold
+    ties = s == threshold
+    mask |= ties & (ties.cumsum(dim=1) <= keep - mask.sum(dim=1, keepdim=True))
+    return mask
+
+
 def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Boolean mask of the ``keep`` highest scores (stable: lower index wins ties)."""
-    mask = torch.zeros(scores.numel(), dtype=torch.bool)
-    if keep > 0:
-        order = torch.argsort(scores.flatten().double().cpu(), descending=True, stable=True)
-        mask[order[:keep]] = True
-    return mask.view(scores.shape)
+    return _keep_top_rows(scores.reshape(1, -1), keep).view(scores.shape)
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -61,11 +72,7 @@ def unstructured_masks(scores: dict[str, torch.Tensor], config: PruningConfig, p
     else:
         for n, s in scores.items():
             if per_row:
-                keep = s.shape[1] - int(round(config.sparsity * s.shape[1]))
-                order = torch.argsort(s.double().cpu(), dim=1, descending=True, stable=True)
-                mask = torch.zeros(s.shape, dtype=torch.bool)
-                mask.scatter_(1, order[:, :keep], True)
-                masks[n] = mask
+                masks[n] = _keep_top_rows(s, s.shape[1] - int(round(config.sparsity * s.shape[1])))
             else:
                 masks[n] = _keep_top(s, s.numel() - int(round(config.sparsity * s.numel())))
     for n, removed in overrides.items():
