@@ -21,6 +21,16 @@ def _sparsity(setting: str) -> float | None:
     return int(m.group(1)) / 100 if m else None
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> None:
+    """Labels, legend and the PNG shared by every plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def perplexity_plot(rows: list[dict], path: str) -> None:
     dense = next(r["ppl"] for r in rows if r["method"] == "dense")
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -30,13 +40,9 @@ def perplexity_plot(rows: list[dict], path: str) -> None:
                      and "neurons" in r["setting"] and (s := _sparsity(r["setting"])) is not None)
         if pts:
             ax.plot([0] + [p[0] for p in pts], [dense] + [p[1] for p in pts], marker="o", label=m)
-    ax.set_xlabel("fraction of FFN neurons removed")
-    ax.set_ylabel("perplexity on held-out lee.cor (log scale)")
     ax.set_yscale("log")
-    ax.set_title("SmolLM2-135M, structured FFN pruning (2-core CPU)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _finish(fig, ax, "fraction of FFN neurons removed", "perplexity on held-out lee.cor (log scale)",
+            "SmolLM2-135M, structured FFN pruning (2-core CPU)", path)
 
 
 def speed_plot(rows: list[dict], path: str) -> None:
@@ -46,12 +52,8 @@ def speed_plot(rows: list[dict], path: str) -> None:
         ax.plot(*zip(*pts), marker="o", label=model)
     top = max(max(r["MACs ratio"], r["speed-up (cpu)"]) for r in rows)
     ax.plot([1, top], [1, top], "k--", lw=0.8, label="speed-up = MACs ratio")
-    ax.set_xlabel("MACs ratio (dense / pruned)")
-    ax.set_ylabel("measured speed-up (process CPU time, 1 thread)")
-    ax.set_title("Structured FFN pruning, 2-core CPU")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _finish(fig, ax, "MACs ratio (dense / pruned)", "measured speed-up (process CPU time, 1 thread)",
+            "Structured FFN pruning, 2-core CPU", path)
 
 
 def main() -> None:

@@ -67,3 +67,11 @@ def output_tensor(out) -> torch.Tensor:
 @pytest.fixture
 def tmp_out(tmp_path):
     return tmp_path / "out"
+
+
+def forward_statistics(criterion, layer, batches: list[torch.Tensor]) -> dict:
+    """A forward-only criterion's statistics for one layer over ``batches`` of its inputs (no model, no hooks)."""
+    stats = criterion.init_stats(layer)
+    for xb in batches:
+        criterion.accumulate(layer, stats, xb)
+    return stats

@@ -13,6 +13,8 @@ from hfprune.criteria import get_criterion
 from hfprune.structure.groups import Coupling, UnitGroup, blocks
 from hfprune.structure.layers import Layer
 
+from conftest import forward_statistics
+
 
 def pairwise_hamming(states: list[list[bool]]) -> float:
     """2/(N(N-1)) sum_{n<m} mean_p XOR(c_n(p), c_m(p)); ``states[n][p]`` is the unit's state in sample n."""
@@ -22,13 +24,6 @@ def pairwise_hamming(states: list[list[bool]]) -> float:
 
 def crit(**kw):
     return get_criterion(PruningConfig(criterion="expressiveness", granularity=kw.pop("granularity", "neurons"), **kw))
-
-
-def run(c, layer: Layer, batches: list[torch.Tensor]) -> dict:
-    stats = c.init_stats(layer)
-    for xb in batches:
-        c.accumulate(layer, stats, xb)
-    return stats
 
 
 def test_linear_consumer_matches_pairwise_definition():
@@ -43,7 +38,7 @@ def test_linear_consumer_matches_pairwise_definition():
                                             Coupling("down", "in", perm.view(5, 1))])
     c = crit()
     layers = {"down": Layer("down", down)}
-    stats = {"down": run(c, layers["down"], list(x.split(1)))}
+    stats = {"down": forward_statistics(c, layers["down"], list(x.split(1)))}
     tokens = x.reshape(n, 5)
     naive = torch.tensor([pairwise_hamming([[bool(tokens[t, p] > 0)] for t in range(n)]) for p in perm.tolist()])
     got = c.unit_scores(group, stats, layers)
@@ -59,7 +54,7 @@ def test_head_scores_mean_of_its_output_dimensions():
     group = UnitGroup("attn", "heads", 2, [Coupling("q", "out", blocks(2, 4)), Coupling("o", "in", blocks(2, 4))])
     c = crit(granularity="heads")
     layers = {"o": Layer("o", o_proj)}
-    got = c.unit_scores(group, {"o": run(c, layers["o"], [x])}, layers)
+    got = c.unit_scores(group, {"o": forward_statistics(c, layers["o"], [x])}, layers)
     naive = [sum(pairwise_hamming([[bool(x[t, d] > 0)] for t in range(10)]) for d in range(4 * h, 4 * h + 4)) / 4
              for h in range(2)]
     torch.testing.assert_close(got * 10 / 9, torch.tensor(naive).double())
@@ -73,7 +68,7 @@ def test_conv_consumer_aligns_positions_across_images():
                                             Coupling("c", "in", torch.arange(3).view(3, 1))])
     c = crit(granularity="channels")
     layers = {"c": Layer("c", conv)}
-    got = c.unit_scores(group, {"c": run(c, layers["c"], list(x.split(2)))}, layers)
+    got = c.unit_scores(group, {"c": forward_statistics(c, layers["c"], list(x.split(2)))}, layers)
     naive = [pairwise_hamming([(x[i, ch].flatten() > 0).tolist() for i in range(5)]) for ch in range(3)]
     torch.testing.assert_close(got * 5 / 4, torch.tensor(naive).double())
 
@@ -85,7 +80,7 @@ def test_single_image_uses_positions_as_samples():
     group = UnitGroup("ch", "channels", 2, [Coupling("c", "in", torch.arange(2).view(2, 1))])
     c = crit(granularity="channels")
     layers = {"c": Layer("c", conv)}
-    got = c.unit_scores(group, {"c": run(c, layers["c"], [x])}, layers)
+    got = c.unit_scores(group, {"c": forward_statistics(c, layers["c"], [x])}, layers)
     naive = [pairwise_hamming([[bool(v > 0)] for v in x[0, ch].flatten()]) for ch in range(2)]
     torch.testing.assert_close(got * 9 / 8, torch.tensor(naive).double())
     assert (got > 0).all()  # the aligned form would give 0 with one image
@@ -100,7 +95,7 @@ def test_single_image_flattened_into_linear_uses_positions_as_samples():
     group = UnitGroup("ch", "channels", 2, [Coupling("fc", "in", torch.arange(18).view(2, 9))])
     c = crit(granularity="channels")
     layers = {"fc": Layer("fc", fc)}
-    got = c.unit_scores(group, {"fc": run(c, layers["fc"], [x.flatten(1)])}, layers)
+    got = c.unit_scores(group, {"fc": forward_statistics(c, layers["fc"], [x.flatten(1)])}, layers)
     naive = [pairwise_hamming([[bool(v > 0)] for v in x[0, ch].flatten()]) for ch in range(2)]
     torch.testing.assert_close(got * 9 / 8, torch.tensor(naive).double())
     assert (got > 0).all()

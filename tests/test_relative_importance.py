@@ -13,6 +13,8 @@ from hfprune.criteria.research import ri_regularizer
 from hfprune.structure.groups import Coupling, UnitGroup
 from hfprune.structure.layers import Layer
 
+from conftest import forward_statistics
+
 
 def naive_shares(w: list[list[float]], samples: list[list[float]]) -> tuple[list, list]:
     """mu and sigma (population) of r_ij = |W_ij a_j| / sum_k |W_ik a_k| over samples, 0 where the sum is 0."""
@@ -31,13 +33,6 @@ def naive_shares(w: list[list[float]], samples: list[list[float]]) -> tuple[list
     return mu, sd
 
 
-def run(layer: Layer, crit, batches: list[torch.Tensor]) -> dict:
-    stats = crit.init_stats(layer)
-    for xb in batches:
-        crit.accumulate(layer, stats, xb)
-    return stats
-
-
 def test_linear_scores_match_naive_shares():
     torch.manual_seed(0)
     lin = nn.Linear(5, 4)
@@ -49,7 +44,7 @@ def test_linear_scores_match_naive_shares():
     mu, sd = torch.tensor(mu), torch.tensor(sd)
     for k in (0.0, 1.5):
         crit = get_criterion(PruningConfig(criterion="relative_importance", ri_k=k))
-        stats = run(layer, crit, list(x.split(1)))
+        stats = forward_statistics(crit, layer, list(x.split(1)))
         torch.testing.assert_close(crit.weight_scores(layer, stats), (mu + k * sd).float(), rtol=1e-5, atol=1e-6)
 
 
@@ -66,7 +61,7 @@ def test_conv_scores_match_naive_shares_over_positions():
                                 else 0.0 for ch in range(2) for dr in range(2) for dc in range(2)])
     mu, sd = naive_shares(conv.weight.reshape(3, -1).tolist(), samples)
     crit = get_criterion(PruningConfig(criterion="relative_importance", ri_k=1.0))
-    stats = run(layer, crit, [x])
+    stats = forward_statistics(crit, layer, [x])
     torch.testing.assert_close(crit.weight_scores(layer, stats), (torch.tensor(mu) + torch.tensor(sd)).float(),
                                rtol=1e-5, atol=1e-6)
 
@@ -80,7 +75,8 @@ def test_gpt2_conv1d_layout():
     mu, _ = naive_shares(c1.weight.t().tolist(), x.tolist())
     crit = get_criterion(PruningConfig(criterion="relative_importance"))
     layer = Layer("g", c1)
-    torch.testing.assert_close(crit.weight_scores(layer, run(layer, crit, [x])), torch.tensor(mu).float())
+    scores = crit.weight_scores(layer, forward_statistics(crit, layer, [x]))
+    torch.testing.assert_close(scores, torch.tensor(mu).float())
 
 
 def test_tau_rule_removes_less_than_tau_over_fan_in():
@@ -90,7 +86,7 @@ def test_tau_rule_removes_less_than_tau_over_fan_in():
     mu, _ = naive_shares(lin.weight.tolist(), x.tolist())
     layer = Layer("l", lin)
     crit = get_criterion(PruningConfig(criterion="relative_importance", ri_threshold="tau", ri_tau=0.8))
-    scores = crit.weight_scores(layer, run(layer, crit, [x]))
+    scores = crit.weight_scores(layer, forward_statistics(crit, layer, [x]))
     expected = torch.tensor([[m < 0.8 / 6 for m in row] for row in mu])
     assert expected.any() and not expected.all()
     assert torch.equal(crit.removal_mask(layer, scores), expected)
@@ -124,7 +120,7 @@ def test_unit_score_sums_consumer_column_shares():
                                             Coupling("down", "in", perm.view(4, 1))])
     crit = get_criterion(PruningConfig(criterion="relative_importance", granularity="neurons"))
     layers = {"up": Layer("up", up), "down": Layer("down", down)}
-    stats = {"down": run(layers["down"], crit, [a])}
+    stats = {"down": forward_statistics(crit, layers["down"], [a])}
     expected = torch.tensor([sum(mu[i][int(p)] for i in range(2)) for p in perm]).double()
     torch.testing.assert_close(crit.unit_scores(group, stats, layers), expected)
 

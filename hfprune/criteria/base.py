@@ -91,8 +91,10 @@ class Criterion:
 
     # --- scores ---------------------------------------------------------------------------------------------------
     def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
-        """One score per weight, ``[out, in]``."""
-        raise NotImplementedError(f"criterion {self.name!r} does not score single weights")
+        """One score per weight, ``[out, in]``. Criteria that only score whole units (their `supports` lacks
+        "weights") keep this default; `__init__` already refuses such a granularity, so it is a safety net."""
+        raise ConfigError(f"criterion {self.name!r} scores units ({', '.join(self.supports)}), not single weights; "
+                          "use granularity='neurons', 'heads' or 'channels'.")
 
     def unit_scores(self, group: UnitGroup, stats: dict[str, Stats], layers: dict[str, Layer]) -> torch.Tensor:
         """One score per unit: weight scores summed over each unit's slices on `structured_sides`."""

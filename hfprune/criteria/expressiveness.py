@@ -82,10 +82,6 @@ class Expressiveness(Criterion):
         e = 2 * q * (1 - q)
         return e.mean(dim=1) if e.dim() == 2 else e
 
-    def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
-        raise NotImplementedError(f"criterion {self.name!r} scores units ({', '.join(self.supports)}), "
-                                  "not single weights")
-
     def consumer_expressiveness(self, layer: Layer, stats: Stats, index: torch.Tensor) -> torch.Tensor:
         """E of every unit owning the ``index`` rows' input dimensions of one consumer, ``[units]`` float64.
 

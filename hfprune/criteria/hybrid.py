@@ -93,9 +93,6 @@ class Hybrid(Criterion):
             crit.after_backward(layer, sub)
             self._merge(stats, part, sub)
 
-    def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
-        return self.expressiveness.weight_scores(layer, stats)
-
     def bias_compensation(self, layer: Layer, stats: Stats, removed: torch.Tensor) -> torch.Tensor | None:
         """The importance criterion's compensation (elimination-compensation shifts biases; the others do not)."""
         return self.importance.bias_compensation(layer, self._split(stats, "importance"), removed)
