@@ -16,7 +16,7 @@ from hfprune import PruningConfig, prune
 from hfprune.calibration import collector
 from hfprune.calibration.collector import collect_statistics, run_model
 from hfprune.criteria import get_criterion
-from hfprune.structure import find_layers, target_layers
+from hfprune.structure import target_layers
 
 
 def plain_forward(model, batches) -> tuple[float, float]:

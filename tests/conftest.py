@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 
+import huggingface_hub.constants as hub_constants
 import pytest
 import torch
 import transformers as T
+from transformers.utils import hub as transformers_hub
+
+from hub_server import HubServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 T.logging.set_verbosity_error()
+
+#: the token the loopback Hub accepts (tests check it never reaches files or logs)
+HUB_TOKEN = "hf_loopbackSecretToken0123456789"
 
 
 def _llama(**kw):
@@ -75,3 +82,23 @@ def forward_statistics(criterion, layer, batches: list[torch.Tensor]) -> dict:
     for xb in batches:
         criterion.accumulate(layer, stats, xb)
     return stats
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A running loopback Hub; huggingface_hub's reading side (from_pretrained) pointed at it.
+
+    The endpoint constants are read at import time, so they are patched rather than set through HF_ENDPOINT; the
+    download cache and the agent-registry cache are moved to temporary paths so the user's HF_HOME is not touched.
+    """
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"), raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    with HubServer(token=HUB_TOKEN) as server:
+        monkeypatch.setattr(hub_constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(transformers_hub, "_hf_api", None)  # transformers' shared HfApi keeps its endpoint
+        yield server

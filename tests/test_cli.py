@@ -15,6 +15,7 @@ import yaml
 
 from hfprune.cli import main
 from hfprune.cli.recipe import load_recipe
+from conftest import HUB_TOKEN as TOKEN  # the `hub` fixture lives in conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -265,28 +266,9 @@ def test_training_section_without_trainer_is_clear(tmp_path: Path, capsys: pytes
 
 
 # --- push to a loopback Hub ----------------------------------------------------------------------------------------
-TOKEN = "hf_loopbackSecretToken0123456789"
-
-
-@pytest.fixture()
-def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """The publishing tests' loopback Hub server, with huggingface_hub pointed at it."""
-    import huggingface_hub.constants as hub_constants
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from hub_server import HubServer
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    with HubServer(token=TOKEN) as server:
-        monkeypatch.setattr(hub_constants, "ENDPOINT", server.url)
-        yield server
 
 
 def test_push_round_trip(hub, tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    pytest.importorskip("hfprune.publishing")
     out = tmp_path / "pruned"
     assert main(["prune", str(tiny_llama), "--criterion", "magnitude", "--granularity", "neurons", "--sparsity",
                  "0.5", "--output", str(out), "--quiet"]) == 0

@@ -14,12 +14,10 @@ import textwrap
 import time
 import zipfile
 
-import huggingface_hub.constants as hub_constants
 import pytest
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoModelForSequenceClassification
-from transformers.utils import hub as transformers_hub
 
 import hfprune
 from hfprune.errors import CheckpointError, PublishError
@@ -28,10 +26,9 @@ from hfprune.publishing.card import PLACEHOLDER_ID, TEMPLATE_PATH
 from hfprune.report import PruningReport
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hub_server import HubServer  # noqa: E402
+from conftest import HUB_TOKEN as TOKEN  # noqa: E402  (the `hub` fixture lives in conftest.py)
 from publish_fixtures import BASE_MODEL, KINDS, folder_digest, tiny_bert, write_pruned_folder  # noqa: E402
 
-TOKEN = "hf_loopbackSecretToken0123456789"
 REPO = "tester/bert-pruned"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,26 +38,6 @@ def saved(request, tmp_path_factory) -> tuple[str, str]:
     """(kind, folder) of a complete saved folder of each kind."""
     folder = write_pruned_folder(tmp_path_factory.mktemp(request.param) / "pruned", request.param)
     return request.param, folder
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A running loopback Hub; huggingface_hub's reading side (from_pretrained) pointed at it.
-
-    The endpoint constants are read at import time, so they are patched rather than set through HF_ENDPOINT; the
-    download cache and the agent-registry cache are moved to temporary paths so the user's HF_HOME is not touched.
-    """
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hub_constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"), raising=False)
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    with HubServer(token=TOKEN) as server:
-        monkeypatch.setattr(hub_constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(transformers_hub, "_hf_api", None)  # transformers' shared HfApi keeps its endpoint
-        yield server
 
 
 def _card(folder: str) -> ModelCard:

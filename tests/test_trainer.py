@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_publishing import hub  # noqa: E402,F401  (the loopback Hub fixture)
 from trainer_tiny import Rows, make_trainer, tiny_bert  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
@@ -400,7 +399,9 @@ def test_save_model_writes_config_report_and_card(tmp_path, scope):
 def test_push_to_hub_uploads_the_hfprune_card(tmp_path, hub, how):
     import json
 
-    from test_publishing import REPO, TOKEN
+    from conftest import HUB_TOKEN as TOKEN
+
+    REPO = "tester/trainer-pruned"
 
     auto = how != "push_to_hub()"
     trainer = make_trainer(str(tmp_path / "out"), {}, max_steps=2, hub_model_id=REPO, hub_token=TOKEN,

@@ -61,7 +61,6 @@ class Adapter:
 
     def _head_group(self, model: nn.Module, name: str, module: nn.Module, spec: AttentionSpec,
                     layers: dict[str, Layer], gqa_mode: str) -> UnitGroup:
-        cfg = model.config
         d = head_dim(module)
         o = layers[_join(name, spec.o)]
         n_heads = o.in_features // d

@@ -24,7 +24,7 @@ from ..config import PruningConfig
 from ..masks import apply_unit_masks
 from ..prune import _compensate, compute_masks, criterion_for
 from ..selection import check_head_ratio
-from ..structure import Layer, UnitGroup, adapter_for, find_groups, find_layers, target_layers
+from ..structure import UnitGroup, adapter_for, find_groups, find_layers, target_layers
 
 MASKS_FILE = "hfprune_masks.safetensors"
 STATE_FILE = "hfprune_state.json"
