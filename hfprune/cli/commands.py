@@ -24,7 +24,8 @@ def format_report(report: PruningReport) -> str:
     """The report summary plus the before/after evaluation numbers."""
     lines = [report.summary()]
     for metric, v in report.evaluation.items():
-        lines.append(f"{metric}: {v['before']:.4f} before -> {v['after']:.4f} after pruning")
+        parts = [f"{v[k]:.4f} {k}" for k in ("before", "after") if v.get(k) is not None]
+        lines.append(f"{metric}: " + " -> ".join(parts) + " pruning")
     return "\n".join(lines)
 
 

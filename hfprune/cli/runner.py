@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from typing import Any
 
 from safetensors.torch import save_file
@@ -17,7 +16,6 @@ from torch import nn
 from ..criteria import get_criterion
 from ..errors import PruningError
 from ..io import atomic_output_dir, check_output_dir
-from ..measure import count_macs, count_params, dummy_input
 from ..prune import PruningResult, prune
 from ..report import PruningReport
 from .common import Console, UsageError
@@ -55,6 +53,9 @@ def _check_before_work(recipe: Recipe) -> None:
         if not out.dir:
             raise UsageError("Pushing to the Hub needs an output folder: set output.dir (--output).")
         import_publishing()
+        from ..publishing.push import check_repo_id
+
+        check_repo_id(out.push_to_hub)
     if recipe.training:
         import_trainer()
     needs_data = get_criterion(cfg).needs_data or "channels" in cfg.parts
@@ -114,61 +115,27 @@ def _training_data(section: TrainingSection, loaded: LoadedModel, seed: int) -> 
     return rows.train_test_split(test_size=section.eval_fraction, seed=seed)
 
 
-class _PlainDictCollator:
-    """Padding collator that returns a plain dict: the calibration code accepts dicts, not `BatchEncoding`."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        from transformers import DataCollatorWithPadding
-
-        self.pad = DataCollatorWithPadding(tokenizer)
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        return dict(self.pad(features))
-
-
-class _Size:
-    """Parameters and MACs of a model at one moment (the training path has no `prune()` report to read them)."""
-
-    def __init__(self, model: nn.Module, seq_len: int) -> None:
-        self.dummy, self.shape = dummy_input(model, seq_len)
-        self.params, self.nonzero = count_params(model)
-        self.macs = count_macs(model, self.dummy)
-
-
-def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) -> tuple[Any, PruningReport]:
-    """Prune while fine-tuning with `PruningTrainer`; returns the trainer (its model is the pruned one) and a
-    report of what it removed."""
-    from transformers import TrainingArguments
+def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) -> Any:
+    """Prune while fine-tuning with `PruningTrainer`; returns the trainer (its model is the pruned one, its
+    `pruning_report` says what was removed)."""
+    from transformers import DataCollatorWithPadding, TrainingArguments
 
     trainer_cls = import_trainer()
-    cfg = recipe.pruning
     args = {"output_dir": tempfile.mkdtemp(prefix="hfprune-train-"), "report_to": "none",
             "disable_tqdm": not console.progress, **recipe.training.args}
-    trainer = trainer_cls(model=loaded.model, args=TrainingArguments(**args), pruning_config=cfg,
+    trainer = trainer_cls(model=loaded.model, args=TrainingArguments(**args), pruning_config=recipe.pruning,
                           train_dataset=split["train"], eval_dataset=split["test"], processing_class=loaded.tokenizer,
-                          data_collator=_PlainDictCollator(loaded.tokenizer))
-    before = _Size(loaded.model, recipe.training.max_length)
+                          data_collator=DataCollatorWithPadding(loaded.tokenizer))
     console.info("fine-tuning with PruningTrainer")
-    start = time.perf_counter()
     trainer.train()
     if "output_dir" not in recipe.training.args:  # checkpoints of a temporary folder nobody asked for
         shutil.rmtree(args["output_dir"], ignore_errors=True)
-    model = trainer.model
-    after_params, after_nonzero = count_params(model)
-    report = PruningReport(
-        base_model=getattr(model.config, "_name_or_path", None), model_type=model.config.model_type,
-        criterion=cfg.criterion, granularity=cfg.granularity, sparsity=cfg.sparsity, scope=cfg.scope,
-        params_before=before.params, params_after=after_params, nonzero_after=after_nonzero,
-        macs_before=before.macs, macs_after=count_macs(model, before.dummy), macs_input_shape=before.shape,
-        loader=trainer.pruning_info.get("loader", "hfprune"), timings={"training": time.perf_counter() - start},
-        calibration={"source": "data", "name": recipe.training.dataset, "num_samples": cfg.num_samples})
-    return trainer, report
+    return trainer
 
 
-def _save_trained(trainer: Any, report: PruningReport, path: str, overwrite: bool) -> None:
+def _save_trained(trainer: Any, path: str, overwrite: bool) -> None:
     with atomic_output_dir(path, overwrite) as tmp:
-        report.save(tmp)  # first: the trainer's model card is rendered from it
-        trainer.save_model(tmp)
+        trainer.save_model(tmp)  # weights, config, pruning_config.json, the trainer's report and card
 
 
 def save_plain(result: PruningResult, path: str, overwrite: bool, example: str) -> None:
@@ -194,18 +161,26 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
         console.info(f"{evaluator.metric} before pruning: {before:.4f}")
     trainer = None
     if recipe.training:
-        trainer, report = _train(recipe, loaded, split, console)
+        trainer = _train(recipe, loaded, split, console)
         result, model = None, trainer.model
     else:
         result = _prune(recipe, loaded, console)
-        model, report = result.model, result.report
+        model = result.model
     if evaluator is not None:
         after = evaluator.measure(model)
-        report.evaluation[evaluator.metric] = {"before": before, "after": after}
         console.info(f"{evaluator.metric} after pruning: {after:.4f}")
-    report.command = command
+    if trainer is not None:  # the trainer writes its own report when saving: record what the CLI measured there
+        if evaluator is not None:
+            trainer.record_evaluation(evaluator.metric, before=before, after=after)
+        trainer.pruning_command = command
+        report = trainer.pruning_report
+    else:
+        report = result.report
+        if evaluator is not None:
+            report.evaluation[evaluator.metric] = {"before": before, "after": after}
+        report.command = command
     if out.dir and trainer is not None:
-        _save_trained(trainer, report, out.dir, out.overwrite)
+        _save_trained(trainer, out.dir, out.overwrite)
     elif out.dir and loaded.vision is not None:
         save_plain(result, out.dir, out.overwrite, recipe.model.name)
     elif out.dir:

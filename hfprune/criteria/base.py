@@ -47,7 +47,7 @@ class Criterion:
     #: forward passes over calibration data are needed
     needs_data: ClassVar[bool] = False
     #: None (no backward), "loss" (dL/dz of the training loss), "output" (dy_k/dz for the network output y,
-    #: exact per output or by random projections; see `output_cotangents`)
+    #: exact per output or by random projections; see `hfprune.calibration.collector._cotangents`)
     grad_mode: ClassVar[str | None] = None
     #: the backward pass must fill ``weight.grad`` of the observed layers (read in `after_backward`); otherwise it
     #: computes only the gradients flowing into their outputs, skipping every weight gradient

@@ -70,6 +70,8 @@ class PruningTrainer(Trainer):
         self._pruning_info: dict[str, Any] | None = None
         self._timings: dict[str, float] = {}
         self._evaluation: dict[str, dict[str, float]] = {}
+        #: the command or recipe that reproduces this run, written into the report and card
+        self.pruning_command: str | None = None
 
     # --- calibration --------------------------------------------------------------------------------------------
     def _calibration(self, data: Any) -> CalibrationSet | None:
@@ -188,8 +190,15 @@ class PruningTrainer(Trainer):
     def pruning_report(self) -> PruningReport:
         """The `PruningReport` of the model as it is now (what ``save_model`` writes as ``pruning_report.json``)."""
         loader = (self._pruning_info or {"loader": "transformers"})["loader"]
-        return training_report(self.model, self.pruning_masks, self._baseline, loader, self._timings,
-                               self._evaluation)
+        report = training_report(self.model, self.pruning_masks, self._baseline, loader, self._timings,
+                                 self._evaluation)
+        report.command = self.pruning_command
+        return report
+
+    def record_evaluation(self, metric: str, before: float | None = None, after: float | None = None) -> None:
+        """Add a metric measured outside `evaluate` (e.g. the CLI's held-out accuracy) to the report and card."""
+        entry = self._evaluation.setdefault(metric, {})
+        entry.update({k: float(v) for k, v in (("before", before), ("after", after)) if v is not None})
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Trainer's `evaluate`; its metrics also go into the pruning report and card: those measured while nothing
