@@ -16,7 +16,7 @@ from .calibration.data import CalibrationSet, prepare_calibration
 from .calibration.sequential import block_of, block_statistics, find_blocks
 from .compaction import add_bias, compact_units, rewrite_config
 from .config import PruningConfig
-from .criteria import Criterion, get_criterion
+from .criteria import Criterion, resolve_criterion
 from .errors import ConfigError, StructureError
 from .io import atomic_output_dir
 from .masks import PackedMasks, apply_weight_masks, removed_columns
@@ -160,8 +160,8 @@ def prune(model: nn.Module, config: PruningConfig, calibration_data: Any = None,
 
 
 def criterion_for(config: PruningConfig) -> Any:
-    """The criterion ``config`` names; its constructor raises `ConfigError` when it cannot score the granularity."""
-    return get_criterion(config)
+    """The criterion ``config`` names, checked against the config (`ConfigError` otherwise)."""
+    return resolve_criterion(config)
 
 
 def compute_masks(model: nn.Module, criterion: Any, layers: dict[str, Layer], groups: list[UnitGroup] | None,

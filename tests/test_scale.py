@@ -13,7 +13,7 @@ from conftest import calibration, tiny_model
 from hfprune import ConfigError, PruningConfig, prune
 from hfprune.calibration.data import prepare_calibration
 from hfprune.calibration.sequential import find_blocks
-from hfprune.criteria import get_criterion
+from hfprune.criteria import get_criterion, resolve_criterion
 from hfprune.prune import compute_masks
 from hfprune.structure import target_layers
 
@@ -97,7 +97,7 @@ def test_sequential_runs_only_the_blocks_it_needs():
 ])
 def test_sequential_rejects_what_it_cannot_compute(kw, fix):
     with pytest.raises(ConfigError, match="calibration_mode") as e:
-        PruningConfig(**{"calibration_mode": "sequential", **kw})
+        resolve_criterion(PruningConfig(**{"calibration_mode": "sequential", **kw}))
     assert fix in str(e.value)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from ..criteria import get_criterion
+from ..criteria import resolve_criterion
 from ..errors import PruningError
 from ..io import atomic_output_dir, check_output_dir
 from ..prune import PruningResult, prune
@@ -58,7 +58,7 @@ def _check_before_work(recipe: Recipe) -> None:
         check_repo_id(out.push_to_hub)
     if recipe.training:
         import_trainer()
-    needs_data = get_criterion(cfg).needs_data or "channels" in cfg.parts
+    needs_data = resolve_criterion(cfg).needs_data or "channels" in cfg.parts
     if needs_data and recipe.calibration.data is None and cfg.source != "random":
         raise UsageError(f"Criterion {cfg.criterion!r} needs calibration data: pass --calibration-data FILE (or "
                          "calibration.data in a recipe), or 'random' for data-agnostic inputs.")
