@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import CheckpointError, shorten
+
 REPORT_NAME = "pruning_report.json"
 
 
@@ -79,8 +81,17 @@ class PruningReport:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "PruningReport":
-        with open(os.path.join(directory, REPORT_NAME), encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read ``pruning_report.json``; a missing, unreadable or edited-beyond-recognition file is a
+        `CheckpointError` naming it."""
+        path = os.path.join(directory, REPORT_NAME)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is missing; save the pruned model again (or run `hfprune prune`).") from None
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise CheckpointError(f"{path} is corrupt ({shorten(str(e).splitlines()[0] if str(e) else type(e).__name__)}); "
+                                  "save the pruned model again to rewrite it.") from None
 
     def summary(self) -> str:
         """A short human-readable text (what the CLI prints)."""
