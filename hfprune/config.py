@@ -22,6 +22,7 @@ import yaml
 from .errors import CheckpointError, ConfigError, shorten, shown
 
 CONFIG_NAME = "pruning_config.json"
+LOADERS = ("transformers", "hfprune", "state_dict")  # how `load_pruned` rebuilds a saved model
 
 STRUCTURED_GRANULARITIES = ("neurons", "heads", "channels")
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -373,8 +374,12 @@ def read_pruning_file(directory: str | os.PathLike) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupt ({e}); save the pruned model again.") from None
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is corrupt or unreadable ({shorten(str(e))}); save the pruned model "
+                              "again.") from None
     if not isinstance(data, dict) or not isinstance(data.get("pruning_config"), dict):
         raise CheckpointError(f"{path} has no 'pruning_config' mapping; save the pruned model again.")
+    if data.get("loader", "transformers") not in LOADERS:
+        raise CheckpointError(f"{path} names the loader {shown(data.get('loader'))}, not one of "
+                              f"{', '.join(LOADERS)}; save the pruned model again.")
     return data

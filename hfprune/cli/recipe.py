@@ -26,6 +26,10 @@ class ModelSection:
                                                              "from the model's config when empty."})
     train_epochs: int = field(default=3, metadata={"help": "Vision examples only: epochs of training before "
                                                            "pruning (from the pruning seed)."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Accept a folder whose weights are pickles "
+                                                                "(pytorch_model.bin), read with "
+                                                                "torch.load(weights_only=True); only for folders "
+                                                                "you trust."})
 
 
 @dataclass
