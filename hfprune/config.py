@@ -13,13 +13,14 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+import types
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import CheckpointError, ConfigError, shorten, shown
+from .errors import CheckpointError, ConfigError, reason, shorten, shown
 
 CONFIG_NAME = "pruning_config.json"
 LOADERS = ("transformers", "hfprune", "state_dict")  # how `load_pruned` rebuilds a saved model
@@ -161,7 +162,8 @@ class PruningConfig:
     def from_dict(cls, data: dict[str, Any]) -> "PruningConfig":
         """Build from a mapping; unknown keys are errors that name the key and the closest valid one."""
         if not isinstance(data, dict):
-            raise ConfigError(f"A pruning config must be a mapping of field names to values, got {type(data).__name__}.")
+            raise ConfigError("A pruning config must be a mapping of field names to values, got "
+                              f"{type(data).__name__}.")
         known = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if not isinstance(key, str) or key not in known:
@@ -195,7 +197,7 @@ class PruningConfig:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{shown(where)} is not valid YAML ({shorten(str(e).splitlines()[0])}); fix the "
+            raise ConfigError(f"{shown(where)} is not valid YAML ({reason(e)}); fix the "
                               "syntax (a mapping such as 'sparsity: 0.5').") from None
         if isinstance(data, str) and "\n" not in text and ":" not in text:
             raise ConfigError(f"{shown(text)} is neither an existing YAML file nor a YAML mapping; pass a file "
@@ -276,7 +278,7 @@ ANYTHING = Rule(lambda v: True, "anything")
 def rule_for_hint(hint: Any) -> Rule:
     """The rule a type hint implies: ``bool``, ``int``, ``float``, ``str``, ``X | None``, ``list[str]``, ``dict``."""
     args = [a for a in get_args(hint) if a is not type(None)]
-    if get_origin(hint) in (Union, getattr(__import__("types"), "UnionType", Union)) and len(args) == 1:
+    if get_origin(hint) in (Union, types.UnionType) and len(args) == 1:
         return optional(rule_for_hint(args[0]))
     origin = get_origin(hint) or hint
     return {bool: BOOLEAN, int: integer(), float: number(), str: TEXT, list: PATTERNS, dict: MAPPING}.get(

@@ -29,6 +29,12 @@ def shorten(text: str, limit: int = MAX_SHOWN) -> str:
     return f"{text[: keep * 2 // 3]}...[{len(text):,} chars]...{text[-(keep // 3):]}"
 
 
+def reason(error: BaseException, limit: int = MAX_SHOWN) -> str:
+    """The first line of an exception's message (or its type name), shortened: for wrapping library errors."""
+    text = str(error).strip()
+    return shorten(text.splitlines()[0] if text else type(error).__name__, limit)
+
+
 class PruningError(Exception):
     """Base class of every error hfprune raises on purpose."""
 

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .config import PruningConfig, read_pruning_file
-from .errors import CheckpointError, ConfigError, PruningError, shorten, shown
+from .errors import CheckpointError, ConfigError, PruningError, reason, shorten, shown
 from .structure import adapter_for, find_groups, fix_attention
 from .structure.layers import Conv1D
 
@@ -73,7 +73,7 @@ def resolve_checkpoint(path: str | os.PathLike, revision: str | None = None, tok
         from .redact import scrub
 
         raise CheckpointError(scrub(f"{path} is not a local folder, and downloading it from the Hub failed "
-                                    f"({type(e).__name__}: {shorten(str(e).splitlines()[0] if str(e) else '')}). "
+                                    f"({type(e).__name__}: {reason(e)}). "
                                     "Check the folder path, or the repo id, network and token.", token)) from None
 
 
@@ -91,11 +91,13 @@ def _read_json(path: str, what: str) -> Any:
 def _model_class(info: dict[str, Any], auto_class: str | None) -> Any:
     name = auto_class or info.get("auto_class") or "AutoModel"
     cls = getattr(transformers, name, None) if isinstance(name, str) else None
-    is_model = isinstance(cls, type) and (name.startswith("AutoModel") or issubclass(cls, transformers.PreTrainedModel))
+    is_model = isinstance(cls, type) and (name.startswith("AutoModel")
+                                          or issubclass(cls, transformers.PreTrainedModel))
     if not is_model or not hasattr(cls, "from_config"):
-        raise CheckpointError(f"auto_class {shown(name)} (from {'the argument' if auto_class else 'pruning_config.json'})"
-                              " is not a transformers model class; use one such as 'AutoModelForCausalLM', "
-                              "'AutoModelForSequenceClassification' or 'AutoModel'.")
+        source = "the argument" if auto_class else "pruning_config.json"
+        raise CheckpointError(f"auto_class {shown(name)} (from {source}) is not a transformers model class; use "
+                              "one such as 'AutoModelForCausalLM', 'AutoModelForSequenceClassification' or "
+                              "'AutoModel'.")
     return cls
 
 
@@ -154,7 +156,7 @@ def check_model_folder(path: str, allow_pickle: bool = False) -> tuple[Any, list
         config = transformers.AutoConfig.from_pretrained(path)
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{os.path.join(path, 'config.json')} cannot be read by transformers "
-                              f"({shorten(str(e).splitlines()[0] if str(e) else type(e).__name__)}); check its "
+                              f"({reason(e)}); check its "
                               "model_type, or upgrade transformers.") from None
     files, pickled = _weight_files(path, allow_pickle)
     return config, files, pickled, _stored_shapes(files, pickled)

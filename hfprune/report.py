@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CheckpointError, shorten
+from .errors import CheckpointError, reason
 
 REPORT_NAME = "pruning_report.json"
 
@@ -88,9 +88,10 @@ class PruningReport:
             with open(path, encoding="utf-8") as f:
                 return cls.from_dict(json.load(f))
         except FileNotFoundError:
-            raise CheckpointError(f"{path} is missing; save the pruned model again (or run `hfprune prune`).") from None
-        except (OSError, ValueError, TypeError, AttributeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise CheckpointError(f"{path} is corrupt ({shorten(str(e).splitlines()[0] if str(e) else type(e).__name__)}); "
+            raise CheckpointError(f"{path} is missing; save the pruned model again (or run `hfprune prune`)."
+                                  ) from None
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # JSON and UTF-8 errors are ValueErrors
+            raise CheckpointError(f"{path} is corrupt ({reason(e)}); "
                                   "save the pruned model again to rewrite it.") from None
 
     def summary(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import calibration, tiny_model
+from conftest import tiny_model
 from hfprune import (CalibrationError, CheckpointError, ConfigError, OutputExistsError, PruningConfig, PublishError,
                      load_pruned, prune)
 from hfprune.calibration.checks import check_config_for_model, check_units, check_weights
@@ -394,7 +394,7 @@ def test_cli_empty_output_is_refused_before_work(tiny_llama, tmp_path, capsys, m
     one_line(capsys, "output.dir=''")
 
 
-# --- 5. the CLI's one error boundary -----------------------------------------------------------------------------------
+# --- 5. the CLI's one error boundary ---------------------------------------------------------------------
 def test_unexpected_errors_are_reported_as_bugs(monkeypatch, capsys, tmp_path):
     import hfprune.cli.commands as commands
 
@@ -448,7 +448,7 @@ def test_interrupt_exit_code(monkeypatch, capsys, tmp_path):
     one_line(capsys, "interrupted")
 
 
-# --- 6. secrets: every token the process knows is scrubbed ----------------------------------------------------------------
+# --- 6. secrets: every token the process knows is scrubbed ------------------------------------------------
 SECRET = "plainSecretWithoutPrefix42"
 
 
@@ -511,7 +511,7 @@ def test_cli_scrubs_messages_and_logs(monkeypatch, capsys, tmp_path):
     assert "token *** refused" in captured.err and "retrying with token ***" in stream.getvalue()
 
 
-# --- 7. evaluation refuses empty data ------------------------------------------------------------------------------------
+# --- 7. evaluation refuses empty data ----------------------------------------------------------------------
 def test_perplexity_and_accuracy_refuse_empty_data():
     from hfprune.cli.evaluation import perplexity, text_accuracy
 

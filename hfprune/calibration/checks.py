@@ -152,7 +152,8 @@ def check_batch(batch: Any, model: nn.Module, tokenizer: Any = None, example_inp
         check_token_ids(batch["input_ids"], model, tokenizer, evaluation)
         mask = batch.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.shape != batch["input_ids"].shape:
-            raise _fail(f"attention_mask has shape {tuple(mask.shape)} but input_ids {tuple(batch['input_ids'].shape)}; "
+            ids = tuple(batch["input_ids"].shape)
+            raise _fail(f"attention_mask has shape {tuple(mask.shape)} but input_ids {ids}; "
                         "tokenize them together (padding=True).", evaluation)
     elif "pixel_values" in batch:
         check_pixels(batch["pixel_values"], model, evaluation)

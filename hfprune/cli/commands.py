@@ -9,7 +9,7 @@ import sys
 
 from ..config import read_pruning_file
 from ..criteria import available_criteria
-from ..errors import CheckpointError, shorten
+from ..errors import CheckpointError, reason
 from ..report import REPORT_NAME, PruningReport
 from .common import EXIT_OK, Console, UsageError
 from .options import picked
@@ -101,7 +101,7 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(args.dir)
     except (OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{args.dir} has no readable tokenizer ({shorten(str(e).splitlines()[0] if str(e) else type(e).__name__)}); "
+        raise CheckpointError(f"{args.dir} has no readable tokenizer ({reason(e)}); "
                               "save the pruned model together with its tokenizer.") from None
     loaded = LoadedModel(model, tokenizer, task=task.get(auto, "base"))
     if loaded.task == "base":

@@ -68,7 +68,8 @@ def text_accuracy(model: nn.Module, tokenizer: Any, texts: list[str], labels: li
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
     bad = [y for y in labels if not _is_label(y, num_labels)]
     if bad:
-        raise EvaluationError(f"Evaluation label {bad[0]!r} is not a class index of the model (0..{(num_labels or 1) - 1}); "
+        raise EvaluationError(f"Evaluation label {bad[0]!r} is not a class index of the model "
+                              f"(0..{(num_labels or 1) - 1}); "
                               "pass integer labels that match the classifier head.")
     model.eval()
     preds: list[int] = []

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from ..config import NAME, PruningConfig, Rule, check_fields, integer, number, optional
-from ..errors import ConfigError, shorten, shown
+from ..errors import ConfigError, reason, shown
 from .common import UsageError
 from .sources import check_data_arg, check_model_arg
 
@@ -118,7 +118,8 @@ def _section(cls: type, data: dict[str, Any], where: str) -> Any:
                 and f.default_factory is dataclasses.MISSING]
     for name in required:
         if data.get(name) is None:
-            raise ConfigError(f"Recipe section {where!r} needs {name!r}: {cls.__dataclass_fields__[name].metadata['help']}")
+            help_text = cls.__dataclass_fields__[name].metadata["help"]
+            raise ConfigError(f"Recipe section {where!r} needs {name!r}: {help_text}")
     section = cls(**data)
     check_fields(section, _RULES.get(where, {}), f"Recipe key {where}")
     return section
@@ -177,7 +178,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     except UnicodeDecodeError:
         raise ConfigError(f"Recipe {path} is not a text file (not UTF-8); pass a YAML recipe.") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"Recipe {path} is not valid YAML: {shorten(str(e).splitlines()[0])}.") from None
+        raise ConfigError(f"Recipe {path} is not valid YAML: {reason(e)}.") from None
     except OSError as e:
         raise UsageError(f"Recipe {path} cannot be read ({e.strerror}).") from None
     return parse_recipe(data)

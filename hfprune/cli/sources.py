@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CalibrationError, PruningError, shorten, shown
+from ..errors import CalibrationError, PruningError, reason
 from .common import UsageError
 
 TASKS = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification",
@@ -75,7 +75,7 @@ def _from_pretrained(name: str, task: str | None, allow_pickle: bool = False) ->
             config = transformers.AutoConfig.from_pretrained(name)
         except (OSError, ValueError) as e:
             raise PruningError(f"Could not load {name!r} from the Hugging Face Hub (offline or unknown id: "
-                               f"{shorten(str(e).splitlines()[0] if str(e) else type(e).__name__)}). Pass a local "
+                               f"{reason(e)}). Pass a local "
                                "folder that holds config.json and the weights, or an example model such as "
                                "example:minilm.") from None
     task = _task_of(config, task)
@@ -188,9 +188,8 @@ def _load_dataset(spec: str, ext: str) -> Any:
         try:
             return datasets.load_dataset(FILE_TYPES[ext], data_files=spec, split="train")
         except Exception as e:  # pyarrow / datasets raise many types for a malformed or binary file
-            first = str(e).splitlines()[0] if str(e) else ""
             raise CalibrationError(f"{spec} is not a readable {ext[1:].upper()} file ({type(e).__name__}: "
-                                   f"{shorten(first)}); check its format (UTF-8, one record per line for JSONL, a "
+                                   f"{reason(e)}); check its format (UTF-8, one record per line for JSONL, a "
                                    "header row for CSV).") from None
     name, config, split = (spec.split(":") + [None, None])[:3]
     try:
