@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import Loader
 from .structure import Adapter, Layer, UnitGroup, fix_attention
 
 
@@ -100,16 +101,16 @@ def _enable_bias_flag(model: nn.Module, layer_name: str, adapter: Adapter) -> No
 
 
 def rewrite_config(model: nn.Module, groups: list[UnitGroup], masks: dict[str, torch.Tensor],
-                   adapter: Adapter | None) -> tuple[str, dict[str, Any]]:
-    """Write uniform new widths into ``model.config``; return the loader ("transformers" or "hfprune") and the
-    per-group kept counts that `load_pruned` needs."""
+                   adapter: Adapter | None) -> tuple[Loader, dict[str, Any]]:
+    """Write uniform new widths into ``model.config``; return the loader that reads the result and the per-group
+    kept counts that `load_pruned` needs."""
     kept = {g.name: {"kind": g.kind, "total": g.num_units, "kept": int(masks[g.name].sum())} for g in groups}
     cfg = getattr(model, "config", None)
     if cfg is None or adapter is None:
-        return "hfprune", kept
+        return Loader.HFPRUNE, kept
     changed = any(v["kept"] < v["total"] for v in kept.values())
     if not changed:
-        return "transformers", kept
+        return Loader.TRANSFORMERS, kept
     new = copy.deepcopy(cfg)
     expressible = True
     ffn = [g for g in groups if g.kind == "neurons"]
@@ -141,8 +142,8 @@ def rewrite_config(model: nn.Module, groups: list[UnitGroup], masks: dict[str, t
         for m in model.modules():
             if hasattr(m, "config") and m.config is cfg:
                 m.config = new
-        return "transformers", kept
-    return "hfprune", kept
+        return Loader.TRANSFORMERS, kept
+    return Loader.HFPRUNE, kept
 
 
 def _q_heads(attn: nn.Module) -> int:
