@@ -197,7 +197,7 @@ class Pruner:
             apply_weight_masks(self.layers, self.masks)
             result = Compaction(Loader.TRANSFORMERS if hf else Loader.STATE_DICT, {})
         else:
-            compact_units(self.model, self.groups, self.masks)
+            compact_units(self.model, self.groups, self.masks, self.adapter)
             loader, kept = rewrite_config(self.model, self.groups, self.masks, self.adapter)
             result = Compaction(loader if hf else Loader.STATE_DICT, kept)
         self.timings["compaction"] = time.perf_counter() - t
