@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import PruningConfig, read_pruning_file
 from .errors import CheckpointError, ConfigError, PruningError, reason, shorten, shown
-from .structure import adapter_for, find_groups, fix_attention
+from .structure import adapter_for, find_groups
 from .structure.layers import Conv1D
 
 SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -310,9 +310,7 @@ def _load_resized(checked: CheckedCheckpoint, **kwargs: Any) -> nn.Module:
             _resize(module, attr, tensor)
     adapter = adapter_for(model)
     if adapter is not None:
-        for name, module in model.named_modules():
-            if any(name == s or name.endswith("." + s) for s in adapter.attention):
-                fix_attention(module)
+        adapter.fix_attention(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = _tied(model)
     missing = [m for m in missing if m not in tied and not any(m.endswith(t) for t in tied)]

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from ..distributed import launched_with_processes, process_state
 from ..errors import PruningError, shorten
 from ..redact import register_secret, scrub, scrub_logs
 from .common import EXIT_BUG, EXIT_FAILURE, EXIT_INTERRUPTED, Console, exit_code
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     args.argv = argv
     register_secret(getattr(args, "token", None))
+    if launched_with_processes():
+        process_state()  # one process-group set-up, before any output, so only the main process prints
     console = Console(args.quiet)
     if args.quiet:
         import transformers
