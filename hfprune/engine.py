@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibration.checks import check_batches, check_config_for_model, check_units, check_weights
+from .calibration.checks import check_batches, check_units, check_weights
 from .calibration.collector import collect_statistics
 from .calibration.data import CalibrationSet, prepare_calibration
 from .calibration.sequential import block_of, block_statistics, find_blocks
@@ -78,15 +78,13 @@ def measure_baseline(model: nn.Module, seq_len: int, example_inputs: Any = None)
 
 def check_model(model: nn.Module, config: PruningConfig) -> None:
     """The model and config a run starts from: types, the config re-validated (it may have been edited since it
-    was built), every weight loaded and finite, and the config's limits that depend on the model (``seq_len``
-    within learned position embeddings)."""
+    was built), every weight loaded and finite."""
     if not isinstance(config, PruningConfig):
         raise ConfigError(f"config must be a PruningConfig, got {type(config).__name__}.")
     config.validate()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module (e.g. from from_pretrained), got {type(model).__name__}.")
     check_weights(model)
-    check_config_for_model(config, model)
 
 
 class Pruner:

@@ -151,6 +151,37 @@ def test_config_limits_that_depend_on_the_model():
         check_weights(bert)
 
 
+def test_prune_and_trainer_run_the_checks_at_their_start():
+    """Through the engine: the config re-validated, unit counts and weights checked, before anything changes."""
+    model = tiny_model("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = PruningConfig(criterion="magnitude", granularity="neurons")
+    config.sparsity = 1.5
+    with pytest.raises(ConfigError, match="sparsity=1.5"):
+        prune(model, config, progress=False)
+    with pytest.raises(ConfigError, match="round_to=128 is larger"):
+        prune(model, PruningConfig(criterion="magnitude", granularity="neurons", round_to=128), progress=False)
+    with pytest.raises(ConfigError, match="512 positions"):
+        prune(model, PruningConfig(criterion="wanda", source="random", seq_len=600, num_samples=2), progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_trainer_refuses_a_model_with_nan_weights(tmp_path, monkeypatch):
+    import trainer_tiny
+
+    real = trainer_tiny.tiny_bert
+
+    def broken():
+        model = real()
+        with torch.no_grad():
+            next(model.parameters())[0, 0] = float("nan")
+        return model
+
+    monkeypatch.setattr(trainer_tiny, "tiny_bert", broken)
+    with pytest.raises(ConfigError, match="NaN or inf"):
+        trainer_tiny.make_trainer(str(tmp_path), {})
+
+
 # --- 2. calibration (and evaluation) data checked against the model before any forward pass ----------------------
 @pytest.mark.parametrize("family, data, words", [
     ("llama", torch.full((4, 12), 150), "outside the model's embedding of 100"),
@@ -190,10 +221,12 @@ def test_tokenizer_larger_than_the_embedding_is_named():
         prepare_calibration(_texts(10), tiny_model("llama"), config, tokenizer=BigTokenizer())
 
 
-def test_random_calibration_longer_than_the_positions():
+def test_calibration_longer_than_the_positions():
     config = PruningConfig(criterion="wanda", source="random", num_samples=2, seq_len=600)
-    with pytest.raises(CalibrationError, match="512 positions"):
+    with pytest.raises(ConfigError, match="seq_len=600 .* 512 positions"):  # before building any sequence
         prepare_calibration("random", tiny_model("bert"), config)
+    with pytest.raises(CalibrationError, match="600 tokens, more than the 512 positions"):  # given as tensors
+        prepare_calibration(torch.randint(0, 100, (2, 600)), tiny_model("bert"), PruningConfig(criterion="wanda"))
 
 
 def test_tokenized_rows_are_padded_into_batches():

@@ -46,7 +46,8 @@ def max_positions(model: nn.Module) -> int | None:
 
 
 def check_config_for_model(config: Any, model: nn.Module) -> None:
-    """Config limits that depend on the model (``seq_len`` against learned position embeddings); before any work."""
+    """Config limits that depend on the model (``seq_len`` against learned position embeddings), for the runs
+    that build sequences of ``seq_len`` tokens (texts packed, random calibration); before any work."""
     limit = max_positions(model)
     if limit is not None and not is_vision(model) and config.seq_len > limit:
         raise ConfigError(f"PruningConfig.seq_len={config.seq_len} is longer than the {limit} positions the model's "

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import PruningConfig
 from ..errors import CalibrationError
-from .checks import check_batches, is_vision
+from .checks import check_batches, check_config_for_model, is_vision
 
 Batch = Any  # a dict of tensors (Hugging Face models) or a tensor (plain modules)
 
@@ -209,11 +209,23 @@ def _is_rows(data: Any) -> bool:
     return (isinstance(first, torch.Tensor) and first.dim() == 1) or isinstance(first, (list, tuple))
 
 
+def _packs_to_seq_len(data: Any, config: PruningConfig) -> bool:
+    """Whether the sequences are built ``seq_len`` tokens long here (random ids, packed texts), so that limit
+    can be checked before any tokenizing."""
+    if config.source == "random" or isinstance(data, str):
+        return True
+    if isinstance(data, (list, tuple)):
+        return bool(data) and isinstance(data[0], str)
+    return "text" in (getattr(data, "column_names", None) or []) and "input_ids" not in data.column_names
+
+
 def prepare_calibration(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any = None,
                         example_inputs: Any = None) -> CalibrationSet:
     """Normalise ``data`` into batches (see the module docstring) and check every batch against the model
     (`checks.check_batches`); raise `CalibrationError` on bad input, before any forward pass."""
     config.validate()
+    if _packs_to_seq_len(data, config):
+        check_config_for_model(config, model)
     calib = _prepare(data, model, config, tokenizer, example_inputs)
     check_batches(calib.batches, model, tokenizer, example_inputs)
     return calib

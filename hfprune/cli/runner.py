@@ -69,9 +69,11 @@ def _check_before_work(recipe: Recipe) -> None:
 
 
 def _check_loaded(recipe: Recipe, loaded: LoadedModel) -> None:
-    """What needs the model but no forward pass: finite weights, seq_len within the positions, room on disk."""
+    """What needs the model but no forward pass: finite weights, seq_len within the positions (when calibration
+    sequences are built), room on disk."""
     check_weights(loaded.model)
-    check_config_for_model(recipe.pruning, loaded.model)
+    if Pruner.needs_data(resolve_criterion(recipe.pruning), recipe.pruning) and not recipe.training:
+        check_config_for_model(recipe.pruning, loaded.model)
     if recipe.output.dir:
         size = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
         check_output_dir(recipe.output.dir, recipe.output.overwrite, need_bytes=size)
