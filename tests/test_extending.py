@@ -141,3 +141,22 @@ def test_no_import_circles():
         if m not in state:
             visit(m, [m])
     assert len(modules) > 30
+
+
+def test_core_never_imports_the_examples():
+    package = pathlib.Path(__file__).resolve().parent.parent / "hfprune"
+    for path in package.rglob("*.py"):
+        if path.parts[-2] in ("cli", "examples"):
+            continue
+        text = path.read_text()
+        assert "examples" not in {n.split(".")[0] for n in _imported_names(text)}, path
+
+
+def _imported_names(text: str) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module.removeprefix("hfprune."))
+        elif isinstance(node, ast.Import):
+            out |= {a.name.removeprefix("hfprune.") for a in node.names}
+    return out
