@@ -33,11 +33,32 @@ def _token_files() -> list[str]:
             if p]
 
 
-def known_secrets() -> set[str]:
-    """Every token this process can know: registered arguments, the environment and huggingface_hub's files."""
+_cache: dict[tuple, frozenset[str]] = {}
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def known_secrets() -> frozenset[str]:
+    """Every token this process can know: registered arguments, the environment and huggingface_hub's files
+    (re-read only when one of them changed: every printed line is scrubbed)."""
+    files = _token_files()
+    key = (frozenset(_registered), tuple(os.environ.get(v) for v in _ENV_VARS),
+           tuple((p, _mtime(p)) for p in files))
+    if key not in _cache:
+        _cache.clear()
+        _cache[key] = _read_secrets(files)
+    return _cache[key]
+
+
+def _read_secrets(files: list[str]) -> frozenset[str]:
     found = set(_registered)
     found.update(os.environ[v].strip() for v in _ENV_VARS if os.environ.get(v))
-    for path in _token_files():
+    for path in files:
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -52,12 +73,12 @@ def known_secrets() -> set[str]:
             found.update(s.get("hf_token", "").strip() for s in parser.values())
         else:
             found.add(text.strip())
-    return {s for s in found if len(s) >= _MIN_LEN}
+    return frozenset(s for s in found if len(s) >= _MIN_LEN)
 
 
 def scrub(text: str, extra: str | None = None) -> str:
     """``text`` with every known secret (and ``extra``) replaced by ``***``."""
-    secrets = known_secrets()
+    secrets = set(known_secrets())
     if extra and len(extra) >= _MIN_LEN:
         secrets.add(extra)
     for s in sorted(secrets, key=len, reverse=True):  # longest first: a token that contains another
