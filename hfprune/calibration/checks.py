@@ -83,7 +83,7 @@ def _fail(message: str, evaluation: bool) -> Exception:
 
 def check_token_ids(ids: Any, model: nn.Module, tokenizer: Any = None, evaluation: bool = False) -> None:
     """A ``[rows, tokens]`` integer tensor whose ids fit the embedding and whose length fits the positions."""
-    what = "evaluation" if evaluation else "calibration"
+    what = _what(evaluation)
     if not isinstance(ids, torch.Tensor):
         raise _fail(f"The {what} input_ids are a {type(ids).__name__}, not a tensor; tokenize with "
                     "return_tensors='pt'.", evaluation)
@@ -114,7 +114,7 @@ def check_token_ids(ids: Any, model: nn.Module, tokenizer: Any = None, evaluatio
 
 def check_pixels(x: Any, model: nn.Module, evaluation: bool = False) -> None:
     """A float ``[images, channels, height, width]`` tensor matching the config's channels and image size."""
-    what = "evaluation" if evaluation else "calibration"
+    what = _what(evaluation)
     if not is_vision(model):
         raise _fail(f"The {what} data is a float tensor (images), but {type(model).__name__} takes token ids; "
                     "pass texts with a tokenizer or a [rows, tokens] tensor of token ids.", evaluation)
@@ -133,6 +133,10 @@ def check_pixels(x: Any, model: nn.Module, evaluation: bool = False) -> None:
             raise _fail(f"The {what} images are {x.shape[2]}x{x.shape[3]} pixels; the model takes {hw[0]}x{hw[1]} "
                         "(config.image_size): resize them with the model's image processor.", evaluation)
     _check_finite(x, f"{what} images", evaluation)
+
+
+def _what(evaluation: bool) -> str:
+    return "evaluation" if evaluation else "calibration"
 
 
 def _check_finite(x: torch.Tensor, what: str, evaluation: bool) -> None:
@@ -166,9 +170,14 @@ def check_batch(batch: Any, model: nn.Module, tokenizer: Any = None, example_inp
             raise _fail(f"inputs_embeds must be a float [rows, tokens, {hidden}] tensor, got "
                         f"{tuple(getattr(x, 'shape', ()))}.", evaluation)
         _check_finite(x, "inputs_embeds", evaluation)
-    else:
-        raise _fail(f"The batch has the keys {sorted(batch)}; a model needs input_ids, pixel_values or "
-                    "inputs_embeds.", evaluation)
+    else:  # other inputs (audio features, a plain module's own argument names): present and finite
+        main = getattr(model, "main_input_name", None)
+        if hasattr(model, "config") and main is not None and main not in batch:
+            raise _fail(f"The batch has the keys {sorted(batch)}; {type(model).__name__} takes {main!r}.",
+                        evaluation)
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                _check_finite(value, f"{_what(evaluation)} {key}", evaluation)
 
 
 def _check_plain(x: torch.Tensor, example_inputs: Any, evaluation: bool) -> None:
