@@ -206,6 +206,17 @@ def test_bad_calibration_data_is_refused_before_any_forward(family, data, words)
     assert calls[0] == 0
 
 
+def test_other_batch_keys():
+    from hfprune.calibration.checks import check_batch
+
+    plain = torch.nn.Linear(3, 2)
+    check_batch({"x": torch.randn(2, 3), "labels": torch.zeros(2)}, plain)  # a plain module's own argument names
+    with pytest.raises(CalibrationError, match="calibration x hold NaN"):
+        check_batch({"x": torch.full((2, 3), float("nan"))}, plain)
+    with pytest.raises(CalibrationError, match="takes 'input_ids'"):
+        check_batch({"foo": torch.randn(2, 3)}, tiny_model("bert"))
+
+
 def test_tokenizer_larger_than_the_embedding_is_named():
     class BigTokenizer:
         eos_token_id, sep_token_id, pad_token_id = 0, None, 0
