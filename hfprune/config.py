@@ -99,6 +99,15 @@ class PruningConfig:
     ri_threshold: str = _f("sparsity", "Relative importance: 'sparsity' (remove the `sparsity` fraction) or "
                            "'tau' (remove weights whose score is below tau / fan_in).")
     ri_tau: float = _f(1.0, "Relative importance: tau of the 'tau' threshold rule.")
+    # --- after selection (hfprune extensions) ---------------------------------------------------------------------
+    reconstruction: str = _f("none", "After selection: 'none', or 'weights' (refit the kept weights of each layer by "
+                             "least squares to the dense layer's output on the calibration inputs, block by block; "
+                             "masks unchanged). See hfprune.reconstruction.")
+    reconstruction_damp: float = _f(0.01, "Reconstruction: dampening added to the input statistics' diagonal, as a "
+                                    "fraction of its mean (keeps dead or duplicated inputs solvable).")
+    protect: str = _f("none", "Before selection: 'none', or 'outliers' (never remove units whose activation peak is "
+                      "`protect_threshold` x their layer's median: massive activations). See hfprune.protection.")
+    protect_threshold: float = _f(20.0, "Protection: peak / median ratio above which a unit is protected (> 1).")
     # --- schedule (PruningTrainer) --------------------------------------------------------------------------
     schedule: str = _f("one_shot", "When PruningTrainer prunes: 'one_shot' (before training), 'iterative' "
                        "(`pruning_steps` equal steps between start and end), 'cubic' (Zhu & Gupta gradual).")
@@ -190,6 +199,8 @@ class PruningConfig:
             "ec_output": ("network", "loss", "layer"),
             "calibration_mode": ("full", "sequential"),
             "ri_threshold": ("sparsity", "tau"),
+            "reconstruction": ("none", "weights"),
+            "protect": ("none", "outliers"),
             "schedule": SCHEDULES,
             "norm": (1, 2),
         }
@@ -210,6 +221,12 @@ class PruningConfig:
                 raise bad(name, "a positive number")
         if not isinstance(self.regularizer_weight, (int, float)) or self.regularizer_weight < 0:
             raise bad("regularizer_weight", "a number >= 0")
+        v = self.reconstruction_damp
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise bad("reconstruction_damp", "a number >= 0 (a fraction of the mean diagonal, e.g. 0.01)")
+        v = self.protect_threshold
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 1:
+            raise bad("protect_threshold", "a number > 1 (peak / median activation ratio, e.g. 20)")
         if self.calibration_mode == "sequential":
             from .criteria import sequential_conflict
 
