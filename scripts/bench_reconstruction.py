@@ -32,6 +32,49 @@ def parse(row: str) -> list[tuple[str, str, float, str]]:
     return [(crit, gran, float(sp), v) for v in variants.split(",")]
 
 
+def compare_solvers(model, tok, args) -> None:
+    """OBS against the exact per-row solve on one block's layers (Wanda 50% / 2:4 masks, dense inputs): relative
+    output error on the calibration statistics and seconds per layer."""
+    from hfprune.calibration.data import prepare_calibration
+    from hfprune.calibration.sequential import capture_block_inputs
+    from hfprune.criteria import get_criterion
+    from hfprune.prune import compute_masks
+    from hfprune.reconstruction import _SharedInputs, make_factor, output_error, refit_rows_exact, refit_rows_obs
+    from hfprune.structure import target_layers
+
+    for gran in ("weights", "2:4"):
+        cfg = PruningConfig(criterion="wanda", granularity=gran, sparsity=0.5, num_samples=args.num_samples,
+                            seq_len=args.seq_len, batch_size=args.batch_size,
+                            targets=[f"model.layers.{args.solvers}.*"])
+        calib = prepare_calibration(lee_texts("background"), model, cfg, tok)
+        layers = target_layers(model, cfg)
+        sel, _, _ = compute_masks(model, get_criterion(cfg), layers, None, calib, False)
+        hooks = _SharedInputs(layers)
+        with torch.no_grad():
+            for hidden, a, kw in capture_block_inputs(model, model.model.layers[0], calib.batches):
+                for b in model.model.layers[: args.solvers + 1]:
+                    hooks.next_call()
+                    hidden = b(hidden, *a, **kw)
+                    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        hooks.remove()
+        for n, l in layers.items():
+            st = hooks.stats[n]
+            f = make_factor(st, args.damp, False)
+            m, mu = st.moments(False)
+            W = l.weight_matrix().detach().double()
+            ref = float(((W @ m) * W).sum())
+            row = {"layer": n, "granularity": gran, "tokens": st.n,
+                   "masked": output_error(W * ~sel.masks[n], None, m, mu) / ref}
+            for name, fn in (("obs", refit_rows_obs), ("exact", refit_rows_exact)):
+                t = time.perf_counter()
+                Wn = fn(W.float() if name == "obs" else W, sel.masks[n], f)
+                row[name + "_s"] = time.perf_counter() - t
+                row[name] = output_error(W - Wn, None, m, mu) / ref
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     ap = bench_parser(__doc__, num_samples=32, batch_size=4)
     ap.add_argument("--ppl-tokens", type=int, default=8192)
@@ -39,12 +82,16 @@ def main() -> None:
     ap.add_argument("--protect", type=float, default=20.0, help="outlier threshold (peak / median)")
     ap.add_argument("--damp", type=float, default=0.01)
     ap.add_argument("--compensate", choices=["0", "1"], default="1", help="EC's compensate")
-    ap.add_argument("--rows", nargs="+", required=True)
+    ap.add_argument("--rows", nargs="+", default=[])
+    ap.add_argument("--solvers", type=int, default=None, metavar="BLOCK",
+                    help="compare the OBS and exact solvers on this block's layers instead of running rows")
     ap.add_argument("--out", default="bench_out/reconstruction.jsonl")
     args = ap.parse_args()
     set_threads(args.threads)
     print(device_line(), flush=True)
     base, tok = load_smollm2()
+    if args.solvers is not None:
+        return compare_solvers(base, tok, args)
     test = lee_texts("test")
     rows = []
     for spec in args.rows:
