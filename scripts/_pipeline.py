@@ -1,59 +1,31 @@
-"""prune() with reconstruction and protection, assembled from hfprune's steps in a script (until the engine has a
-step for them): calibrate, score, [protect], select, [reconstruct], compensate, apply masks / compact."""
+"""One benchmark row: `hfprune.prune` with the config's reconstruction / protection, or the engine's steps with a
+reconstruction variant the config does not expose (the exact solver, dense-model inputs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
-from hfprune.calibration.data import prepare_calibration
-from hfprune.compaction import compact_units, rewrite_config
+from hfprune import prune
 from hfprune.config import PruningConfig
-from hfprune.masks import apply_weight_masks
-from hfprune.prune import _compensate, _select, compute_masks, criterion_for
-from hfprune.protection import detect_outliers
+from hfprune.engine import Pruner
 from hfprune.reconstruction import reconstruct
-from hfprune.selection import check_head_ratio, protect_scores
-from hfprune.structure import adapter_for, find_groups, find_layers, target_layers
 
 
 def run(model: Any, tok: Any, cfg: PruningConfig, texts: list[str], *, reconstruction: bool = False,
         damp: float = 0.01, method: str = "obs", sequential: bool = True, protect: float | None = None) -> dict:
-    """Prune ``model`` in place; returns timings (s), the reconstruction report and the protected units."""
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    criterion = criterion_for(cfg)
-    adapter = adapter_for(model)
-    calib = prepare_calibration(texts, model, cfg, tok)
-    groups = None
-    if cfg.structured:
-        groups = find_groups(model, cfg, calib.batches[0])
-        for g in groups:
-            check_head_ratio(g, cfg)
-        layers = find_layers(model)
-    else:
-        layers = target_layers(model, cfg)
-    selection, scores, stats = compute_masks(model, criterion, layers, groups, calib, False, timings=timings)
-    out: dict[str, Any] = {}
-    if protect is not None:
-        t = time.perf_counter()
-        prot = detect_outliers(model, layers, groups, calib.batches, protect)
-        selection = _select(criterion, layers, groups, protect_scores(scores, prot.masks), {}, timings)
-        out["protected"] = prot.to_report()
-        timings["protection"] = time.perf_counter() - t
-    if reconstruction:
-        fit_bias = bool(cfg.compensate and cfg.criterion == "elimination_compensation")
-        rep = reconstruct(model, layers, selection.masks, calib.batches, groups=groups, damp=damp,
-                          sequential=sequential, method=method, fit_bias=fit_bias, adapter=adapter)
-        timings["reconstruction"] = rep.seconds
-        out["reconstruction"] = rep
-    else:
-        _compensate(model, criterion, layers, stats, groups, selection.masks, adapter)
-    if groups is None:
-        apply_weight_masks(layers, selection.masks)
-    else:
-        compact_units(model, groups, selection.masks)
-        rewrite_config(model, groups, selection.masks, adapter)
-    timings["total"] = time.perf_counter() - t0
-    out["timings"] = timings
-    return out
+    """Prune ``model`` in place; returns timings (s), the reconstruction report (dict) and the protected units."""
+    cfg = dataclasses.replace(cfg, reconstruction="weights" if reconstruction else "none", reconstruction_damp=damp,
+                              protect="outliers" if protect else "none", protect_threshold=protect or 20.0)
+    if method == "obs" and sequential:
+        report = prune(model, cfg, texts, tok, progress=False).report
+        return {"timings": report.timings, "reconstruction": report.reconstruction, "protected": report.protected}
+    t = time.perf_counter()
+    pruner = Pruner(model, dataclasses.replace(cfg, reconstruction="none"), texts, tok, progress=False)
+    pruner.step()
+    rep = reconstruct(model, pruner.layers, pruner.masks, pruner.calibration.batches, groups=pruner.groups,
+                      damp=damp, method=method, sequential=sequential, adapter=pruner.adapter)
+    pruner.compact()
+    timings = {**pruner.timings, "reconstruction": rep.seconds, "total": time.perf_counter() - t}
+    return {"timings": timings, "reconstruction": rep.to_dict(), "protected": {}}

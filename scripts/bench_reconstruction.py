@@ -38,7 +38,7 @@ def compare_solvers(model, tok, args) -> None:
     from hfprune.calibration.data import prepare_calibration
     from hfprune.calibration.sequential import capture_block_inputs
     from hfprune.criteria import get_criterion
-    from hfprune.prune import compute_masks
+    from hfprune.engine import compute_masks
     from hfprune.reconstruction import _SharedInputs, make_factor, output_error, refit_rows_exact, refit_rows_obs
     from hfprune.structure import target_layers
 
@@ -48,7 +48,7 @@ def compare_solvers(model, tok, args) -> None:
                             targets=[f"model.layers.{args.solvers}.*"])
         calib = prepare_calibration(lee_texts("background"), model, cfg, tok)
         layers = target_layers(model, cfg)
-        sel, _, _ = compute_masks(model, get_criterion(cfg), layers, None, calib, False)
+        sel, _, _ = compute_masks(model, get_criterion(cfg), layers, None, calib.batches, False)
         hooks = _SharedInputs(layers)
         with torch.no_grad():
             for hidden, a, kw in capture_block_inputs(model, model.model.layers[0], calib.batches):
@@ -116,15 +116,16 @@ def main() -> None:
                     continue
                 r["prune_s"] = time.perf_counter() - t
                 r["timings"] = info["timings"]
-                if "protected" in info:
+                if info["protected"]:
                     r["protected"] = sum(len(v) for v in info["protected"].values())
-                if "reconstruction" in info:
-                    rep = info["reconstruction"]
-                    r["recon_s"] = rep.seconds
-                    r["rank_deficient"] = len(rep.rank_deficient)
-                    r["reverted"] = sum(l.reverted for l in rep.layers)
-                    r["mean_rel_err_before"] = sum(l.error_before for l in rep.layers) / max(len(rep.layers), 1)
-                    r["mean_rel_err_after"] = sum(l.error_after for l in rep.layers) / max(len(rep.layers), 1)
+                rep = info["reconstruction"]
+                if rep:
+                    fits = rep["layers"]
+                    r["recon_s"] = rep["seconds"]
+                    r["rank_deficient"] = sum(f["rank_deficient"] for f in fits)
+                    r["reverted"] = sum(f["reverted"] for f in fits)
+                    r["mean_rel_err_before"] = sum(f["error_before"] for f in fits) / max(len(fits), 1)
+                    r["mean_rel_err_after"] = sum(f["error_after"] for f in fits) / max(len(fits), 1)
             r["ppl"] = perplexity(model, tok, test, 512, args.ppl_tokens)
             rows.append(r)
             with open(args.out, "a") as f:

@@ -4,6 +4,7 @@ output error never larger than masking, damping of singular statistics, non-fini
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from hfprune.calibration.data import prepare_calibration
 from hfprune.calibration.sequential import capture_block_inputs
 from hfprune.criteria import get_criterion
 from hfprune.errors import CalibrationError, ConfigError
-from hfprune.prune import compute_masks
+from hfprune.engine import compute_masks
 from hfprune.reconstruction import (GramStats, make_factor, output_error, reconstruct, refit_columns,
                                     refit_rows_exact, refit_rows_obs)
 from hfprune.structure import find_groups, find_layers, target_layers
@@ -159,7 +160,7 @@ def test_unstructured_masks_unchanged_and_error_not_larger(granularity, method):
     batches = _batches(model)
     layers = target_layers(model, cfg)
     sel, _, _ = compute_masks(model, get_criterion(cfg), layers, None,
-                              prepare_calibration(calibration("llama", 8), model, cfg), progress=False)
+                              _batches(model), progress=False)
     dense = copy.deepcopy(model)
     rep = reconstruct(model, layers, sel.masks, batches, method=method)
     assert {f.name for f in rep.layers} == set(layers) and not rep.skipped
@@ -179,6 +180,7 @@ def test_unstructured_masks_unchanged_and_error_not_larger(granularity, method):
 @pytest.mark.parametrize("sequential", [True, False])
 def test_structured_refit_then_compaction(sequential):
     from hfprune.compaction import compact_units
+    from hfprune.structure import adapter_for
 
     torch.manual_seed(0)
     model = tiny_model("llama")
@@ -187,7 +189,7 @@ def test_structured_refit_then_compaction(sequential):
     batches = _batches(model)
     layers = find_layers(model)
     groups = find_groups(model, cfg, batches[0])
-    sel, _, _ = compute_masks(model, get_criterion(cfg), layers, groups, None, progress=False)
+    sel, _, _ = compute_masks(model, get_criterion(cfg), layers, groups, [], progress=False)
     dense = copy.deepcopy(model)
     rep = reconstruct(model, layers, sel.masks, batches, groups=groups, sequential=sequential)
     assert sorted(f.name for f in rep.layers) == sorted(
@@ -204,7 +206,7 @@ def test_structured_refit_then_compaction(sequential):
     ids = batches[0]["input_ids"]
     with torch.no_grad():
         masked = model(input_ids=ids).logits
-        compact_units(model, groups, sel.masks)
+        compact_units(model, groups, sel.masks, adapter_for(model))
         assert torch.allclose(model(input_ids=ids).logits, masked, atol=1e-5)  # compaction only slices
 
 
@@ -217,10 +219,48 @@ def test_joint_bias_fit_creates_bias():
     batches = _batches(model)
     layers = find_layers(model)
     groups = find_groups(model, cfg, batches[0])
-    sel, _, _ = compute_masks(model, get_criterion(cfg), layers, groups, None, progress=False)
+    sel, _, _ = compute_masks(model, get_criterion(cfg), layers, groups, [], progress=False)
     plain = copy.deepcopy(model)
     r0 = reconstruct(plain, find_layers(plain), sel.masks, batches, groups=groups)
     rep = reconstruct(model, layers, sel.masks, batches, groups=groups, fit_bias=True, adapter=adapter_for(model))
     assert model.config.mlp_bias and model.model.layers[0].mlp.down_proj.bias is not None
     assert all(f.bias for f in rep.layers)
     assert rep.layers[0].error_after <= r0.layers[0].error_after  # one more free parameter per output
+
+
+def test_through_prune_masks_unchanged_and_reported():
+    from hfprune import prune
+
+    cfg = PruningConfig(criterion="wanda", sparsity=0.5, num_samples=8, batch_size=4)
+    plain = prune(tiny_model("llama"), cfg, calibration("llama"), progress=False)
+    res = prune(tiny_model("llama"), dataclasses.replace(cfg, reconstruction="weights"), calibration("llama"),
+                progress=False)
+    assert res.masks.keys() == plain.masks.keys()
+    assert all(torch.equal(res.masks[n], m) for n, m in plain.masks.items())
+    for n, m in res.masks.items():
+        assert (res.model.get_submodule(n).weight[~m] == 0).all()
+    rec = res.report.reconstruction
+    assert rec["method"] == "obs" and len(rec["layers"]) == len(res.masks)
+    assert all(f["error_after"] <= f["error_before"] for f in rec["layers"])
+    assert "reconstruction" in res.report.timings and plain.report.reconstruction == {}
+
+
+def test_through_prune_ec_bias_fitted_jointly_not_compensated_twice():
+    from hfprune import prune
+
+    cfg = PruningConfig(criterion="elimination_compensation", ec_output="layer", granularity="neurons",
+                        sparsity=0.5, num_samples=8, batch_size=4, reconstruction="weights")
+    res = prune(tiny_model("llama"), cfg, calibration("llama"), progress=False)
+    assert res.model.config.mlp_bias
+    fits = res.report.reconstruction["layers"]
+    assert all(f["bias"] for f in fits)
+    # the bias is the joint least-squares one: EC's own shift W_R abar was not added on top
+    model = tiny_model("llama")
+    batches = _batches(model)
+    layers = find_layers(model)
+    groups = find_groups(model, cfg, batches[0])
+    ref = reconstruct(model, layers, {g.name: res.masks[g.name] for g in groups}, batches, groups=groups,
+                      fit_bias=True, damp=cfg.reconstruction_damp)
+    name = "model.layers.1.mlp.down_proj"
+    assert torch.allclose(res.model.get_submodule(name).bias, model.get_submodule(name).bias, atol=1e-5)
+    assert ref.layers[0].bias
