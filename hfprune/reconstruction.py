@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .calibration.sequential import block_of, capture_block_inputs, find_blocks, release_memory
 from .compaction import add_bias
@@ -73,7 +74,7 @@ class GramStats:
         return (m - torch.outer(mu, mu) if centered else m), mu
 
 
-class _SharedInputs:
+class InputStatistics:
     """Forward hooks giving every layer one `GramStats` per distinct input tensor: layers fed the same tensor
     object (q/k/v, gate/up) share it and it is accumulated once per forward call."""
 
@@ -335,9 +336,9 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
     try:
         with torch.no_grad():
             cache = capture_block_inputs(model, blocks[0], batches) if last >= 0 else []
-            for i in range(last + 1):
+            for i in tqdm(range(last + 1), desc="reconstructing, block by block", disable=not progress, leave=False):
                 names = [n for n in plan if where[n] == i]
-                hooks = _SharedInputs({n: layers[n] for n in names})
+                hooks = InputStatistics({n: layers[n] for n in names})
                 try:
                     for entry in cache:
                         hooks.next_call()

@@ -39,7 +39,7 @@ def compare_solvers(model, tok, args) -> None:
     from hfprune.calibration.sequential import capture_block_inputs
     from hfprune.criteria import get_criterion
     from hfprune.engine import compute_masks
-    from hfprune.reconstruction import _SharedInputs, make_factor, output_error, refit_rows_exact, refit_rows_obs
+    from hfprune.reconstruction import InputStatistics, make_factor, output_error, refit_rows_exact, refit_rows_obs
     from hfprune.structure import target_layers
 
     for gran in ("weights", "2:4"):
@@ -49,7 +49,7 @@ def compare_solvers(model, tok, args) -> None:
         calib = prepare_calibration(lee_texts("background"), model, cfg, tok)
         layers = target_layers(model, cfg)
         sel, _, _ = compute_masks(model, get_criterion(cfg), layers, None, calib.batches, False)
-        hooks = _SharedInputs(layers)
+        hooks = InputStatistics(layers)
         with torch.no_grad():
             for hidden, a, kw in capture_block_inputs(model, model.model.layers[0], calib.batches):
                 for b in model.model.layers[: args.solvers + 1]:

@@ -264,3 +264,24 @@ def test_through_prune_ec_bias_fitted_jointly_not_compensated_twice():
     name = "model.layers.1.mlp.down_proj"
     assert torch.allclose(res.model.get_submodule(name).bias, model.get_submodule(name).bias, atol=1e-5)
     assert ref.layers[0].bias
+
+
+def test_one_statistic_per_distinct_input():
+    from hfprune.reconstruction import InputStatistics
+
+    model = tiny_model("llama")
+    batches = _batches(model)
+    block = "model.layers.0"
+    names = [f"{block}.self_attn.{p}_proj" for p in "qkvo"] + [f"{block}.mlp.{p}_proj" for p in ("gate", "up", "down")]
+    layers = {n: l for n, l in find_layers(model).items() if n in names}
+    hooks = InputStatistics(layers)
+    with torch.no_grad():
+        for b in batches:
+            hooks.next_call()
+            model(**b)
+    hooks.remove()
+    st = hooks.stats
+    q, k, v, o, g, u, d = (st[n] for n in names)
+    assert q is k is v and g is u and len({id(x) for x in (q, o, g, d)}) == 4
+    a = _first_block_inputs(model, batches, names[0]).float()
+    assert q.n == a.shape[0] and torch.allclose(q.H, a.T @ a, rtol=1e-4, atol=1e-4)
