@@ -86,7 +86,7 @@ class InputStatistics:
 
     def _hook(self, name: str):
         def fn(module: nn.Module, args: tuple, output: Any) -> None:
-            x = args[0].detach()
+            x = args[0]  # the object itself (``detach()`` would make a new one per call)
             for seen, st in self._seen:
                 if seen is x:
                     self.stats.setdefault(name, st)
@@ -96,7 +96,7 @@ class InputStatistics:
                 st = self.stats[name] = GramStats(x.shape[-1], x.device)
             if any(s is st for _, s in self._seen):  # shared with a layer already fed this call
                 return
-            st.add(self.layers[name].input_matrix(x))
+            st.add(self.layers[name].input_matrix(x.detach()))
             self._seen.append((x, st))
         return fn
 
