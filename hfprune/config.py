@@ -102,6 +102,15 @@ class PruningConfig:
     ri_threshold: str = _f("sparsity", "Relative importance: 'sparsity' (remove the `sparsity` fraction) or "
                            "'tau' (remove weights whose score is below tau / fan_in).")
     ri_tau: float = _f(1.0, "Relative importance: tau of the 'tau' threshold rule.")
+    # --- after selection (hfprune extensions) ---------------------------------------------------------------------
+    reconstruction: str = _f("none", "After selection: 'none', or 'weights' (refit the kept weights of each layer by "
+                             "least squares to the dense layer's output on the calibration inputs, block by block; "
+                             "masks unchanged). See hfprune.reconstruction.")
+    reconstruction_damp: float = _f(0.01, "Reconstruction: dampening added to the input statistics' diagonal, as a "
+                                    "fraction of its mean (keeps dead or duplicated inputs solvable).")
+    protect: str = _f("none", "Before selection: 'none', or 'outliers' (never remove units whose activation peak is "
+                      "`protect_threshold` x their layer's median: massive activations). See hfprune.protection.")
+    protect_threshold: float = _f(20.0, "Protection: peak / median ratio above which a unit is protected (> 1).")
     # --- schedule (PruningTrainer) --------------------------------------------------------------------------
     schedule: str = _f("one_shot", "When PruningTrainer prunes: 'one_shot' (before training), 'iterative' "
                        "(`pruning_steps` equal steps between start and end), 'cubic' (Zhu & Gupta gradual).")
@@ -332,6 +341,10 @@ FIELD_RULES: dict[str, Rule] = {
     "ri_tau": number(0, open_low=True),
     "distillation_temperature": number(0, open_low=True),
     "regularizer_weight": number(0),
+    "reconstruction": choice("none", "weights"),
+    "reconstruction_damp": number(0, allowed="a number >= 0 (a fraction of the mean diagonal, e.g. 0.01)"),
+    "protect": choice("none", "outliers"),
+    "protect_threshold": number(1, open_low=True, allowed="a number > 1 (peak / median activation ratio, e.g. 20)"),
 }
 
 _HEADS = "when the granularity includes 'heads' (e.g. 'neurons+heads')"
@@ -345,6 +358,8 @@ _ONLY_WITH: list[tuple[str, Callable[[PruningConfig], bool], str]] = [
     ("distillation_temperature", lambda c: c.distillation, "with distillation=True"),
     ("distillation_weight", lambda c: c.distillation, "with distillation=True"),
     ("ri_tau", lambda c: c.ri_threshold == "tau", "with ri_threshold='tau'"),
+    ("reconstruction_damp", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
+    ("protect_threshold", lambda c: c.protect != "none", "with protect='outliers'"),
 ]
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruningConfig)}
 

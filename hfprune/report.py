@@ -50,6 +50,8 @@ class PruningReport:
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {"before", "after"}
     latency: dict[str, Any] = field(default_factory=dict)  # dense_ms, pruned_ms, input_shape, device
     command: str | None = None  # the command or recipe that reproduces the result
+    protected: dict[str, list[int]] = field(default_factory=dict)  # outlier units kept by `protect` (per group/layer)
+    reconstruction: dict[str, Any] = field(default_factory=dict)  # `ReconstructionReport.to_dict()` when refit
 
     @property
     def param_ratio(self) -> float:
