@@ -22,7 +22,12 @@ from .errors import CheckpointError, ConfigError
 
 CONFIG_NAME = "pruning_config.json"
 
-STRUCTURED_GRANULARITIES = ("neurons", "heads", "channels")
+STRUCTURED_GRANULARITIES = ("neurons", "heads", "channels", "hidden", "layers")
+#: axes scored by their own criteria (`layer_criterion`, `hidden_criterion`), not by `criterion`
+WIDTH_DEPTH_AXES = ("hidden", "layers")
+LAYER_CRITERIA = ("block_influence", "skip_loss", "magnitude", "random")
+HIDDEN_CRITERIA = ("minitron", "magnitude", "random")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMbBgG]?)\s*$")
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 DEFAULT_IGNORE = (
@@ -54,11 +59,26 @@ class PruningConfig:
     criterion: str = _f("magnitude", "Scoring criterion: magnitude, random, taylor, wanda, expressiveness, hybrid, "
                         "elimination_compensation, relative_importance.")
     granularity: str = _f("weights", "Unit removed: 'weights' (unstructured), an N:M pattern such as '2:4', "
-                          "'neurons' (FFN), 'heads' (attention), 'channels' (conv), or a '+'-joined combination "
-                          "such as 'neurons+heads'.")
+                          "'neurons' (FFN), 'heads' (attention), 'channels' (conv), 'hidden' (residual-stream "
+                          "channels), 'layers' (whole transformer blocks), or a '+'-joined combination such as "
+                          "'neurons+heads' or 'hidden+neurons+heads+layers'.")
     sparsity: float = _f(0.5, "Fraction of the targeted units removed, in [0, 1).")
     head_sparsity: float | None = _f(None, "Fraction of attention heads (or KV groups) removed when heads are "
                                      "pruned together with other units; defaults to `sparsity`.")
+    hidden_sparsity: float | None = _f(None, "Fraction of residual-stream channels removed (granularity 'hidden'); "
+                                       "defaults to `sparsity`.")
+    layer_sparsity: float | None = _f(None, "Fraction of transformer blocks removed (granularity 'layers', rounded "
+                                      "to the nearest block count); defaults to `sparsity`.")
+    target_params: int | str | None = _f(None, "Target total parameter count (e.g. 100000000 or '100M'): the "
+                                         "per-axis fractions are chosen by a search scored on calibration loss "
+                                         "(the sparsity fields are then ignored); never above, within 1%.")
+    layer_criterion: str | None = _f(None, "Block score for 'layers': block_influence (ShortGPT), skip_loss, "
+                                     "magnitude or random; default: `criterion` when it is a block score, else "
+                                     "block_influence.")
+    hidden_criterion: str | None = _f(None, "Residual-channel score for 'hidden': minitron (activations), "
+                                      "magnitude or random; default: `criterion` when it is one, else minitron.")
+    hidden_rescale_norms: bool = _f(True, "After removing residual channels, rescale each RMSNorm weight by the "
+                                    "measured RMS change of its input (hfprune extension).")
     scope: str = _f("local", "'local': the same fraction in every layer (widths stay uniform, the result loads "
                     "with plain transformers); 'global': one ranking over all layers (non-uniform widths).")
     targets: list[str] | None = _f(None, "Glob patterns of module names to prune (e.g. '*.mlp.*'); all prunable "
@@ -133,9 +153,25 @@ class PruningConfig:
 
     def sparsity_for(self, kind: str) -> float:
         """Fraction removed for one unit kind (heads may have their own)."""
-        if kind == "heads" and self.head_sparsity is not None:
-            return self.head_sparsity
-        return self.sparsity
+        own = {"heads": self.head_sparsity, "hidden": self.hidden_sparsity, "layers": self.layer_sparsity}.get(kind)
+        return self.sparsity if own is None else own
+
+    def axis_criterion(self, axis: str) -> str:
+        """The criterion scoring ``axis`` ('layers' or 'hidden')."""
+        own, allowed, default = ((self.layer_criterion, LAYER_CRITERIA, "block_influence") if axis == "layers"
+                                 else (self.hidden_criterion, HIDDEN_CRITERIA, "minitron"))
+        if own is not None:
+            return own
+        return self.criterion if self.criterion in allowed and self.criterion not in ("magnitude", "random") \
+            else default
+
+    @property
+    def target_params_count(self) -> int | None:
+        """`target_params` as an integer ('100M' -> 100000000)."""
+        if self.target_params is None or isinstance(self.target_params, int):
+            return self.target_params
+        num, unit = _SIZE.match(str(self.target_params)).groups()
+        return int(round(float(num) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}[unit.lower()]))
 
     def validate(self) -> None:
         """Check every field; raise `ConfigError` naming the field, the value and what is allowed."""
@@ -159,11 +195,12 @@ class PruningConfig:
         elif parts != ["weights"]:
             for p in parts:
                 if p not in STRUCTURED_GRANULARITIES:
-                    raise bad("granularity", "weights, N:M (e.g. 2:4), neurons, heads, channels, or a '+' "
-                              "combination of neurons, heads and channels")
+                    raise bad("granularity", "weights, N:M (e.g. 2:4), neurons, heads, channels, hidden, layers, "
+                              "or a '+' combination of them")
             if len(set(parts)) != len(parts):
                 raise bad("granularity", "each unit kind at most once")
-        for name in ("sparsity", "head_sparsity"):
+        self._validate_width_depth(bad)
+        for name in ("sparsity", "head_sparsity", "hidden_sparsity", "layer_sparsity"):
             v = getattr(self, name)
             if v is None:
                 continue
@@ -216,6 +253,21 @@ class PruningConfig:
             problem = sequential_conflict(self)
             if problem:
                 raise bad("calibration_mode", problem)
+
+    def _validate_width_depth(self, bad: Any) -> None:
+        for name, allowed in (("layer_criterion", LAYER_CRITERIA), ("hidden_criterion", HIDDEN_CRITERIA)):
+            if getattr(self, name) is not None and getattr(self, name) not in allowed:
+                raise bad(name, "None or one of " + ", ".join(allowed))
+        if self.target_params is None:
+            return
+        t = self.target_params
+        if isinstance(t, bool) or not (isinstance(t, int) and t > 0 or isinstance(t, str) and _SIZE.match(t)
+                                       and float(_SIZE.match(t).group(1)) > 0):
+            raise bad("target_params", "a positive integer or a size such as '100M' or '1.5B'")
+        if "channels" in self.parts or not self.structured:
+            raise bad("target_params", "a target for structured transformer axes: granularity made of neurons, "
+                      "heads, hidden and layers (e.g. 'hidden+neurons+layers')", f" Got granularity "
+                      f"{self.granularity!r}.")
 
     # --- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

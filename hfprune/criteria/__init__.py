@@ -62,5 +62,6 @@ def sequential_conflict(config: "PruningConfig") -> str | None:
 
 from . import baselines  # noqa: E402,F401  (registers magnitude, random, taylor, wanda)
 from . import research  # noqa: E402,F401  (registers expressiveness, hybrid, elimination_compensation, relative_importance)
+from . import width_depth  # noqa: E402,F401  (registers block_influence, skip_loss, minitron)
 
 __all__ = ["Criterion", "Stats", "register", "available_criteria", "get_criterion"]

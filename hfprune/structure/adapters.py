@@ -35,6 +35,19 @@ class AttentionSpec:
 
 
 @dataclass(frozen=True)
+class ResidualSpec:
+    """The residual stream of a family, by the last component of module names (``granularity="hidden"``)."""
+
+    embeddings: tuple[str, ...]  # nn.Embedding whose columns are residual channels
+    norms: tuple[str, ...]  # norms over the residual stream (weight [hidden]), the final norm included
+    scored_norms: tuple[str, ...]  # norms whose outputs feed attention / MLP (Minitron activation score)
+    readers: tuple[str, ...]  # linears whose input columns are residual channels (projections, LM/classifier heads)
+    writers: tuple[str, ...]  # linears whose output rows (and bias) are residual channels
+    model_types: tuple[str, ...]  # the adapter's model types whose residual stream is exactly this (checked)
+    config_key: str = "hidden_size"
+
+
+@dataclass(frozen=True)
 class Adapter:
     """Names of one family's prunable sub-modules, relative to a block (a module whose name we match)."""
 
@@ -45,6 +58,8 @@ class Adapter:
     heads_in_config: bool  # the config can express fewer heads (it has an explicit head_dim)
     bias_flags: tuple[str, ...] = ()  # config flags that add biases (for compensation), e.g. mlp_bias
     blocks: str = ""  # suffix of the ModuleList of transformer blocks (sequential calibration), e.g. "layers"
+    layer_config_keys: tuple[str, ...] = ("layer_types",)  # config lists with one entry per block
+    residual: ResidualSpec | None = None  # where the residual stream is (None: granularity "hidden" unsupported)
 
     def groups(self, model: nn.Module, layers: dict[str, Layer], kinds: list[str], gqa_mode: str) -> list[UnitGroup]:
         out: list[UnitGroup] = []
@@ -159,6 +174,15 @@ _LLAMA_LIKE = Adapter(
     heads_in_config=True,
     bias_flags=("mlp_bias", "attention_bias"),
     blocks="layers",
+    residual=ResidualSpec(
+        embeddings=("embed_tokens",),
+        norms=("input_layernorm", "post_attention_layernorm", "norm"),
+        scored_norms=("input_layernorm", "post_attention_layernorm"),
+        readers=("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head", "score"),
+        writers=("o_proj", "down_proj"),
+        # not gemma (embeddings scaled by sqrt(hidden_size)), olmo2 (other norms), granite (residual multipliers)
+        model_types=("llama", "mistral", "qwen2", "qwen3", "smollm3"),
+    ),
 )
 
 ADAPTERS: tuple[Adapter, ...] = (
