@@ -7,7 +7,9 @@ Candidates (documented in docs/criteria.md):
   (hidden, neurons); the one present otherwise;
 - heads: 0 and one KV group (or one head) removed, when ``heads`` is pruned;
 - for each, the smallest common scale ``s`` whose architecture is at or below the target (bisection on the exact
-  parameter count of a meta-device skeleton pruned with the same code, so no weight is touched).
+  parameter count of a meta-device skeleton pruned with the same code, so no weight is touched); with both
+  ``hidden`` and ``neurons`` the neuron fraction is then lowered again (bisection, width fixed) because residual
+  widths move in coarse steps (multiples of the head count).
 Candidates within 1% below the target are pruned for real (on a copy, with the scores of the unpruned model) and
 scored by calibration loss; the lowest loss wins. Never above the target.
 """
@@ -80,6 +82,15 @@ def _fit(model: nn.Module, config: PruningConfig, base: Plan, target: int, mix: 
         else:
             lo = mid
     plan = _width_plan(model, config, base, hi, mix)
+    if "neurons" in config.parts and "hidden" in config.parts:  # refine the finer axis with the width fixed
+        lo, hi = 0.0, plan.neurons
+        for _ in range(_BISECTION_STEPS):
+            mid = (lo + hi) / 2
+            if plan_params(model, config, dataclasses.replace(plan, neurons=mid)) <= target:
+                hi = mid
+            else:
+                lo = mid
+        plan.neurons = hi
     plan.params = plan_params(model, config, plan)
     return plan
 
