@@ -13,14 +13,14 @@ from .calibration.sequential import find_blocks
 from .config import PruningConfig
 from .errors import ConfigError, StructureError
 from .structure import adapter_for
-from .structure.adapters import ADAPTERS
+from .structure.adapters import known_model_types
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """(name, ModuleList) of the model's transformer blocks, from its family adapter."""
     adapter = adapter_for(model)
     if adapter is None or not adapter.blocks:
-        types = sorted({t for a in ADAPTERS for t in a.model_types})
+        types = known_model_types()
         mt = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         raise StructureError(f"Granularity 'layers' needs a transformer family hfprune knows (model types "
                              f"{', '.join(types)}); {mt!r} is not one.")

@@ -18,11 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibration.data import CalibrationSet, prepare_calibration
+from .calibration.data import prepare_calibration
+from .checkpoint import Loader, PruningInfo, auto_class_name
 from .config import PruningConfig
 from .criteria import get_criterion
 from .criteria.width_depth import hidden_statistics, magnitude_block_scores, random_scores
-from .depth import block_list, blocks_to_remove, check_layers, remove_blocks
+from .depth import block_list, check_layers, remove_blocks
+from .engine import check_model
 from .errors import ConfigError
 from .measure import count_macs, count_params, dummy_input
 from .report import LayerReport, PruningReport
@@ -30,6 +32,11 @@ from .structure.layers import Layer
 from .structure.residual import compact_hidden, residual_stream, rms_scales
 
 UNIT_AXES = ("neurons", "heads")
+
+
+def is_width_depth(config: PruningConfig) -> bool:
+    """Whether ``config`` prunes blocks or residual channels, or asks for a parameter target (this module's runs)."""
+    return any(p in ("layers", "hidden") for p in config.parts) or config.target_params is not None
 
 
 @dataclass
@@ -121,7 +128,7 @@ def initial_plan(model: nn.Module, config: PruningConfig) -> Plan:
 
 def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progress: bool = False) -> Scores:
     """Block, residual-channel and neuron/head scores of the (unpruned) model."""
-    from .prune import compute_masks  # late: prune imports the engine pieces this module sits beside
+    from .engine import compute_masks  # late: the engine routes width/depth runs here
     from .structure import find_groups, find_layers
 
     scores = Scores()
@@ -152,8 +159,7 @@ def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progr
         crit = get_criterion(ucfg)
         layers = find_layers(model)
         groups = find_groups(model, ucfg)
-        calib = CalibrationSet(batches, "data") if batches else None
-        _, unit_scores, _ = compute_masks(model, crit, layers, groups, calib, progress)
+        _, unit_scores, _ = compute_masks(model, crit, layers, groups, batches, progress)
         scores.unit_scores, scores.unit_criterion = unit_scores, crit
     return scores
 
@@ -183,14 +189,14 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
     from .structure import adapter_for, find_groups
 
     kept: dict[str, dict[str, Any]] = {}
-    loader = "transformers"
+    loader = Loader.TRANSFORMERS
     ucfg = unit_config(config, plan)
     if ucfg is not None and (plan.neurons > 0 or plan.heads > 0):
         groups = find_groups(model, ucfg)
         unit_scores = scores.unit_scores if scores is not None else \
             {g.name: -torch.arange(g.num_units, dtype=torch.float64) for g in groups}
         masks = structured_masks(unit_scores, groups, ucfg).masks
-        compact_units(model, groups, masks)
+        compact_units(model, groups, masks, adapter_for(model))
         loader, kept = rewrite_config(model, groups, masks, adapter_for(model))
     if plan.hidden is not None:
         width = residual_stream(model).width
@@ -215,11 +221,11 @@ def prune_width_depth(model: nn.Module, config: PruningConfig, calibration_data:
                       progress: bool = False) -> Any:
     """Prune any combination of ``layers``, ``hidden``, ``neurons`` and ``heads`` (fractions, or `target_params`);
     return a `PruningResult` (save it with ``save_pretrained``)."""
-    from .prune import PruningResult, _check_inputs  # late: prune imports this package's neighbours
+    from .prune import PruningResult  # late: prune() routes width/depth runs here
     from .search import search_target
 
     t0 = time.perf_counter()
-    _check_inputs(model, config)
+    check_model(model, config)
     bad = [p for p in config.parts if p not in ("layers", "hidden", *UNIT_AXES)]
     if bad or not any(p in config.parts for p in ("layers", "hidden")) and config.target_params is None:
         raise ConfigError(f"prune_width_depth prunes layers, hidden, neurons and heads; granularity "
@@ -270,11 +276,14 @@ def prune_width_depth(model: nn.Module, config: PruningConfig, calibration_data:
                                          + ([config.criterion] if ucfg is not None else []))),
         granularity=config.granularity, sparsity=config.sparsity, scope=config.scope,
         params_before=params_before, params_after=params_after, nonzero_after=nonzero,
-        macs_before=macs_before, macs_after=count_macs(model, dummy), macs_input_shape=shape, loader=done["loader"],
+        macs_before=macs_before, macs_after=count_macs(model, dummy), macs_input_shape=shape,
+        loader=done["loader"].value,
         layers=[LayerReport(k, v["kind"], v["total"], v["kept"]) for k, v in kept.items() if "kind" in v],
         timings=timings, calibration=calib.describe(config.seq_len) if calib else {"source": "none"},
         warnings=warnings)
-    return PruningResult(model, report, config, {}, kept, tokenizer)
+    info = PruningInfo(base_model=report.base_model, loader=done["loader"], auto_class=auto_class_name(model),
+                       groups=kept)
+    return PruningResult(model, report, config, {}, info, tokenizer)
 
 
 def loss_of(model: nn.Module, batches: list) -> float:

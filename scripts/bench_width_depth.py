@@ -126,7 +126,7 @@ def depth_part(base, tok, batches, args) -> list[dict]:
                                 batch_size=args.batch_size)
             t = time.perf_counter()
             res = prune_width_depth(m, cfg, data)
-            rows.append({"method": f"hfprune {crit}", "removed": n, "blocks": res.groups_kept["layers"]["removed"],
+            rows.append({"method": f"hfprune {crit}", "removed": n, "blocks": res.info.groups["layers"]["removed"],
                          "params": params(m), "ppl": ppl(m, tok, args), "prune_s": round(time.perf_counter() - t, 1),
                          "calibration": f"{len(data) * args.batch_size} x {args.seq_len}"})
             del m
@@ -145,7 +145,7 @@ def width_part(base, tok, batches, args) -> list[dict]:
                             num_samples=len(batches) * args.batch_size, seq_len=args.seq_len,
                             batch_size=args.batch_size)
         res = prune_width_depth(probe, cfg, batches)
-        kept = res.groups_kept["hidden"]["kept"]
+        kept = res.info.groups["hidden"]["kept"]
         rows.append({"method": "hfprune minitron", "hidden_sparsity": frac, "kept": kept, "params": params(probe),
                      "ppl": ppl(probe, tok, args)})
         print(rows[-1], flush=True)
@@ -198,8 +198,8 @@ def target_part(base, tok, batches, args) -> list[dict]:
            "params": params(m), "ppl": ppl(m, tok, args), "search_s": round(secs, 1),
            "macs_ratio": round(count_macs(base, dummy) / count_macs(m, dummy), 3),
            "cpu_speedup_1thread": round(t_dense / t_pruned, 3), "loader": res.report.loader,
-           "chosen": res.groups_kept["target_params"]["chosen"],
-           "candidates": res.groups_kept["target_params"]["candidates"],
+           "chosen": res.info.groups["target_params"]["chosen"],
+           "candidates": res.info.groups["target_params"]["candidates"],
            "layers": m.config.num_hidden_layers, "hidden": m.config.hidden_size,
            "intermediate": m.config.intermediate_size}
     with tempfile.TemporaryDirectory() as d:

@@ -116,7 +116,7 @@ def test_layers_equal_bypassed_reference_and_reload(family, tmp_path):
     model = tiny(family)
     reference = copy.deepcopy(model)
     res = prune_width_depth(model, cfg(granularity="layers", layer_sparsity=0.5), calib(family))
-    removed = res.groups_kept["layers"]["removed"]
+    removed = res.info.groups["layers"]["removed"]
     assert len(removed) == 2 and len(block_list(model)[1]) == 2
     assert model.config.num_hidden_layers == 2
     _, ref_blocks = block_list(reference)
@@ -223,7 +223,7 @@ def test_hidden_compaction_equals_masked_model(family):
 def test_hidden_prune_reload_plain(family, tmp_path):
     model = tiny(family)
     res = prune_width_depth(model, cfg(granularity="hidden", hidden_sparsity=0.25), calib(family))
-    assert res.groups_kept["hidden"]["kept"] == 36 and res.report.loader == "transformers"
+    assert res.info.groups["hidden"]["kept"] == 36 and res.report.loader == "transformers"
     got = out(model, family)
     res.save_pretrained(tmp_path / "m")
     child = reload_plain(tmp_path / "m", family)
@@ -278,7 +278,7 @@ def test_combination_with_neurons_and_heads(tmp_path):
 def _plan_of(res):
     from hfprune.width_depth import Plan
 
-    k = res.groups_kept
+    k = res.info.groups
     return Plan(layers=k["layers"]["total"] - k["layers"]["kept"], hidden=k["hidden"]["kept"],
                 neurons=res.config.sparsity, heads=res.config.head_sparsity)
 
@@ -307,7 +307,7 @@ def test_target_params_within_one_percent_never_above(granularity, target):
                             calib("llama"))
     p = res.report.params_after
     assert 0.99 * target <= p <= target
-    search = res.groups_kept["target_params"]
+    search = res.info.groups["target_params"]
     assert search["chosen"]["params"] == p
     assert all(c["params"] <= target for c in search["candidates"])
     scored = [c for c in search["candidates"] if c["loss"] is not None]

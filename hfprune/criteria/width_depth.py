@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from . import register
+from .registry import register_criterion as register
 from .base import Criterion
 from .baselines import _generator
 from ..calibration.collector import no_kv_cache, primary_output, run_model

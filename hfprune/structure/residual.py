@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import StructureError
-from .adapters import ADAPTERS, ResidualSpec, adapter_for
+from .adapters import _ADAPTERS, ResidualSpec, adapter_for
 from .layers import Layer, is_scorable
 
 
@@ -43,7 +43,7 @@ def residual_stream(model: nn.Module) -> ResidualStream:
     mt = getattr(cfg, "model_type", type(model).__name__)
     spec = adapter.residual if adapter is not None else None
     if spec is None or mt not in spec.model_types:
-        known = sorted({t for a in ADAPTERS if a.residual for t in a.residual.model_types})
+        known = sorted({t for a in _ADAPTERS if a.residual for t in a.residual.model_types})
         raise StructureError(f"Granularity 'hidden' needs a family whose residual stream hfprune knows (model types "
                              f"{', '.join(known)}); {mt!r} is not one. Prune 'layers', 'neurons' or 'heads' "
                              "instead.")
