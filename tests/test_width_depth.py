@@ -374,3 +374,20 @@ def test_config_rejects_bad_axis_values():
 def test_not_data_is_refused_when_needed():
     with pytest.raises(CalibrationError):
         prune_width_depth(tiny("llama"), cfg(granularity="layers", layer_sparsity=0.25), _NOT_DATA)
+
+
+def test_through_prune_end_to_end(tmp_path):
+    import hfprune
+
+    model = tiny("llama")
+    res = hfprune.prune(model, PruningConfig(granularity="layers", sparsity=0.25, num_samples=8, seq_len=12,
+                                             batch_size=4), calibration_data=calib("llama"))
+    assert model.config.num_hidden_layers == 3 and res.report.granularity == "layers"
+    assert res.report.calibration["num_samples"] == 8
+    res.save_pretrained(tmp_path / "m")
+    child = reload_plain(tmp_path / "m", "llama")
+    assert child["gen"] == greedy(model)
+    with pytest.raises(ConfigError, match="one-shot"):
+        from hfprune.engine import Pruner
+
+        Pruner(tiny("llama"), PruningConfig(granularity="layers", sparsity=0.25), calib("llama"))
