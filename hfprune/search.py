@@ -30,7 +30,7 @@ from .structure.residual import residual_stream
 from .width_depth import Plan, Scores, apply_plan, hidden_multiple, loss_of
 
 _MIXES = ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0))
-_BISECTION_STEPS = 16
+_BISECTION_STEPS = 12
 _MAX_WIDTH_FRACTION = 0.9
 
 
@@ -105,6 +105,18 @@ def _head_fractions(model: nn.Module, config: PruningConfig) -> list[float]:
     return [0.0, 1.0 / units] if units > 1 else [0.0]
 
 
+def _first_at_or_below(count, n: int, target: int) -> int:
+    """Smallest k in [0, n) with ``count(k) <= target`` (``count`` decreasing in k), n when none."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(mid) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def candidates(model: nn.Module, config: PruningConfig, target: int) -> list[Plan]:
     """Candidate architectures at or below ``target`` (see the module docstring)."""
     parts = config.parts
@@ -112,12 +124,11 @@ def candidates(model: nn.Module, config: PruningConfig, target: int) -> list[Pla
     depths = [0]
     if "layers" in parts:
         n = len(block_list(model)[1])
-        counts = [plan_params(model, config, Plan(layers=k)) for k in range(n)]
+        first = _first_at_or_below(lambda k: plan_params(model, config, Plan(layers=k)), n, target)
         if not width_axes and "heads" not in parts:
-            fit = [k for k in range(n) if counts[k] <= target]
-            depths = fit[:1]
+            depths = [first] if first < n else []
         else:
-            lmax = max([k for k in range(n) if counts[k] >= target] or [0])
+            lmax = max(first - 1, 0)  # the most blocks removable with depth alone still above the target
             depths = sorted({0, lmax // 2, lmax})
     mixes = _MIXES if "hidden" in parts and "neurons" in parts else _MIXES[:1]
     out = []

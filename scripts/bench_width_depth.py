@@ -27,7 +27,8 @@ from _common import bench_parser, device_line, lee_texts, load_smollm2, median_t
 
 from hfprune.config import PruningConfig  # noqa: E402
 from hfprune.measure import count_macs, count_params, dummy_input  # noqa: E402
-from hfprune.width_depth import prune_width_depth  # noqa: E402
+from hfprune.width_depth import Plan, apply_plan, compute_scores, hidden_keep_count, hidden_multiple, \
+    prune_width_depth  # noqa: E402
 
 
 # --- plain reference implementations (no hfprune) ---------------------------------------------------------------
@@ -61,10 +62,13 @@ def reference_minitron_scores(model, batches) -> torch.Tensor:
     """Minitron: sum over every input/post-attention RMSNorm output of mean_t |x_c|."""
     acc = torch.zeros(model.config.hidden_size, dtype=torch.float64)
     hooks = []
+
+    def add(module, args, out) -> None:
+        acc.add_(out.abs().reshape(-1, out.shape[-1]).double().mean(0))
+
     for layer in model.model.layers:
         for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-            hooks.append(norm.register_forward_hook(
-                lambda m, a, out: acc.add_(out.abs().reshape(-1, out.shape[-1]).double().mean(0))))
+            hooks.append(norm.register_forward_hook(add))
     for b in batches:
         model(**b, use_cache=False)
     for h in hooks:
@@ -108,27 +112,30 @@ def params(model) -> int:
 
 def depth_part(base, tok, batches, args) -> list[dict]:
     rows = []
+    t = time.perf_counter()
     bi = reference_block_influence(base, batches)
+    ref_s = time.perf_counter() - t
     order = sorted(range(len(bi)), key=lambda k: bi[k])
     for n in args.blocks:
         m = copy.deepcopy(base)
         reference_remove_blocks(m, sorted(order[:n]))
         rows.append({"method": "reference ShortGPT BI", "removed": n, "blocks": sorted(order[:n]),
-                     "params": params(m), "ppl": ppl(m, tok, args)})
+                     "params": params(m), "ppl": ppl(m, tok, args), "score_s": round(ref_s, 1),
+                     "calibration": f"{len(batches) * args.batch_size} x {args.seq_len}"})
         del m
         print(rows[-1], flush=True)
-    skip_batches = batches[: args.skip_loss_batches]
+    skip_batches = [{k: v[: args.skip_loss_samples] for k, v in batches[0].items()}]
     for crit, data in (("block_influence", batches), ("skip_loss", skip_batches)):
+        cfg = PruningConfig(granularity="layers", layer_criterion=crit)
+        t = time.perf_counter()
+        scores = compute_scores(base, cfg, data)  # the fractions do not change the scores: computed once
+        score_s = time.perf_counter() - t
         for n in args.blocks:
             m = copy.deepcopy(base)
-            cfg = PruningConfig(granularity="layers", layer_criterion=crit, layer_sparsity=n / base.config.num_hidden_layers,
-                                num_samples=len(data) * args.batch_size, seq_len=args.seq_len,
-                                batch_size=args.batch_size)
-            t = time.perf_counter()
-            res = prune_width_depth(m, cfg, data)
-            rows.append({"method": f"hfprune {crit}", "removed": n, "blocks": res.info.groups["layers"]["removed"],
-                         "params": params(m), "ppl": ppl(m, tok, args), "prune_s": round(time.perf_counter() - t, 1),
-                         "calibration": f"{len(data) * args.batch_size} x {args.seq_len}"})
+            done = apply_plan(m, cfg, Plan(layers=n), scores)
+            rows.append({"method": f"hfprune {crit}", "removed": n, "blocks": done["kept"]["layers"]["removed"],
+                         "params": params(m), "ppl": ppl(m, tok, args), "score_s": round(score_s, 1),
+                         "calibration": f"{sum(len(b['input_ids']) for b in data)} x {args.seq_len}"})
             del m
             print(rows[-1], flush=True)
     return rows
@@ -136,34 +143,28 @@ def depth_part(base, tok, batches, args) -> list[dict]:
 
 def width_part(base, tok, batches, args) -> list[dict]:
     rows = []
-    scores = reference_minitron_scores(base, batches)
+    ref = reference_minitron_scores(base, batches)
     width = base.config.hidden_size
+    cfg = PruningConfig(granularity="hidden")
+    mini = compute_scores(base, cfg, batches)  # Minitron score + each norm's input second moments
+    mag = compute_scores(base, dataclasses.replace(cfg, hidden_criterion="magnitude"), [])
+    no_rescale = dataclasses.replace(mini, norm_sq={})
     for frac in args.hidden:
         exact = width - int(round(frac * width))
-        probe = copy.deepcopy(base)
-        cfg = PruningConfig(granularity="hidden", hidden_sparsity=frac, hidden_rescale_norms=False,
-                            num_samples=len(batches) * args.batch_size, seq_len=args.seq_len,
-                            batch_size=args.batch_size)
-        res = prune_width_depth(probe, cfg, batches)
-        kept = res.info.groups["hidden"]["kept"]
-        rows.append({"method": "hfprune minitron", "hidden_sparsity": frac, "kept": kept, "params": params(probe),
-                     "ppl": ppl(probe, tok, args)})
-        print(rows[-1], flush=True)
-        del probe
+        kept = hidden_keep_count(width, frac, cfg, hidden_multiple(base, cfg))
         for k in sorted({exact, kept}):
             m = copy.deepcopy(base)
-            keep_idx = torch.sort(torch.argsort(scores, descending=True, stable=True)[:k]).values
+            keep_idx = torch.sort(torch.argsort(ref, descending=True, stable=True)[:k]).values
             reference_width_prune(m, keep_idx)
             rows.append({"method": "reference Minitron width", "hidden_sparsity": frac, "kept": k,
                          "params": params(m), "ppl": ppl(m, tok, args)})
             print(rows[-1], flush=True)
             del m
-        for crit, rescale in (("minitron", True), ("magnitude", False)):
+        for name, scores in (("minitron", no_rescale), ("minitron + RMS rescale", mini), ("magnitude", mag)):
             m = copy.deepcopy(base)
-            cfg = dataclasses.replace(cfg, hidden_criterion=crit, hidden_rescale_norms=rescale)
-            prune_width_depth(m, cfg, batches)
-            rows.append({"method": f"hfprune {crit}" + (" + RMS rescale" if rescale else ""),
-                         "hidden_sparsity": frac, "kept": kept, "params": params(m), "ppl": ppl(m, tok, args)})
+            apply_plan(m, cfg, Plan(hidden=kept), scores)
+            rows.append({"method": f"hfprune {name}", "hidden_sparsity": frac, "kept": kept, "params": params(m),
+                         "ppl": ppl(m, tok, args)})
             print(rows[-1], flush=True)
             del m
     return rows
@@ -182,6 +183,7 @@ print(json.dumps({"hfprune_imported": "hfprune" in sys.modules, "layers": m.conf
 
 
 def target_part(base, tok, batches, args) -> list[dict]:
+    batches = batches[: max(1, args.target_samples // args.batch_size)]
     m = copy.deepcopy(base)
     cfg = PruningConfig(granularity=args.target_granularity, criterion="wanda", target_params=args.target,
                         num_samples=len(batches) * args.batch_size, seq_len=args.seq_len, batch_size=args.batch_size)
@@ -195,7 +197,8 @@ def target_part(base, tok, batches, args) -> list[dict]:
         t_pruned = median_time(lambda: m(**dummy), repeats=5, clock=time.process_time)
     torch.set_num_threads(args.threads)
     row = {"method": f"hfprune target_params {args.target} ({args.target_granularity})",
-           "params": params(m), "ppl": ppl(m, tok, args), "search_s": round(secs, 1),
+           "params": params(m), "ppl": ppl(m, tok, args), "prune_and_search_s": round(secs, 1),
+           "calibration": f"{len(batches) * args.batch_size} x {args.seq_len}",
            "macs_ratio": round(count_macs(base, dummy) / count_macs(m, dummy), 3),
            "cpu_speedup_1thread": round(t_dense / t_pruned, 3), "loader": res.report.loader,
            "chosen": res.info.groups["target_params"]["chosen"],
@@ -220,8 +223,10 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["depth", "width", "target"])
     ap.add_argument("--blocks", type=int, nargs="+", default=[3, 6, 8])
     ap.add_argument("--hidden", type=float, nargs="+", default=[0.1, 0.2])
-    ap.add_argument("--skip-loss-batches", type=int, default=1, help="Calibration batches for skip_loss (one pass "
-                    "per block).")
+    ap.add_argument("--skip-loss-samples", type=int, default=2, help="Calibration sequences for skip_loss (one "
+                    "pass per block).")
+    ap.add_argument("--target-samples", type=int, default=8, help="Calibration sequences for the target_params "
+                    "run (scores and candidate losses).")
     ap.add_argument("--target", default="100M")
     ap.add_argument("--target-granularity", default="hidden+neurons+layers")
     ap.add_argument("--ppl-tokens", type=int, default=4096)
