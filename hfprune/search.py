@@ -95,6 +95,11 @@ def _fit(model: nn.Module, config: PruningConfig, base: Plan, target: int, mix: 
     return plan
 
 
+def _key(plan: Plan) -> tuple:
+    """Candidates that differ only by float noise in a fraction are the same architecture."""
+    return plan.layers, plan.hidden, round(plan.neurons, 4), plan.heads, plan.params
+
+
 def _head_fractions(model: nn.Module, config: PruningConfig) -> list[float]:
     if "heads" not in config.parts:
         return [0.0]
@@ -141,7 +146,7 @@ def candidates(model: nn.Module, config: PruningConfig, target: int) -> list[Pla
                 continue
             for mix in mixes:
                 plan = _fit(model, config, base, target, mix)
-                if plan is not None and all(plan != c for c in out):
+                if plan is not None and all(_key(plan) != _key(c) for c in out):
                     out.append(plan)
     return out
 
