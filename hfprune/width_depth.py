@@ -274,7 +274,8 @@ def prune_width_depth(model: nn.Module, config: PruningConfig, calibration_data:
         base_model=getattr(cfg, "_name_or_path", None) or None, model_type=cfg.model_type,
         criterion="+".join(dict.fromkeys([config.axis_criterion(a) for a in ("layers", "hidden") if a in config.parts]
                                          + ([config.criterion] if ucfg is not None else []))),
-        granularity=config.granularity, sparsity=config.sparsity, scope=config.scope,
+        # the fractions differ per axis: the report's sparsity is the share of parameters removed
+        granularity=config.granularity, sparsity=round(1 - params_after / params_before, 4), scope=config.scope,
         params_before=params_before, params_after=params_after, nonzero_after=nonzero,
         macs_before=macs_before, macs_after=count_macs(model, dummy), macs_input_shape=shape,
         loader=done["loader"].value,

@@ -33,6 +33,8 @@ FAMILIES = {
     "qwen2": (lambda: T.Qwen2Config(hidden_size=48, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=3,
                                     intermediate_size=64, vocab_size=100, use_sliding_window=True, sliding_window=4,
                                     max_window_layers=2), T.AutoModelForCausalLM),
+    "qwen3": (lambda: T.Qwen3Config(hidden_size=48, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=3,
+                                    intermediate_size=64, vocab_size=100, head_dim=8), T.AutoModelForCausalLM),
     "gpt2": (lambda: T.GPT2Config(n_embd=32, n_layer=4, n_head=4, vocab_size=100, bos_token_id=0, eos_token_id=0),
              T.AutoModelForCausalLM),
     "bert": (lambda: T.BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
@@ -40,7 +42,7 @@ FAMILIES = {
     "vit": (lambda: T.ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
                                 image_size=16, patch_size=8, num_labels=3), T.AutoModelForImageClassification),
 }
-DECODERS = ("llama", "llama_tied", "qwen2", "gpt2")
+DECODERS = ("llama", "llama_tied", "qwen2", "qwen3", "gpt2")
 
 
 def tiny(family: str):
@@ -88,7 +90,7 @@ with torch.no_grad():
     o = m(**x)
 y = o.logits if getattr(o, "logits", None) is not None else o.last_hidden_state
 gen = None
-if family in ("llama", "llama_tied", "qwen2", "gpt2"):
+if family in ("llama", "llama_tied", "qwen2", "qwen3", "gpt2"):
     gen = m.generate(x["input_ids"][:1, :4], max_new_tokens=6, do_sample=False, use_cache=True).tolist()
 print(json.dumps({"out": y.tolist(), "gen": gen, "hfprune": "hfprune" in sys.modules}))
 """
@@ -199,7 +201,7 @@ def _masked_reference(model, keep: torch.Tensor):
     return ref
 
 
-@pytest.mark.parametrize("family", ["llama", "llama_tied", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "llama_tied", "qwen2", "qwen3"])
 def test_hidden_compaction_equals_masked_model(family):
     model = tiny(family)
     for m in model.modules():  # eps is added to the mean square, which the channel count changes
@@ -219,7 +221,7 @@ def test_hidden_compaction_equals_masked_model(family):
     torch.testing.assert_close(out(model, family), expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llama", "llama_tied"])
+@pytest.mark.parametrize("family", ["llama", "llama_tied", "qwen3"])
 def test_hidden_prune_reload_plain(family, tmp_path):
     model = tiny(family)
     res = prune_width_depth(model, cfg(granularity="hidden", hidden_sparsity=0.25), calib(family))
