@@ -25,7 +25,12 @@ from .errors import CheckpointError, ConfigError, reason, shorten, shown
 CONFIG_NAME = "pruning_config.json"
 LOADERS = ("transformers", "hfprune", "state_dict")  # how `load_pruned` rebuilds a saved model
 
-STRUCTURED_GRANULARITIES = ("neurons", "heads", "channels")
+STRUCTURED_GRANULARITIES = ("neurons", "heads", "channels", "hidden", "layers")
+#: axes scored by their own criteria (`layer_criterion`, `hidden_criterion`), not by `criterion`
+WIDTH_DEPTH_AXES = ("hidden", "layers")
+LAYER_CRITERIA = ("block_influence", "skip_loss", "magnitude", "random")
+HIDDEN_CRITERIA = ("minitron", "magnitude", "random")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMbBgG]?)\s*$")
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 DEFAULT_IGNORE = (
@@ -57,11 +62,26 @@ class PruningConfig:
     criterion: str = _f("magnitude", "Scoring criterion: magnitude, random, taylor, wanda, expressiveness, hybrid, "
                         "elimination_compensation, relative_importance.")
     granularity: str = _f("weights", "Unit removed: 'weights' (unstructured), an N:M pattern such as '2:4', "
-                          "'neurons' (FFN), 'heads' (attention), 'channels' (conv), or a '+'-joined combination "
-                          "such as 'neurons+heads'.")
+                          "'neurons' (FFN), 'heads' (attention), 'channels' (conv), 'hidden' (residual-stream "
+                          "channels), 'layers' (whole transformer blocks), or a '+'-joined combination such as "
+                          "'neurons+heads' or 'hidden+neurons+heads+layers'.")
     sparsity: float = _f(0.5, "Fraction of the targeted units removed, in [0, 1).")
     head_sparsity: float | None = _f(None, "Fraction of attention heads (or KV groups) removed when heads are "
                                      "pruned together with other units; defaults to `sparsity`.")
+    hidden_sparsity: float | None = _f(None, "Fraction of residual-stream channels removed (granularity 'hidden'); "
+                                       "defaults to `sparsity`.")
+    layer_sparsity: float | None = _f(None, "Fraction of transformer blocks removed (granularity 'layers', rounded "
+                                      "to the nearest block count); defaults to `sparsity`.")
+    target_params: int | str | None = _f(None, "Target total parameter count (e.g. 100000000 or '100M'): the "
+                                         "per-axis fractions are chosen by a search scored on calibration loss "
+                                         "(the sparsity fields are then ignored); never above, within 1%.")
+    layer_criterion: str | None = _f(None, "Block score for 'layers': block_influence (ShortGPT), skip_loss, "
+                                     "magnitude or random; default: `criterion` when it is a block score, else "
+                                     "block_influence.")
+    hidden_criterion: str | None = _f(None, "Residual-channel score for 'hidden': minitron (activations), "
+                                      "magnitude or random; default: `criterion` when it is one, else minitron.")
+    hidden_rescale_norms: bool = _f(True, "After removing residual channels, rescale each RMSNorm weight by the "
+                                    "measured RMS change of its input (hfprune extension).")
     scope: str = _f("local", "'local': the same fraction in every layer (widths stay uniform, the result loads "
                     "with plain transformers); 'global': one ranking over all layers (non-uniform widths).")
     targets: list[str] | None = _f(None, "Glob patterns of module names to prune (e.g. '*.mlp.*'); all prunable "
@@ -145,9 +165,25 @@ class PruningConfig:
 
     def sparsity_for(self, kind: str) -> float:
         """Fraction removed for one unit kind (heads may have their own)."""
-        if kind == "heads" and self.head_sparsity is not None:
-            return self.head_sparsity
-        return self.sparsity
+        own = {"heads": self.head_sparsity, "hidden": self.hidden_sparsity, "layers": self.layer_sparsity}.get(kind)
+        return self.sparsity if own is None else own
+
+    def axis_criterion(self, axis: str) -> str:
+        """The criterion scoring ``axis`` ('layers' or 'hidden')."""
+        own, allowed, default = ((self.layer_criterion, LAYER_CRITERIA, "block_influence") if axis == "layers"
+                                 else (self.hidden_criterion, HIDDEN_CRITERIA, "minitron"))
+        if own is not None:
+            return own
+        return self.criterion if self.criterion in allowed and self.criterion not in ("magnitude", "random") \
+            else default
+
+    @property
+    def target_params_count(self) -> int | None:
+        """`target_params` as an integer ('100M' -> 100000000)."""
+        if self.target_params is None or isinstance(self.target_params, int):
+            return self.target_params
+        num, unit = _SIZE.match(str(self.target_params)).groups()
+        return int(round(float(num) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}[unit.lower()]))
 
     def validate(self) -> None:
         """Check every field (type, range, finiteness, choices) and the fields against each other; raise
@@ -158,10 +194,18 @@ class PruningConfig:
             raise ConfigError(f"PruningConfig.end_step={self.end_step!r} is not allowed: an integer >= start_step "
                               f"({self.start_step}), or None.")
         _check_granularity(self)
+        self._check_target_params()
         for name, applies, when in _ONLY_WITH:
             if getattr(self, name) != _DEFAULTS[name] and not applies(self):
                 raise ConfigError(f"PruningConfig.{name}={shown(getattr(self, name))} has no effect: it is used "
                                   f"only {when}. Remove it, or change the config so that it applies.")
+
+    def _check_target_params(self) -> None:
+        if self.target_params is not None and ("channels" in self.parts or not self.structured):
+            raise ConfigError(f"PruningConfig.target_params={shown(self.target_params)} is not allowed with "
+                              f"granularity {self.granularity!r}: it is a target for structured transformer axes, "
+                              "a granularity made of neurons, heads, hidden and layers (e.g. "
+                              "'hidden+neurons+layers').")
 
     # --- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -318,6 +362,13 @@ FIELD_RULES: dict[str, Rule] = {
     "granularity": Rule(NAME.ok, "weights, N:M (e.g. 2:4), neurons, heads, channels or a '+' combination"),
     "sparsity": _FRACTION,
     "head_sparsity": optional(_FRACTION),
+    "hidden_sparsity": optional(_FRACTION),
+    "layer_sparsity": optional(_FRACTION),
+    "target_params": optional(Rule(lambda v: (_is_int(v) and v > 0) or (isinstance(v, str) and bool(_SIZE.match(v))
+                                                                     and float(_SIZE.match(v).group(1)) > 0),
+                                   "a positive integer or a size such as '100M' or '1.5B'")),
+    "layer_criterion": optional(choice(*LAYER_CRITERIA)),
+    "hidden_criterion": optional(choice(*HIDDEN_CRITERIA)),
     "scope": choice("local", "global"),
     "targets": optional(PATTERNS),
     "ignore": PATTERNS,
@@ -352,6 +403,11 @@ _GRADUAL = "with schedule 'iterative' or 'cubic'"
 # (field, does it apply?, when it applies): a field changed from its default where it has no effect is an error.
 _ONLY_WITH: list[tuple[str, Callable[[PruningConfig], bool], str]] = [
     ("head_sparsity", lambda c: "heads" in c.parts, _HEADS),
+    ("hidden_sparsity", lambda c: "hidden" in c.parts, "when the granularity includes 'hidden'"),
+    ("hidden_criterion", lambda c: "hidden" in c.parts, "when the granularity includes 'hidden'"),
+    ("hidden_rescale_norms", lambda c: "hidden" in c.parts, "when the granularity includes 'hidden'"),
+    ("layer_sparsity", lambda c: "layers" in c.parts, "when the granularity includes 'layers'"),
+    ("layer_criterion", lambda c: "layers" in c.parts, "when the granularity includes 'layers'"),
     ("gqa_mode", lambda c: "heads" in c.parts, _HEADS),
     ("end_step", lambda c: c.schedule != "one_shot", _GRADUAL),
     ("regularizer_weight", lambda c: c.regularizer is not None, "with a regularizer"),
@@ -376,8 +432,8 @@ def _check_granularity(config: PruningConfig) -> None:
             raise bad("an N:M pattern needs 0 < N < M (N of every M weights removed), e.g. 2:4")
     elif parts != ["weights"]:
         if any(p not in STRUCTURED_GRANULARITIES for p in parts):
-            raise bad("weights, N:M (e.g. 2:4), neurons, heads, channels, or a '+' combination of neurons, heads "
-                      "and channels")
+            raise bad("weights, N:M (e.g. 2:4), neurons, heads, channels, hidden, layers, or a '+' combination "
+                      "of them")
         if len(set(parts)) != len(parts):
             raise bad("each unit kind at most once")
 

@@ -102,6 +102,9 @@ class Pruner:
                  criterion: Criterion | None = None, progress: bool = True) -> None:
         t = self.started = time.perf_counter()
         check_model(model, config)
+        if any(p in ("layers", "hidden") for p in config.parts) or config.target_params is not None:
+            raise ConfigError(f"granularity {config.granularity!r} / target_params are one-shot: prune with "
+                              "hfprune.prune() (hfprune.width_depth), then fine-tune the smaller model.")
         self.model, self.config, self.progress = model, config, progress
         self.criterion = criterion or resolve_criterion(config)
         self.state = process_state()

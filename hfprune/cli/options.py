@@ -24,10 +24,15 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     return inner, False
 
 
-def _typed(kind: type) -> Any:
-    """An argparse ``type=`` that also accepts 'none' for optional fields."""
+def _typed(kind: type, alternative: type | None = None) -> Any:
+    """An argparse ``type=`` that also accepts 'none' for optional fields; with ``int | str`` (``target_params``)
+    digits become an int and anything else stays text ('100M')."""
     def parse(text: str) -> Any:
-        return None if text.lower() == "none" else kind(text)
+        if text.lower() == "none":
+            return None
+        if alternative is str and not text.strip().isdigit():
+            return text
+        return kind(text)
     parse.__name__ = kind.__name__
     return parse
 
@@ -46,7 +51,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
         elif is_list:
             kw.update(nargs="*", metavar=f.name.upper())
         else:
-            kw.update(type=_typed(kind), metavar=kind.__name__.upper())
+            alternatives = [a for a in typing.get_args(hints[f.name]) if a not in (kind, type(None))]
+            kw.update(type=_typed(kind, alternatives[0] if alternatives else None), metavar=kind.__name__.upper())
         group.add_argument(*flags, **kw)
         names.append(f.name)
     return names

@@ -61,7 +61,11 @@ class Criterion:
 
     def __init__(self, config: "PruningConfig") -> None:
         self.config = config
-        asked = ["weights" if config.nm is not None else p for p in config.parts]
+        from ..config import WIDTH_DEPTH_AXES  # late: config imports this package
+
+        # hidden channels and blocks are scored by `config.axis_criterion`, not by this criterion
+        asked = ["weights" if config.nm is not None else p for p in config.parts
+                 if p not in WIDTH_DEPTH_AXES or p in self.supports]
         unsupported = [p for p in asked if p not in self.supports]
         if unsupported:
             raise ConfigError(f"criterion {self.name!r} cannot score granularity {config.granularity!r}: it supports "

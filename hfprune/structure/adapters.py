@@ -72,6 +72,19 @@ class AttentionSpec:
 
 
 @dataclass(frozen=True)
+class ResidualSpec:
+    """The residual stream of a family, by the last component of module names (``granularity="hidden"``)."""
+
+    embeddings: tuple[str, ...]  # nn.Embedding whose columns are residual channels
+    norms: tuple[str, ...]  # norms over the residual stream (weight [hidden]), the final norm included
+    scored_norms: tuple[str, ...]  # norms whose outputs feed attention / MLP (Minitron activation score)
+    readers: tuple[str, ...]  # linears whose input columns are residual channels (projections, LM/classifier heads)
+    writers: tuple[str, ...]  # linears whose output rows (and bias) are residual channels
+    model_types: tuple[str, ...]  # the adapter's model types whose residual stream is exactly this (checked)
+    config_key: str = "hidden_size"
+
+
+@dataclass(frozen=True)
 class Adapter:
     """Names of one family's prunable sub-modules, relative to a block (a module whose name we match)."""
 
@@ -84,6 +97,8 @@ class Adapter:
     #: {"mlp": "mlp_bias"}; families without such flags store biases only where the layer has one
     bias_flags: dict[str, str] = field(default_factory=dict)
     blocks: str = ""  # suffix of the ModuleList of transformer blocks (sequential calibration), e.g. "layers"
+    layer_config_keys: tuple[str, ...] = ("layer_types",)  # config lists with one entry per block
+    residual: ResidualSpec | None = None  # where the residual stream is (None: granularity "hidden" unsupported)
 
     def attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module, AttentionSpec]]:
         """Every attention module of ``model`` this adapter knows, with its spec."""
@@ -182,6 +197,15 @@ _LLAMA_LIKE = Adapter(
     heads_in_config=True,
     bias_flags={"mlp": "mlp_bias", "self_attn": "attention_bias"},
     blocks="layers",
+    residual=ResidualSpec(
+        embeddings=("embed_tokens",),
+        norms=("input_layernorm", "post_attention_layernorm", "norm"),
+        scored_norms=("input_layernorm", "post_attention_layernorm"),
+        readers=("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head", "score"),
+        writers=("o_proj", "down_proj"),
+        # not gemma (embeddings scaled by sqrt(hidden_size)), olmo2 (other norms), granite (residual multipliers)
+        model_types=("llama", "mistral", "qwen2", "qwen3", "smollm3"),
+    ),
 )
 
 _ADAPTERS: list[Adapter] = [

@@ -1,0 +1,302 @@
+"""Width and depth pruning steps: score, then remove whole blocks (``layers``), residual channels (``hidden``),
+FFN neurons and attention heads, each axis with its own fraction.
+
+Every score is computed once on the unpruned model (as Minitron does for width and depth), then the removals are
+applied: neurons/heads, residual channels, blocks. Because the scores do not depend on the fractions, the
+`target_params` search (`hfprune.search`) evaluates candidate architectures with exactly the procedure that
+produces the final model. `prune_width_depth` is the whole pipeline; `Scores` / `apply_plan` are its steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .calibration.data import prepare_calibration
+from .checkpoint import Loader, PruningInfo, auto_class_name
+from .config import PruningConfig
+from .criteria import get_criterion
+from .criteria.width_depth import hidden_statistics, magnitude_block_scores, random_scores
+from .depth import block_list, check_layers, remove_blocks
+from .engine import check_model
+from .errors import ConfigError
+from .measure import count_macs, count_params, dummy_input
+from .report import LayerReport, PruningReport
+from .structure.layers import Layer
+from .structure.residual import compact_hidden, residual_stream, rms_scales
+
+UNIT_AXES = ("neurons", "heads")
+
+
+def is_width_depth(config: PruningConfig) -> bool:
+    """Whether ``config`` prunes blocks or residual channels, or asks for a parameter target (this module's runs)."""
+    return any(p in ("layers", "hidden") for p in config.parts) or config.target_params is not None
+
+
+@dataclass
+class Plan:
+    """How much of each axis one candidate architecture removes."""
+
+    layers: int = 0  # blocks removed
+    hidden: int | None = None  # residual channels kept (None: all)
+    neurons: float = 0.0  # fraction of FFN neurons removed
+    heads: float = 0.0  # fraction of heads (KV groups) removed
+    params: int | None = None
+    loss: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Scores:
+    """Every score the pipeline needs, from the unpruned model."""
+
+    blocks: torch.Tensor | None = None  # [num_blocks], higher = keep
+    hidden: torch.Tensor | None = None  # [hidden], higher = keep
+    norm_sq: dict[str, torch.Tensor] = field(default_factory=dict)  # residual norms' input second moments
+    unit_scores: dict[str, torch.Tensor] = field(default_factory=dict)  # neuron / head groups
+    unit_criterion: Any = None
+
+
+def unit_config(config: PruningConfig, plan: Plan) -> PruningConfig | None:
+    """The neurons/heads part of ``config`` with the plan's fractions (None when neither is pruned)."""
+    parts = [p for p in config.parts if p in UNIT_AXES]
+    if not parts:
+        return None
+    return dataclasses.replace(config, granularity="+".join(parts), sparsity=plan.neurons if "neurons" in parts
+                               else plan.heads, head_sparsity=plan.heads, target_params=None)
+
+
+def axis_criterion(config: PruningConfig, axis: str) -> Any:
+    """The criterion object scoring ``axis`` ('layers' or 'hidden'), built for that axis alone."""
+    return get_criterion(dataclasses.replace(config, granularity=axis, target_params=None),
+                         config.axis_criterion(axis))
+
+
+def hidden_multiple(model: nn.Module, config: PruningConfig, heads_fraction: float = 0.0) -> int:
+    """Residual widths must be multiples of this: ``round_to`` and, because Llama-style configs check
+    ``hidden_size % num_attention_heads == 0``, the head count before and after head pruning."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    if heads_fraction > 0:
+        unit = heads // kv if config.gqa_mode == "kv_groups" and kv < heads else (kv if kv < heads else 1)
+        units = heads // unit
+        heads = heads - int(round(heads_fraction * units)) * unit
+    return math.lcm(config.round_to, cfg.num_attention_heads, max(heads, 1))
+
+
+def hidden_keep_count(width: int, fraction: float, config: PruningConfig, multiple: int = 1) -> int:
+    """Residual channels kept for a fraction: rounded up to a multiple of ``multiple`` (`hidden_multiple`); errors
+    name the fix."""
+    keep = width - int(round(fraction * width))
+    keep = min(width, int(math.ceil(keep / multiple) * multiple))
+    if keep < multiple:
+        raise ConfigError(f"hidden_sparsity={fraction:g} of {width} residual channels leaves {keep}, fewer than "
+                          f"{multiple} (round_to={config.round_to} and the head counts: widths must be multiples of "
+                          f"{multiple}); use a smaller fraction.")
+    if fraction > 0 and keep == width:
+        raise ConfigError(f"hidden_sparsity={fraction:g} of {width} residual channels removes none once the width is "
+                          f"rounded to a multiple of {multiple} (round_to={config.round_to} and the head counts); "
+                          f"use a fraction of at least {multiple / width:.3f}.")
+    return keep
+
+
+def initial_plan(model: nn.Module, config: PruningConfig) -> Plan:
+    """The plan the config's fractions ask for, validated before any work."""
+    parts = config.parts
+    plan = Plan()
+    if "layers" in parts:
+        plan.layers = check_layers(model, config)
+    if "hidden" in parts:
+        rs = residual_stream(model)
+        f = config.sparsity_for("hidden")
+        heads = config.sparsity_for("heads") if "heads" in parts else 0.0
+        plan.hidden = hidden_keep_count(rs.width, f, config, hidden_multiple(model, config, heads)) \
+            if f > 0 else rs.width
+    plan.neurons = config.sparsity if "neurons" in parts else 0.0
+    plan.heads = config.sparsity_for("heads") if "heads" in parts else 0.0
+    return plan
+
+
+def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progress: bool = False) -> Scores:
+    """Block, residual-channel and neuron/head scores of the (unpruned) model."""
+    from .engine import compute_masks  # late: the engine routes width/depth runs here
+    from .structure import find_groups, find_layers
+
+    scores = Scores()
+    parts = config.parts
+    if "layers" in parts:
+        _, blocks = block_list(model)
+        name = config.axis_criterion("layers")
+        if name == "magnitude":
+            scores.blocks = magnitude_block_scores(blocks, config.norm)
+        elif name == "random":
+            scores.blocks = random_scores(len(blocks), config.seed, "blocks")
+        else:
+            scores.blocks = axis_criterion(config, "layers").block_scores(model, blocks, batches)
+    if "hidden" in parts:
+        rs = residual_stream(model)
+        name = config.axis_criterion("hidden")
+        stats = hidden_statistics(model, rs.spec.scored_norms, rs.spec.norms, batches) if batches else None
+        if stats is not None and config.hidden_rescale_norms:
+            scores.norm_sq = stats["sq"]
+        if name == "minitron":
+            scores.hidden = stats["act"] / max(stats["tokens"], 1.0)
+        elif name == "random":
+            scores.hidden = random_scores(rs.width, config.seed, "hidden")
+        else:
+            scores.hidden = _magnitude_hidden(rs)
+    ucfg = unit_config(config, Plan(neurons=config.sparsity, heads=config.sparsity_for("heads")))
+    if ucfg is not None:
+        crit = get_criterion(ucfg)
+        layers = find_layers(model)
+        groups = find_groups(model, ucfg)
+        _, unit_scores, _ = compute_masks(model, crit, layers, groups, batches, progress)
+        scores.unit_scores, scores.unit_criterion = unit_scores, crit
+    return scores
+
+
+def _magnitude_hidden(rs: Any) -> torch.Tensor:
+    total = torch.zeros(rs.width, dtype=torch.float64)
+    for m in rs.embeddings.values():
+        total += m.weight.detach().double().abs().sum(0).cpu()
+    for n, m in rs.readers.items():
+        total += Layer(n, m).weight_matrix().detach().double().abs().sum(0).cpu()
+    for n, m in rs.writers.items():
+        total += Layer(n, m).weight_matrix().detach().double().abs().sum(1).cpu()
+    return total
+
+
+def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    from .selection import _keep_top
+
+    return _keep_top(scores, keep)
+
+
+def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scores | None) -> dict[str, Any]:
+    """Remove what ``plan`` says, choosing by ``scores`` (None: the first units, for counting parameters on a
+    meta-device skeleton). Returns the loader and the kept counts per axis."""
+    from .compaction import compact_units, rewrite_config
+    from .selection import structured_masks
+    from .structure import adapter_for, find_groups
+
+    kept: dict[str, dict[str, Any]] = {}
+    loader = Loader.TRANSFORMERS
+    ucfg = unit_config(config, plan)
+    if ucfg is not None and (plan.neurons > 0 or plan.heads > 0):
+        groups = find_groups(model, ucfg)
+        unit_scores = scores.unit_scores if scores is not None else \
+            {g.name: -torch.arange(g.num_units, dtype=torch.float64) for g in groups}
+        masks = structured_masks(unit_scores, groups, ucfg).masks
+        compact_units(model, groups, masks, adapter_for(model))
+        loader, kept = rewrite_config(model, groups, masks, adapter_for(model))
+    if plan.hidden is not None:
+        width = residual_stream(model).width
+        if plan.hidden < width:
+            s = scores.hidden if scores is not None else -torch.arange(width, dtype=torch.float64)
+            keep = _top(s, plan.hidden)
+            scale = rms_scales(scores.norm_sq, keep) if scores is not None and scores.norm_sq else None
+            compact_hidden(model, keep, scale)
+        kept["hidden"] = {"kind": "hidden", "total": width, "kept": plan.hidden}
+    if "layers" in config.parts:
+        _, blocks = block_list(model)
+        n = len(blocks)
+        s = scores.blocks if scores is not None else -torch.arange(n, dtype=torch.float64)
+        drop = sorted((~_top(s, n - plan.layers)).nonzero().flatten().tolist())
+        if drop:
+            remove_blocks(model, drop)
+        kept["layers"] = {"kind": "layers", "total": n, "kept": n - len(drop), "removed": drop}
+    return {"loader": loader, "kept": kept}
+
+
+def prune_width_depth(model: nn.Module, config: PruningConfig, calibration_data: Any = None, tokenizer: Any = None,
+                      progress: bool = False) -> Any:
+    """Prune any combination of ``layers``, ``hidden``, ``neurons`` and ``heads`` (fractions, or `target_params`);
+    return a `PruningResult` (save it with ``save_pretrained``)."""
+    from .prune import PruningResult  # late: prune() routes width/depth runs here
+    from .search import search_target
+
+    t0 = time.perf_counter()
+    check_model(model, config)
+    bad = [p for p in config.parts if p not in ("layers", "hidden", *UNIT_AXES)]
+    if bad or not any(p in config.parts for p in ("layers", "hidden")) and config.target_params is None:
+        raise ConfigError(f"prune_width_depth prunes layers, hidden, neurons and heads; granularity "
+                          f"{config.granularity!r} needs hfprune.prune.")
+    plan = initial_plan(model, config)  # validates every axis before any work
+    target = config.target_params_count
+    params_before, _ = count_params(model)
+    if target is not None:
+        from .search import check_target
+
+        check_target(model, config, target)
+    needs_data = any(axis_criterion(config, a).needs_data for a in ("layers", "hidden")
+                     if a in config.parts) or target is not None or \
+        ("hidden" in config.parts and config.hidden_rescale_norms)
+    ucfg = unit_config(config, plan)
+    if ucfg is not None:
+        needs_data = needs_data or get_criterion(ucfg).needs_data
+    calib = prepare_calibration(calibration_data, model, config, tokenizer) if needs_data else None
+    batches = calib.batches if calib else []
+    dummy, shape = dummy_input(model, config.seq_len)
+    macs_before = count_macs(model, dummy)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    scores = compute_scores(model, config, batches, progress)
+    timings["scoring"] = time.perf_counter() - t
+    search = None
+    if target is not None:
+        t = time.perf_counter()
+        plan, candidates = search_target(model, config, target, scores, batches)
+        search = {"target": target, "chosen": plan.describe(), "candidates": [c.describe() for c in candidates]}
+        timings["search"] = time.perf_counter() - t
+    t = time.perf_counter()
+    done = apply_plan(model, config, plan, scores)
+    timings["compaction"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    params_after, nonzero = count_params(model)
+    kept = done["kept"]
+    if search is not None:
+        kept["target_params"] = search
+    warnings = list(calib.warnings) if calib else []
+    if target is not None and params_after < 0.99 * target:
+        warnings.append(f"target_params={target:,}: the closest architecture found has {params_after:,} parameters "
+                        "(more than 1% below the target)")
+    cfg = model.config
+    report = PruningReport(
+        base_model=getattr(cfg, "_name_or_path", None) or None, model_type=cfg.model_type,
+        criterion="+".join(dict.fromkeys([config.axis_criterion(a) for a in ("layers", "hidden") if a in config.parts]
+                                         + ([config.criterion] if ucfg is not None else []))),
+        # the fractions differ per axis: the report's sparsity is the share of parameters removed
+        granularity=config.granularity, sparsity=round(1 - params_after / params_before, 4), scope=config.scope,
+        params_before=params_before, params_after=params_after, nonzero_after=nonzero,
+        macs_before=macs_before, macs_after=count_macs(model, dummy), macs_input_shape=shape,
+        loader=done["loader"].value,
+        layers=[LayerReport(k, v["kind"], v["total"], v["kept"]) for k, v in kept.items() if "kind" in v],
+        timings=timings, calibration=calib.describe(config.seq_len) if calib else {"source": "none"},
+        warnings=warnings)
+    info = PruningInfo(base_model=report.base_model, loader=done["loader"], auto_class=auto_class_name(model),
+                       groups=kept)
+    return PruningResult(model, report, config, {}, info, tokenizer)
+
+
+def loss_of(model: nn.Module, batches: list) -> float:
+    """Token-weighted mean calibration loss (the model's own next-token labels for a language model)."""
+    from .calibration.collector import _with_lm_labels, no_kv_cache, run_model
+
+    total, count = 0.0, 0.0
+    with torch.no_grad(), no_kv_cache(model):
+        for b in batches:
+            b = _with_lm_labels(model, b)
+            out = run_model(model, b)
+            w = float((b["labels"] != -100).sum())
+            total += float(out.loss) * w
+            count += w
+    return total / max(count, 1.0)
