@@ -70,14 +70,27 @@ def unit_config(config: PruningConfig, plan: Plan) -> PruningConfig | None:
     parts = [p for p in config.parts if p in UNIT_AXES]
     if not parts:
         return None
-    return dataclasses.replace(config, granularity="+".join(parts), sparsity=plan.neurons if "neurons" in parts
-                               else plan.heads, head_sparsity=plan.heads, target_params=None)
+    return _for_axes(config, "+".join(parts), sparsity=plan.neurons if "neurons" in parts else plan.heads,
+                     head_sparsity=plan.heads if "heads" in parts else None)
 
 
 def axis_criterion(config: PruningConfig, axis: str) -> Any:
     """The criterion object scoring ``axis`` ('layers' or 'hidden'), built for that axis alone."""
-    return get_criterion(dataclasses.replace(config, granularity=axis, target_params=None),
-                         config.axis_criterion(axis))
+    return get_criterion(_for_axes(config, axis), config.axis_criterion(axis))
+
+
+def _for_axes(config: PruningConfig, granularity: str, **changes: Any) -> PruningConfig:
+    """``config`` narrowed to ``granularity``: the options of the other axes back to their defaults (the config
+    refuses options that have no effect)."""
+    parts = granularity.split("+")
+    reset = {"target_params": None}
+    if "heads" not in parts:
+        reset.update(head_sparsity=None, gqa_mode="kv_groups")
+    if "hidden" not in parts:
+        reset.update(hidden_sparsity=None, hidden_criterion=None, hidden_rescale_norms=True)
+    if "layers" not in parts:
+        reset.update(layer_sparsity=None, layer_criterion=None)
+    return dataclasses.replace(config, granularity=granularity, **{**reset, **changes})
 
 
 def hidden_multiple(model: nn.Module, config: PruningConfig, heads_fraction: float = 0.0) -> int:
