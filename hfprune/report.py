@@ -48,6 +48,7 @@ class PruningReport:
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {"before", "after"}
     latency: dict[str, Any] = field(default_factory=dict)  # dense_ms, pruned_ms, input_shape, device
     command: str | None = None  # the command or recipe that reproduces the result
+    recovery: dict[str, Any] = field(default_factory=dict)  # training after pruning (RecoveryTrainer): method, tokens
 
     @property
     def param_ratio(self) -> float:
