@@ -157,16 +157,30 @@ def test_token_budget_sets_max_steps_and_eval_reports_perplexity(tmp_path):
     assert set(info["evaluation"]["eval_perplexity"]) == {"before", "after"}
 
 
+def test_teacher_precision_auto_is_fp32_on_cpu_and_bf16_when_asked(tmp_path):
+    from hfprune.trainer.recovery import teacher_dtype
+
+    assert teacher_dtype("auto", torch.device("cpu")) is torch.float32
+    _, result = pruned_pair()
+    trainer = RecoveryTrainer(args=targs(tmp_path, max_steps=2), pruned=result, teacher=llama(), train_dataset=rows(8),
+                              recovery=RecoveryConfig(distillation_weight=1.0, teacher_dtype="bfloat16"))
+    assert next(trainer.teacher.parameters()).dtype is torch.bfloat16
+    trainer.train()  # logits compared in float32
+    assert next(trainer.model.parameters()).dtype is torch.float32
+
+
 # --- LoRA -----------------------------------------------------------------------------------------------------------
 def test_lora_is_merged_and_the_folder_reloads_with_plain_transformers(tmp_path):
     pytest.importorskip("peft")
     dense, result = pruned_pair()
     start = {k: v.clone() for k, v in result.model.state_dict().items()}
     trainer = RecoveryTrainer(args=targs(tmp_path), pruned=result, teacher=dense, train_dataset=rows(),
-                              recovery=RecoveryConfig(max_tokens=6 * 4 * L, lora_r=4, distillation_weight=0.5))
+                              recovery=RecoveryConfig(max_tokens=6 * 4 * L, lora_r=4, distillation_weight=0.5,
+                                                      attention_weight=0.5))
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     trainer.train()
+    assert all(h["recovery/attention"] > 0 for h in trainer.state.log_history if "loss" in h)  # hooks under peft
     merged = trainer.model.eval()
     assert type(merged) is T.LlamaForCausalLM and not any("lora" in n for n, _ in merged.named_modules())
     changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, start[k])]

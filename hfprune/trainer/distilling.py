@@ -12,6 +12,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import ConfigError
 from .recovery import PROJECTIONS_FILE, Distiller, RecoveryConfig, check_teacher, steps_for_tokens, tokens_per_row
@@ -31,7 +32,7 @@ class _Projections(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         d = self.trainer.distiller
         if state.is_world_process_zero and d is not None and d.projections is not None:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             os.makedirs(folder, exist_ok=True)
             save_file(d.state_dict(), os.path.join(folder, PROJECTIONS_FILE))
 
@@ -43,8 +44,9 @@ class RecoveryMixin:
     recovery: RecoveryConfig
 
     def _setup_recovery(self, recovery: RecoveryConfig, teacher: nn.Module | None,
-                        teacher_tokenizer: Any = None) -> None:
-        """Check the teacher and the token budget (before any training) and freeze the teacher."""
+                        teacher_tokenizer: Any = None, student: nn.Module | None = None) -> None:
+        """Check the teacher and the token budget (before any training) and freeze the teacher. ``student``: the
+        plain model when ``self.model`` wraps it (LoRA), so hooks sit on its own modules."""
         if not isinstance(recovery, RecoveryConfig):
             raise ConfigError(f"recovery must be a RecoveryConfig, got {type(recovery).__name__}.")
         self.recovery = recovery
@@ -61,7 +63,7 @@ class RecoveryMixin:
         if recovery.distills:
             if teacher is None:
                 raise ConfigError("Distillation needs teacher= (the unpruned model).")
-            student = self.model
+            student = self.model if student is None else student
             check_teacher(student, teacher, self.processing_class, teacher_tokenizer)
             self.distiller = Distiller(student, teacher, recovery, self.args.device)
             if self.distiller.projections is not None:

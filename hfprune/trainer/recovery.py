@@ -265,8 +265,9 @@ class Distiller:
                 raise ConfigError(f"The student's hidden size ({hs}) is larger than the teacher's ({ht}); pass the "
                                   "unpruned model as teacher.")
             if self.config.projection == "learned":
-                torch.manual_seed(self.config.seed)
-                self.projections = nn.ModuleList(nn.Linear(hs, ht, bias=False) for _ in range(ns)).to(device)
+                with torch.random.fork_rng(devices=[]):  # seeded initialisation, the global RNG left as it was
+                    torch.manual_seed(self.config.seed)
+                    self.projections = nn.ModuleList(nn.Linear(hs, ht, bias=False) for _ in range(ns)).to(device)
             else:
                 self.fixed = [_orthonormal(hs, ht, self.config.seed + i).to(device) for i in range(ns)]
         if self.config.attention_weight > 0:

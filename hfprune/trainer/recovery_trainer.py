@@ -57,10 +57,11 @@ class RecoveryTrainer(RecoveryMixin, Trainer):
             model = getattr(pruned, "model", None)
         if model is None:
             raise ConfigError("RecoveryTrainer needs model= (the pruned model) or pruned= a PruningResult.")
+        base = model
         if recovery.lora_r is not None:
             model = add_lora(model, recovery)
         super().__init__(model=model, args=args, **kwargs)
-        self._setup_recovery(recovery, teacher, teacher_tokenizer)
+        self._setup_recovery(recovery, teacher, teacher_tokenizer, student=base)
         self.data_name = data_name
         self._evaluation: dict[str, dict[str, float]] = {}
         self._seconds = 0.0
