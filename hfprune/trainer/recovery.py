@@ -312,9 +312,9 @@ class Distiller:
         t_out, t_attn = self.teacher_forward(inputs)
         terms: dict[str, torch.Tensor] = {}
         if cfg.distillation_weight > 0:
-            keep = mask
-            if keep is None and labels is not None:
-                keep = labels != -100
+            keep = mask if mask is not None else (labels != -100 if labels is not None else None)
+            if keep is not None and tuple(keep.shape) != tuple(outputs.logits.shape[:-1]):
+                keep = None  # sequence-level logits (a classifier): every row counts
             terms["kd"] = cfg.distillation_weight * distillation_loss(outputs.logits, t_out.logits, cfg.temperature,
                                                                       keep)
         if cfg.hidden_weight > 0:
