@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .structure import Adapter, Layer, UnitGroup, fix_attention
+from .checkpoint import Loader
+from .structure import Adapter, Layer, UnitGroup
 
 
 def _new_param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
@@ -57,8 +58,11 @@ def _compact_channels(group: UnitGroup, keep: torch.Tensor) -> None:
         dg.get_pruning_group(root, tp.prune_conv_out_channels, idxs=removed).prune()
 
 
-def compact_units(model: nn.Module, groups: list[UnitGroup], masks: dict[str, torch.Tensor]) -> None:
-    """Remove every unit whose mask entry is False, in every coupled parameter."""
+def compact_units(model: nn.Module, groups: list[UnitGroup], masks: dict[str, torch.Tensor],
+                  adapter: Adapter | None) -> None:
+    """Remove every unit whose mask entry is False, in every coupled parameter; the family adapter then rewrites
+    the attention modules' head counts."""
+    heads_changed = False
     for g in groups:
         keep = masks[g.name].cpu()
         if keep.all():
@@ -69,8 +73,9 @@ def compact_units(model: nn.Module, groups: list[UnitGroup], masks: dict[str, to
         for c in g.couplings:
             idx = torch.sort(c.index[keep].flatten()).values
             slice_layer(model.get_submodule(c.layer), c.side, idx)
-        if g.kind == "heads":
-            fix_attention(model.get_submodule(g.name.rsplit(".", 1)[0]))
+        heads_changed |= g.kind == "heads"
+    if heads_changed and adapter is not None:
+        adapter.fix_attention(model)
 
 
 @torch.no_grad()
@@ -86,30 +91,29 @@ def add_bias(model: nn.Module, layer: Layer, delta: torch.Tensor, adapter: Adapt
 
 
 def _enable_bias_flag(model: nn.Module, layer_name: str, adapter: Adapter) -> None:
-    """Llama-style configs add biases per block type (``mlp_bias``, ``attention_bias``): set the flag and give
-    every layer it governs a zero bias, so the saved checkpoint loads with plain ``from_pretrained``."""
-    parent = layer_name.rsplit(".", 1)[0]
-    flag = "mlp_bias" if parent.endswith("mlp") else "attention_bias"
-    if flag not in adapter.bias_flags:
+    """Configs such as Llama's add biases per block type (``mlp_bias``, ``attention_bias``; the adapter's
+    `Adapter.bias_flags`): set the flag and give every layer it governs a zero bias, so the saved checkpoint loads
+    with plain ``from_pretrained``."""
+    found = adapter.bias_flag(layer_name)
+    if found is None:
         return
-    setattr(model.config, flag, True)
-    block = "mlp" if flag == "mlp_bias" else "self_attn"
+    setattr(model.config, found[0], True)
     for name, m in model.named_modules():
-        if name.rsplit(".", 1)[0].endswith(block) and isinstance(m, nn.Linear) and m.bias is None:
+        if isinstance(m, nn.Linear) and m.bias is None and adapter.bias_flag(name) == found:
             m.bias = nn.Parameter(torch.zeros(m.out_features, dtype=m.weight.dtype, device=m.weight.device))
 
 
 def rewrite_config(model: nn.Module, groups: list[UnitGroup], masks: dict[str, torch.Tensor],
-                   adapter: Adapter | None) -> tuple[str, dict[str, Any]]:
-    """Write uniform new widths into ``model.config``; return the loader ("transformers" or "hfprune") and the
-    per-group kept counts that `load_pruned` needs."""
+                   adapter: Adapter | None) -> tuple[Loader, dict[str, Any]]:
+    """Write uniform new widths into ``model.config``; return the loader that reads the result and the per-group
+    kept counts that `load_pruned` needs."""
     kept = {g.name: {"kind": g.kind, "total": g.num_units, "kept": int(masks[g.name].sum())} for g in groups}
     cfg = getattr(model, "config", None)
     if cfg is None or adapter is None:
-        return "hfprune", kept
+        return Loader.HFPRUNE, kept
     changed = any(v["kept"] < v["total"] for v in kept.values())
     if not changed:
-        return "transformers", kept
+        return Loader.TRANSFORMERS, kept
     new = copy.deepcopy(cfg)
     expressible = True
     ffn = [g for g in groups if g.kind == "neurons"]
@@ -121,8 +125,8 @@ def rewrite_config(model: nn.Module, groups: list[UnitGroup], masks: dict[str, t
             expressible = False
     heads = [g for g in groups if g.kind == "heads"]
     if heads:
-        attn = [model.get_submodule(g.name.rsplit(".", 1)[0]) for g in heads]
-        counts = {(_q_heads(a), _kv_heads(a)) for a in attn}
+        parents = {g.parent for g in heads}
+        counts = {spec.head_counts(m) for name, m, spec in adapter.attention_modules(model) if name in parents}
         if len(counts) == 1 and adapter.heads_in_config:
             q, kv = counts.pop()
             new.head_dim = heads[0].meta["head_dim"]
@@ -141,19 +145,5 @@ def rewrite_config(model: nn.Module, groups: list[UnitGroup], masks: dict[str, t
         for m in model.modules():
             if hasattr(m, "config") and m.config is cfg:
                 m.config = new
-        return "transformers", kept
-    return "hfprune", kept
-
-
-def _q_heads(attn: nn.Module) -> int:
-    from .structure.adapters import head_dim
-
-    o = getattr(attn, "o_proj", None) or getattr(getattr(attn, "output", None), "dense", None) or attn.c_proj
-    return Layer("", o).in_features // head_dim(attn)
-
-
-def _kv_heads(attn: nn.Module) -> int:
-    from .structure.adapters import head_dim
-
-    k = getattr(attn, "k_proj", None)
-    return k.out_features // head_dim(attn) if k is not None else _q_heads(attn)
+        return Loader.TRANSFORMERS, kept
+    return Loader.HFPRUNE, kept

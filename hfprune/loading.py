@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import read_pruning_file
 from .errors import CheckpointError
-from .structure import adapter_for, fix_attention
+from .structure import adapter_for
 from .structure.layers import Conv1D
 
 
@@ -89,9 +89,7 @@ def load_pruned(path: str | os.PathLike, auto_class: str | None = None, **kwargs
             _resize(model.get_submodule(module_name), attr, tensor)
     adapter = adapter_for(model)
     if adapter is not None:
-        for name, module in model.named_modules():
-            if any(name == s or name.endswith("." + s) for s in adapter.attention):
-                fix_attention(module)
+        adapter.fix_attention(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [m for m in missing if m not in tied and not any(m.endswith(t) for t in tied)]

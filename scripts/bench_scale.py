@@ -54,7 +54,7 @@ def child_memory(args) -> dict:
     from hfprune import PruningConfig, prune
     from hfprune.calibration.data import CalibrationSet, prepare_calibration
     from hfprune.criteria import get_criterion
-    from hfprune.prune import compute_masks
+    from hfprune.engine import compute_masks
     from hfprune.structure import target_layers
 
     import gguf  # noqa: F401  (imported by the GGUF loader: part of the runtime, not of the model)
@@ -78,7 +78,7 @@ def child_memory(args) -> dict:
     _trim()
     exact = _reset_peak()
     t = time.perf_counter()
-    compute_masks(model, crit, layers, None, calib, progress=False)
+    compute_masks(model, crit, layers, None, calib.batches, progress=False)
     t_masks = time.perf_counter() - t
     peak_masks = _status("VmHWM")
     _trim()

@@ -30,7 +30,8 @@ from torch import nn
 from hfprune import PruningConfig
 from hfprune.calibration.data import prepare_calibration
 from hfprune.examples_vision import digits_cnn
-from hfprune.prune import compute_masks, criterion_for
+from hfprune.criteria import resolve_criterion
+from hfprune.engine import compute_masks
 from hfprune.structure import find_groups, find_layers
 
 import _repro as R
@@ -52,7 +53,7 @@ def channel_scores(model: nn.Module, config: PruningConfig, data: Any, example: 
     """Per-channel scores of every convolution, as `prune` computes them before selecting (no pruning)."""
     calib = prepare_calibration(data, model, config, example_inputs=example)
     groups = find_groups(model, config, example)
-    _, scores, _ = compute_masks(model, criterion_for(config), find_layers(model), groups, calib, progress=False)
+    _, scores, _ = compute_masks(model, resolve_criterion(config), find_layers(model), groups, calib.batches, progress=False)
     return {name: s.tolist() for name, s in scores.items()}
 
 

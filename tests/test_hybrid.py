@@ -8,7 +8,7 @@ from torch import nn
 
 from hfprune import PruningConfig
 from hfprune.criteria import get_criterion
-from hfprune.criteria.research import rank_norm
+from hfprune.criteria import rank_norm
 from hfprune.structure.groups import Coupling, UnitGroup
 from hfprune.structure.layers import Layer
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from hfprune import PruningConfig
 from hfprune.criteria import get_criterion
-from hfprune.criteria.research import ri_regularizer
+from hfprune.criteria import ri_regularizer
 from hfprune.structure.groups import Coupling, UnitGroup
 from hfprune.structure.layers import Layer
 

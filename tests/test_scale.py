@@ -13,8 +13,8 @@ from conftest import calibration, tiny_model
 from hfprune import ConfigError, PruningConfig, prune
 from hfprune.calibration.data import prepare_calibration
 from hfprune.calibration.sequential import find_blocks
-from hfprune.criteria import get_criterion
-from hfprune.prune import compute_masks
+from hfprune.criteria import get_criterion, resolve_criterion
+from hfprune.engine import compute_masks
 from hfprune.structure import target_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +81,7 @@ def test_sequential_runs_only_the_blocks_it_needs():
     config = PruningConfig(criterion="wanda", calibration_mode="sequential", targets=["*layers.0.*"],
                            num_samples=4, seq_len=12, batch_size=2)
     calib = prepare_calibration(calibration("llama"), model, config)
-    selection, _, _ = compute_masks(model, get_criterion(config), target_layers(model, config), None, calib, False)
+    selection, _, _ = compute_masks(model, get_criterion(config), target_layers(model, config), None, calib.batches, False)
     assert ran == [] and len(selection.masks) == 7 and all(".layers.0." in k for k in selection.masks)
 
 
@@ -97,7 +97,7 @@ def test_sequential_runs_only_the_blocks_it_needs():
 ])
 def test_sequential_rejects_what_it_cannot_compute(kw, fix):
     with pytest.raises(ConfigError, match="calibration_mode") as e:
-        PruningConfig(**{"calibration_mode": "sequential", **kw})
+        resolve_criterion(PruningConfig(**{"calibration_mode": "sequential", **kw}))
     assert fix in str(e.value)
 
 

@@ -326,7 +326,7 @@ def test_default_calibration_slice_through_data_collator_with_padding(tmp_path, 
                              per_device_train_batch_size=4, disable_tqdm=True)
     trainer = PruningTrainer(model=tok_bert(tokenizer), args=args, train_dataset=train, pruning_config=config,
                              data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
-    calib = trainer.pruning_masks.calib
+    calib = trainer.pruning_masks.pruner.calibration
     assert calib.num_samples == 8 and [type(b) for b in calib.batches] == [dict, dict]
     assert {b["input_ids"].shape[1] for b in calib.batches} == {
         max(len(ds[i]["input_ids"]) for i in range(j, j + 4)) for j in (0, 4)}  # padded per batch

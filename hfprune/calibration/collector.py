@@ -13,21 +13,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..criteria import Criterion, Stats
+from ..distributed import all_reduce_sum, my_share, rank_world
 from ..errors import CalibrationError
+from ..logging import show_progress
 from ..structure import Layer
 
 EXACT_OUTPUTS = 16  # up to this many outputs per sample, G is computed exactly (one backward per output)
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def run_model(model: nn.Module, batch: Any) -> Any:
@@ -113,10 +108,9 @@ def forward_stats_hook(criterion: Criterion, layer: Layer, stats: Stats):
 
 def all_reduce_stats(stats: dict[str, Stats]) -> None:
     """Sum every statistic across processes (no-op outside torch.distributed)."""
-    if _world()[1] > 1:
-        for s in stats.values():
-            for t in s.values():
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    for s in stats.values():
+        for t in s.values():
+            all_reduce_sum(t)
 
 
 @contextlib.contextmanager
@@ -149,8 +143,8 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
     if not observed:
         return stats
     grad_mode = criterion.grad_mode
-    rank, world = _world()
-    mine = batches[rank::world]
+    rank, world = rank_world()
+    mine = my_share(batches)
     captured: dict[str, dict[str, Any]] = {}
 
     def hook(name: str):
@@ -182,8 +176,8 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
                 p.requires_grad_(id(p) in wanted)
             handles += [layers[n].module.register_forward_pre_hook(_track_input) for n in observed]
         ctx = torch.no_grad() if grad_mode is None else contextlib.nullcontext()
-        for i, batch in enumerate(tqdm(mine, desc=f"calibrating ({criterion.name})", disable=not progress,
-                                       leave=False)):
+        bar = tqdm(mine, desc=f"calibrating ({criterion.name})", disable=not show_progress(progress), leave=False)
+        for i, batch in enumerate(bar):
             with ctx, no_kv_cache(model):
                 if grad_mode == "loss":
                     _loss(run_model(model, _with_lm_labels(model, batch))).backward()

@@ -26,9 +26,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..criteria import Criterion, Stats
+from ..distributed import my_share
 from ..errors import CalibrationError, ConfigError
+from ..logging import show_progress
 from ..structure import Layer, adapter_for
-from .collector import _world, all_reduce_stats, forward_stats_hook, no_kv_cache, run_model
+from .collector import all_reduce_stats, forward_stats_hook, no_kv_cache, run_model
 
 
 class _Stop(Exception):
@@ -138,13 +140,13 @@ def block_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, L
                           f"({prefix}.N); {outside} lie outside. Add them to `ignore`, or use "
                           "calibration_mode='full'.")
     last = max(where.values(), default=-1)
-    rank, world = _world()
     was_training = model.training
     model.eval()  # before the capture: dropout in the embeddings would change the cached inputs
     try:
-        cache = capture_block_inputs(model, blocks[0], batches[rank::world]) if last >= 0 else []
+        cache = capture_block_inputs(model, blocks[0], my_share(batches)) if last >= 0 else []
         release_memory()
-        for i in tqdm(range(last + 1), desc=f"calibrating ({criterion.name}), block by block", disable=not progress,
+        for i in tqdm(range(last + 1), desc=f"calibrating ({criterion.name}), block by block",
+                      disable=not show_progress(progress),
                       leave=False):
             names = [n for n in observed if where[n] == i]
             stats = {n: criterion.init_stats(layers[n]) for n in names}

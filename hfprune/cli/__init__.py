@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from ..distributed import launched_with_processes, process_state
 from ..errors import PruningError
 from .common import EXIT_FAILURE, Console, exit_code
 
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help, --version (0) and usage errors (2)
         return int(e.code or 0)
     args.argv = argv
+    if launched_with_processes():
+        process_state()  # one process-group set-up, before any output, so only the main process prints
     console = Console(args.quiet)
     if args.quiet:
         import transformers

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from ..distributed import is_main_process
 from ..errors import ConfigError, OutputExistsError, PruningError
+from ..logging import show_progress
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -26,12 +28,14 @@ class Console:
 
     @property
     def progress(self) -> bool:
-        """Progress bars only for a person watching a terminal."""
-        return not self.quiet and sys.stderr.isatty()
+        """Progress bars only for a person watching a terminal (and only on the main process)."""
+        return show_progress(not self.quiet and sys.stderr.isatty())
 
     def info(self, message: str) -> None:
-        if not self.quiet:
+        if not self.quiet and is_main_process():
             print(message, file=sys.stderr, flush=True)
 
     def result(self, message: str) -> None:
-        print(message, flush=True)
+        """Printed once, by the main process, under a multi-process launch."""
+        if is_main_process():
+            print(message, flush=True)

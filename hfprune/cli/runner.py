@@ -10,10 +10,12 @@ import shutil
 import tempfile
 from typing import Any
 
-from safetensors.torch import save_file
 from torch import nn
 
-from ..criteria import get_criterion
+from ..checkpoint import Loader, PruningInfo, save_checkpoint
+from ..criteria import resolve_criterion
+from ..distributed import main_process_writes
+from ..engine import Pruner
 from ..errors import PruningError
 from ..io import atomic_output_dir, check_output_dir
 from ..prune import PruningResult, prune
@@ -62,7 +64,7 @@ def _check_before_work(recipe: Recipe) -> None:
         from ..trainer.lora import _peft
 
         _peft()
-    needs_data = get_criterion(cfg).needs_data or "channels" in cfg.parts
+    needs_data = Pruner.needs_data(resolve_criterion(cfg), cfg)
     if needs_data and recipe.calibration.data is None and cfg.source != "random":
         raise UsageError(f"Criterion {cfg.criterion!r} needs calibration data: pass --calibration-data FILE (or "
                          "calibration.data in a recipe), or 'random' for data-agnostic inputs.")
@@ -171,12 +173,11 @@ def _save_trained(trainer: Any, path: str, overwrite: bool) -> None:
 
 
 def save_plain(result: PruningResult, path: str, overwrite: bool, example: str) -> None:
-    """Plain torch modules have no save_pretrained: state dict as safetensors, plus config and report."""
-    with atomic_output_dir(path, overwrite) as tmp:
-        state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
-        save_file(state, os.path.join(tmp, "model.safetensors"))
-        result.config.save_pretrained(tmp, extra={"loader": "state_dict", "example": example, "base_model": None})
-        result.report.save(tmp)
+    """Plain torch modules have no save_pretrained: state dict as safetensors, plus config and report; the
+    record names the packaged example that rebuilds the architecture."""
+    info = PruningInfo(base_model=None, loader=Loader.STATE_DICT, auto_class=result.info.auto_class,
+                       groups=result.info.groups, example=example)
+    save_checkpoint(path, result.model, result.config, info, result.report, overwrite=overwrite)
 
 
 def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> PruningReport:
@@ -202,35 +203,35 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
     if evaluator is not None:
         after = evaluator.measure(model)
         console.info(f"{evaluator.metric} after pruning: {after:.4f}")
-    if recipe.recovery:
+    if recipe.recovery:  # the pruned result's report records dense -> pruned; the trainer's, -> recovered
         if evaluator is not None:
-            result.report.evaluation[evaluator.metric] = {"before": before, "after": after}
+            result.record_evaluation(evaluator.metric, before=before, after=after)
+        result.record_command(command)
         trainer = _recover(recipe, loaded, result, teacher, console)
         model = trainer.model
         if evaluator is not None:
             pruned, after = after, evaluator.measure(model)
             console.info(f"{evaluator.metric} after recovery: {after:.4f}")
             trainer.record_evaluation(evaluator.metric, before=pruned, after=after)
-    if trainer is not None:  # the trainer writes its own report when saving: record what the CLI measured there
-        if evaluator is not None and not recipe.recovery:
-            trainer.record_evaluation(evaluator.metric, before=before, after=after)
-        trainer.pruning_command = command
-        report = trainer.pruning_report
+        trainer.record_command(command)
     else:
-        report = result.report
+        target = trainer if trainer is not None else result  # both record evaluation and command the same way
         if evaluator is not None:
-            report.evaluation[evaluator.metric] = {"before": before, "after": after}
-        report.command = command
-    if out.dir and trainer is not None:
-        _save_trained(trainer, out.dir, out.overwrite)
-    elif out.dir and loaded.vision is not None:
-        save_plain(result, out.dir, out.overwrite, recipe.model.name)
-    elif out.dir:
-        result.save_pretrained(out.dir, overwrite=out.overwrite, tokenizer=loaded.tokenizer)
-    if out.dir:
-        console.info(f"saved to {out.dir}")
-    if out.push_to_hub:
-        console.info(f"pushed: {import_publishing()(out.dir, out.push_to_hub, private=out.private)}")
+            target.record_evaluation(evaluator.metric, before=before, after=after)
+        target.record_command(command)
+    report = trainer.pruning_report if trainer is not None else result.report
+    with main_process_writes() as main:  # one process writes and pushes; the others wait for the folder
+        if main and out.dir:
+            if trainer is not None:
+                _save_trained(trainer, out.dir, out.overwrite)
+            elif loaded.vision is not None:
+                save_plain(result, out.dir, out.overwrite, recipe.model.name)
+            else:
+                save_checkpoint(out.dir, result.model, result.config, result.info, result.report, loaded.tokenizer,
+                                out.overwrite)
+            console.info(f"saved to {out.dir}")
+        if main and out.push_to_hub:
+            console.info(f"pushed: {import_publishing()(out.dir, out.push_to_hub, private=out.private)}")
     return report
 
 

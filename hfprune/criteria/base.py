@@ -67,6 +67,34 @@ class Criterion:
             raise ConfigError(f"criterion {self.name!r} cannot score granularity {config.granularity!r}: it supports "
                               f"{', '.join(self.supports)}. Choose one of those, or another criterion.")
 
+    _GRADIENTS: ClassVar[dict[str, str]] = {"loss": "the loss gradient", "output": "gradients of the network output"}
+
+    def sequential_problem(self) -> str | None:
+        """Why this criterion cannot run with ``calibration_mode='sequential'`` (None when it can).
+
+        Layer-by-layer calibration runs one block at a time, forward only: network gradients cannot be computed,
+        and an unstructured global ranking would need every weight's score at once. Subclasses whose gradient
+        needs depend on their options (elimination-compensation, hybrid) refine `sequential_fix`."""
+        config = self.config
+        if self.grad_mode is not None:
+            what, fix = self.sequential_fix()
+            return (f"{what} needs {self._GRADIENTS[self.grad_mode]}, which layer-by-layer calibration cannot "
+                    f"compute (it runs one block at a time, forward only); {fix}")
+        if config.scope == "global" and not config.structured and config.nm is None and not self.per_row:
+            return ("scope='global' with unstructured weights ranks every weight of the network at once, which "
+                    "needs all per-weight scores (as large as the model) together; use scope='local' or "
+                    "calibration_mode='full' (structured units such as neurons and heads support global scope)")
+        return None
+
+    def sequential_fix(self) -> tuple[str, str]:
+        """(what needs gradients, how to fix it) for `sequential_problem`'s message."""
+        option, fix = self.gradient_option()
+        return f"criterion {self.name!r}" + (f" with {option}" if option else ""), fix
+
+    def gradient_option(self) -> tuple[str, str]:
+        """(the option that makes this criterion need gradients, e.g. "ec_output='loss'", or ""; the fix)."""
+        return "", "use calibration_mode='full'"
+
     # --- statistics ---------------------------------------------------------------------------------------------
     def observed_layers(self, layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
         """Names of the layers whose statistics this criterion needs (none for data-free criteria)."""

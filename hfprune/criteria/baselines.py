@@ -6,13 +6,13 @@ import zlib
 
 import torch
 
-from . import register
+from .registry import register_criterion
 from .base import Criterion, Stats
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
 
-@register
+@register_criterion
 class Magnitude(Criterion):
     """``|W|`` (``norm=1``) or ``W^2`` (``norm=2``), summed over every coupled weight of a unit."""
 
@@ -27,7 +27,7 @@ def _generator(seed: int, key: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
 
 
-@register
+@register_criterion
 class Random(Criterion):
     """Uniform random scores, seeded by ``config.seed`` and the layer name (same seed, same masks)."""
 
@@ -41,7 +41,7 @@ class Random(Criterion):
         return torch.rand(group.num_units, generator=_generator(self.config.seed, group.name)).double()
 
 
-@register
+@register_criterion
 class Taylor(Criterion):
     """First-order Taylor (Molchanov et al.): ``|w * dL/dw|`` with the loss gradient averaged over batches."""
 
@@ -67,7 +67,7 @@ class Taylor(Criterion):
         return (w * g).abs()
 
 
-@register
+@register_criterion
 class Wanda(Criterion):
     """Wanda (Sun et al. 2023): ``|W_ij| * ||X_j||_2``, compared within each output row when unstructured."""
 

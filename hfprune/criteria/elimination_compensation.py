@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from .registry import register_criterion
 from .base import Criterion, Stats, accumulator_dtype
 from ..errors import CalibrationError
 from ..structure.layers import Layer
@@ -41,7 +41,7 @@ from ..structure.layers import Layer
 GRAD_MODES = {"network": "output", "loss": "loss", "layer": None}
 
 
-@register
+@register_criterion
 class EliminationCompensation(Criterion):
     """Expected squared output change after removing a weight and optimally shifting its bias (see module)."""
 
@@ -52,6 +52,10 @@ class EliminationCompensation(Criterion):
     @property
     def grad_mode(self) -> str | None:  # type: ignore[override]
         return GRAD_MODES[self.config.ec_output]
+
+    def gradient_option(self) -> tuple[str, str]:
+        return (f"ec_output={self.config.ec_output!r}",
+                "use ec_output='layer' (forward only) or calibration_mode='full'")
 
     def init_stats(self, layer: Layer) -> Stats:
         out, inp = layer.weight_matrix().shape

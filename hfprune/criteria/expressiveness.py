@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from .registry import register_criterion
 from .base import Criterion, Stats
 from ..errors import CalibrationError
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
 
-@register
+@register_criterion
 class Expressiveness(Criterion):
     """Mean pairwise Hamming distance of a unit's on/off states across samples (reconstruction, see module)."""
 

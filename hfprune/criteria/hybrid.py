@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import get_criterion, register
+from .registry import criterion_class, get_criterion, register_criterion
 from .base import Criterion, Stats
 from .expressiveness import Expressiveness
+from ..errors import ConfigError
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
@@ -39,7 +40,7 @@ def rank_norm(x: torch.Tensor) -> torch.Tensor:
     return (first + (counts - 1) / 2).double()[inverse] / (n - 1)
 
 
-@register
+@register_criterion
 class Hybrid(Criterion):
     """``alpha``-mix of expressiveness and an importance criterion, per group (see module)."""
 
@@ -49,6 +50,10 @@ class Hybrid(Criterion):
 
     def __init__(self, config: "PruningConfig") -> None:
         super().__init__(config)
+        importance = criterion_class(config.hybrid_importance, field="hybrid_importance")
+        if importance.name in ("hybrid", "expressiveness"):
+            raise ConfigError(f"PruningConfig.hybrid_importance={importance.name!r} is not allowed: an importance "
+                              "criterion such as magnitude, taylor or wanda.")
         self.expressiveness = Expressiveness(config)
         self.importance = get_criterion(config, config.hybrid_importance)
         self._criteria: dict[str, Criterion] = {"expressiveness": self.expressiveness,
@@ -61,6 +66,11 @@ class Hybrid(Criterion):
     @property
     def needs_weight_grads(self) -> bool:  # type: ignore[override]
         return self.importance.needs_weight_grads
+
+    def sequential_fix(self) -> tuple[str, str]:
+        option, fix = self.importance.gradient_option()
+        what = f"criterion 'hybrid' with hybrid_importance={self.importance.name!r}"
+        return what + (f" and {option}" if option else ""), fix
 
     def observed_layers(self, layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
         return sorted(set(self.expressiveness.observed_layers(layers, groups))

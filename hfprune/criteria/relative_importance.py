@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register
+from .registry import register_criterion
 from .base import Criterion, Stats, accumulator_dtype
 from ..structure.layers import Layer
 
@@ -38,7 +38,7 @@ def _inverse_totals(w_abs: torch.Tensor, a_abs: torch.Tensor) -> torch.Tensor:
     return torch.where(s > tiny, 1.0 / s.clamp(min=tiny), torch.zeros_like(s))
 
 
-@register
+@register_criterion
 class RelativeImportance(Criterion):
     """Mean (+ k std) of each weight's share of its neuron's absolute input (reconstruction, see module)."""
 

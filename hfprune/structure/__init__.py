@@ -15,11 +15,12 @@ from torch import nn
 
 from ..config import PruningConfig
 from ..errors import StructureError
-from .adapters import ADAPTERS, Adapter, adapter_for, fix_attention
+from .adapters import Adapter, AttentionSpec, FFNSpec, adapter_for, known_model_types, register_adapter
 from .groups import Coupling, UnitGroup
 from .layers import Layer, find_layers
 
-__all__ = ["Layer", "UnitGroup", "Coupling", "Adapter", "adapter_for", "fix_attention", "target_layers",
+__all__ = ["Layer", "UnitGroup", "Coupling", "Adapter", "AttentionSpec", "FFNSpec", "adapter_for",
+           "register_adapter", "target_layers",
            "find_groups", "find_layers"]
 
 
@@ -47,7 +48,7 @@ def find_groups(model: nn.Module, config: PruningConfig, example_inputs: Any = N
     hf_kinds = [k for k in kinds if k in ("neurons", "heads")]
     if hf_kinds:
         if adapter is None:
-            types = sorted({t for a in ADAPTERS for t in a.model_types})
+            types = known_model_types()
             mt = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
             raise StructureError(f"Granularity {config.granularity!r} needs a transformer family hfprune knows "
                                  f"(model types {', '.join(types)}); {mt!r} is not one. Use 'weights', an N:M "

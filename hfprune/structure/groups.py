@@ -40,6 +40,7 @@ class UnitGroup:
     couplings: list[Coupling]
     config_key: str | None = None  # e.g. "intermediate_size"; None when the config cannot express the width
     meta: dict[str, Any] = field(default_factory=dict)
+    parent: str = ""  # the module the units belong to (the FFN or attention module; "" for conv channels)
 
     @property
     def producers(self) -> list[Coupling]:

@@ -1,4 +1,4 @@
-"""Masks while training: chosen by the same calibration, scoring and selection code as `prune()`, applied without
+"""Masks while training: chosen by the engine (`hfprune.engine.Pruner`), as in `prune()`, applied without
 changing shapes, kept monotone, saved in checkpoints, and turned into a compacted model at the end.
 
 Each mask update also zeroes the optimizer state (momentum, Adam moments) of the removed entries, so no stale
@@ -14,79 +14,60 @@ import os
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..calibration.data import CalibrationSet
-from ..compaction import compact_units, rewrite_config
-from ..config import PruningConfig
+from ..engine import Compaction, Pruner
 from ..masks import apply_unit_masks
-from ..prune import _compensate, compute_masks, criterion_for
-from ..selection import check_head_ratio
-from ..structure import UnitGroup, adapter_for, find_groups, find_layers, target_layers
+from ..structure import Layer, UnitGroup
 
 MASKS_FILE = "hfprune_masks.safetensors"
 STATE_FILE = "hfprune_state.json"
 
 
 class TrainingMasks:
-    """The current keep-masks of a model being pruned while training (True = keep), one per group or layer."""
+    """The current keep-masks of a model being pruned while training (True = keep), one per group or layer.
 
-    def __init__(self, model: nn.Module, config: PruningConfig, calib: CalibrationSet | None,
-                 example_inputs: Any = None) -> None:
-        criterion_for(config)  # fail early when the criterion cannot score the granularity
-        self.config = config
-        self.calib = calib
-        self.adapter = adapter_for(model)
-        self.groups: list[UnitGroup] | None = None
-        if config.structured:
-            self.groups = find_groups(model, config, example_inputs)
-            for g in self.groups:
-                if g.kind == "heads":
-                    check_head_ratio(g, config)
-            self.layers = find_layers(model)
-            self.masks = {g.name: torch.ones(g.num_units, dtype=torch.bool) for g in self.groups}
-        else:
-            self.layers = target_layers(model, config)
-            self.masks = {n: torch.ones(l.weight_matrix().shape, dtype=torch.bool) for n, l in self.layers.items()}
-        self.sparsity = 0.0
+    The decisions are the engine's (`Pruner.step`); this class adds what training needs: masks applied without
+    changing shapes, optimizer state of removed entries zeroed, and checkpoints."""
+
+    def __init__(self, pruner: Pruner) -> None:
+        self.pruner = pruner
+        self.config = pruner.config
         self._dropped: list[tuple[nn.Parameter, torch.Tensor]] = []
-        self.forced_min: set[str] = set()  # groups or layers kept at `min_units` by the latest update (report)
-        self.timings: dict[str, float] = {}  # seconds per phase, summed over updates (report)
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        return self.pruner.masks
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruner.sparsity
+
+    @property
+    def groups(self) -> list[UnitGroup] | None:
+        return self.pruner.groups
+
+    @property
+    def layers(self) -> dict[str, Layer]:
+        return self.pruner.layers
 
     # --- choosing masks -----------------------------------------------------------------------------------------
-    def _config_at(self, sparsity: float) -> PruningConfig:
-        head = self.config.head_sparsity
-        if head is not None and self.config.sparsity > 0:
-            head = head * sparsity / self.config.sparsity
-        return dataclasses.replace(self.config, sparsity=sparsity, head_sparsity=head)
-
-    def update(self, model: nn.Module, sparsity: float, optimizer: Any = None, progress: bool = False) -> bool:
+    def update(self, model: nn.Module, sparsity: float, optimizer: Any = None) -> bool:
         """Prune to ``sparsity`` scored on the current weights (already removed units stay removed); False when
         there is nothing to do."""
         if sparsity <= self.sparsity:
             return False
-        criterion = criterion_for(self._config_at(sparsity))
-        removed = {n: ~m for n, m in self.masks.items()}
-        timings: dict[str, float] = {}
-        selection, _, stats = compute_masks(model, criterion, self.layers, self.groups, self.calib, progress, removed,
-                                            timings)
-        for phase, seconds in timings.items():
-            self.timings[phase] = self.timings.get(phase, 0.0) + seconds
-        self.forced_min = set(selection.forced_min)
-        new = _same_on_every_rank(selection.masks)
-        newly_kept = {n: new[n] | removed[n] for n in new}  # compensate only for what this step removes
-        _compensate(model, criterion, self.layers, stats, self.groups, newly_kept, self.adapter)
-        self.set_masks(model, new, sparsity)
+        self.pruner.step(sparsity)
+        self.set_masks(model, self.pruner.masks, sparsity)
         if optimizer is not None:
             self.zero_optimizer_state(optimizer)
         return True
 
     def set_masks(self, model: nn.Module, masks: dict[str, torch.Tensor], sparsity: float) -> None:
         """Adopt ``masks`` (e.g. from a checkpoint), derive the per-parameter masks and apply them."""
-        self.masks = {n: m.cpu().bool() for n, m in masks.items()}
-        self.sparsity = sparsity
+        self.pruner.masks = {n: m.cpu().bool() for n, m in masks.items()}
+        self.pruner.sparsity = sparsity
         self._dropped = self._parameter_drops(model)
         self.apply()
 
@@ -140,15 +121,11 @@ class TrainingMasks:
         return sum(int(m.sum()) for m in self.masks.values()), sum(m.numel() for m in self.masks.values())
 
     # --- the end of training ------------------------------------------------------------------------------------
-    def compact(self, model: nn.Module) -> tuple[str, dict[str, dict[str, Any]]]:
-        """Physically remove masked units and rewrite the config: (loader, per-group kept counts)."""
+    def compact(self) -> Compaction:
+        """Physically remove masked units and rewrite the config (the engine's `Pruner.compact`)."""
         self.apply()
-        loader = "transformers" if hasattr(model, "save_pretrained") else "hfprune"
-        if self.groups is None:
-            return loader, {}
-        compact_units(model, self.groups, self.masks)
         self._dropped = []
-        return rewrite_config(model, self.groups, self.masks, self.adapter)
+        return self.pruner.compact()
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def save(self, folder: str, global_step: int) -> None:
@@ -167,18 +144,3 @@ class TrainingMasks:
             state = json.load(f)
         self.set_masks(model, {n: t.bool() for n, t in load_file(path).items()}, state["sparsity"])
         return True
-
-
-def _same_on_every_rank(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Broadcast rank 0's masks. Statistics are already summed across ranks, so this only guards against
-    floating-point ties resolving differently; it also makes the guarantee explicit."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return masks
-    out = {}
-    for n in sorted(masks):
-        t = masks[n].to(torch.uint8)
-        if dist.get_backend() == "nccl":
-            t = t.cuda()
-        dist.broadcast(t, src=0)
-        out[n] = t.cpu().bool()
-    return out

@@ -66,8 +66,7 @@ class RecoveryTrainer(RecoveryMixin, Trainer):
         self._evaluation: dict[str, dict[str, float]] = {}
         self._seconds = 0.0
         self._merged = False
-        #: the command or recipe that reproduces this run, written into the report and card
-        self.pruning_command: str | None = None
+        self._command: str | None = None
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -103,6 +102,10 @@ class RecoveryTrainer(RecoveryMixin, Trainer):
         entry = self._evaluation.setdefault(metric, {})
         entry.update({k: float(v) for k, v in (("before", before), ("after", after)) if v is not None})
 
+    def record_command(self, command: str | None) -> None:
+        """The command or recipe that reproduces this run (report and card), as `PruningResult.record_command`."""
+        self._command = command
+
     @property
     def recovery_info(self) -> dict[str, Any]:
         """What the report's ``recovery`` entry holds: method, settings, tokens, data, time, evaluation."""
@@ -131,8 +134,8 @@ class RecoveryTrainer(RecoveryMixin, Trainer):
             if metric in evaluation and "after" in entry:
                 evaluation[metric]["after"] = entry["after"]
         report = dataclasses.replace(base, recovery=self.recovery_info, evaluation=evaluation)
-        if self.pruning_command:
-            report.command = self.pruning_command
+        if self._command:
+            report.command = self._command
         return report
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -21,10 +21,11 @@ from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..calibration.data import CalibrationSet, prepare_calibration
+from ..checkpoint import Loader, PruningInfo, write_pruning_files
 from ..config import PruningConfig
+from ..criteria import Criterion, resolve_criterion
+from ..engine import Pruner
 from ..errors import CalibrationError, ConfigError
-from ..prune import auto_class_name, criterion_for
-from ..publishing import write_model_card
 from ..publishing.card import CARD_NAME, PLACEHOLDER_ID
 from ..report import PruningReport
 from .callback import PruningCallback
@@ -32,7 +33,6 @@ from .distilling import RecoveryMixin
 from .losses import LayerInputs, group_lasso, relative_importance, ri_layers
 from .masks import TrainingMasks
 from .recovery import RecoveryConfig
-from .reporting import measure_baseline, training_report
 from .schedule import check_schedule, sparsity_at
 
 
@@ -65,26 +65,26 @@ class PruningTrainer(RecoveryMixin, Trainer):
             teacher = copy.deepcopy(self.model)
         self._setup_recovery(recovery, teacher, teacher_tokenizer)  # sets max_steps from a token budget
         check_schedule(pruning_config, self.args.max_steps)
-        calib = self._calibration(calibration_dataset)
-        example = calib.batches[0] if calib else None
-        self.pruning_masks = TrainingMasks(self.model, pruning_config, calib, example)
+        criterion = resolve_criterion(pruning_config)
+        calib = self._calibration(calibration_dataset, criterion)
+        self.pruning_masks = TrainingMasks(Pruner(self.model, pruning_config, calibration=calib, criterion=criterion,
+                                                  progress=False))
         self._callback.masks = self.pruning_masks
-        self._baseline = measure_baseline(self.model, pruning_config.seq_len, example)
         self._layer_inputs: LayerInputs | None = None
         if pruning_config.regularizer == "relative_importance":
             self._layer_inputs = LayerInputs(ri_layers(self.pruning_masks))
         self._reg_sum, self._reg_count = 0.0, 0
-        self._pruning_info: dict[str, Any] | None = None
+        self._loader = Loader.TRANSFORMERS if hasattr(self.model, "save_pretrained") else Loader.STATE_DICT
+        self._compacted = False
         self._timings: dict[str, float] = {}
         self._evaluation: dict[str, dict[str, float]] = {}
-        #: the command or recipe that reproduces this run, written into the report and card
-        self.pruning_command: str | None = None
+        self._command: str | None = None
 
     # --- calibration --------------------------------------------------------------------------------------------
-    def _calibration(self, data: Any) -> CalibrationSet | None:
+    def _calibration(self, data: Any, criterion: Criterion) -> CalibrationSet | None:
         """Batches for scoring, identical on every process (`collect_statistics` splits them by rank)."""
         config = self.pruning_config
-        needed = criterion_for(config).needs_data or "channels" in config.parts
+        needed = Pruner.needs_data(criterion, config)
         if not needed and data is None:
             return None
         data = self.train_dataset if data is None else data
@@ -114,7 +114,7 @@ class PruningTrainer(RecoveryMixin, Trainer):
     # --- training -----------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """`Trainer.train`, restoring the masks of ``resume_from_checkpoint``, then compacting the model."""
-        if self._pruning_info is not None and self._pruning_info["compacted"]:
+        if self._compacted:
             raise ConfigError("This PruningTrainer has already compacted its model; build a new one to train again.")
         folder = resume_from_checkpoint
         if folder is True:
@@ -126,13 +126,12 @@ class PruningTrainer(RecoveryMixin, Trainer):
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         self._timings["training"] = self._timings.get("training", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
-        loader = "transformers" if hasattr(self.model, "save_pretrained") else "hfprune"
         if not self.pruning_config.keep_masks:
-            loader, _ = self.pruning_masks.compact(self.model)
+            self._loader = self.pruning_masks.compact().loader
+            self._compacted = True
             if self._layer_inputs is not None:  # a compacted trainer does not train again
                 self._layer_inputs.remove()
         self._timings["compaction"] = time.perf_counter() - t
-        self._pruning_info = {"loader": loader, "compacted": not self.pruning_config.keep_masks}
         return output
 
     def _regularizer(self, layer_inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -174,29 +173,23 @@ class PruningTrainer(RecoveryMixin, Trainer):
 
     # --- saving -------------------------------------------------------------------------------------------------
     @property
-    def pruning_info(self) -> dict[str, Any]:
-        """The extra content of ``pruning_config.json`` (as `PruningResult.pruning_info`, plus the training run)."""
-        info = self._pruning_info or {"loader": "transformers", "compacted": False}
-        groups = {}
-        if self.pruning_masks.groups is not None:
-            groups = {g.name: {"kind": g.kind, "total": g.num_units, "kept": int(self.pruning_masks.masks[g.name].sum())}
-                      for g in self.pruning_masks.groups}
-        base = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
+    def pruning_info(self) -> PruningInfo:
+        """The record written as ``pruning_config.json`` (as `PruningResult.info`, plus the training run)."""
         training = {"trainer": type(self).__name__, "global_step": self.state.global_step,
                     "max_steps": self.args.max_steps, "num_train_epochs": self.args.num_train_epochs,
                     "learning_rate": self.args.learning_rate,
                     "per_device_train_batch_size": self.args.per_device_train_batch_size}
-        return {"base_model": base, "loader": info["loader"], "compacted": info["compacted"],
-                "auto_class": auto_class_name(self.model), "groups": groups, "training": training}
+        return self.pruning_masks.pruner.pruning_info(self._loader, self._compacted, training)
 
     @property
     def pruning_report(self) -> PruningReport:
         """The `PruningReport` of the model as it is now (what ``save_model`` writes as ``pruning_report.json``)."""
-        loader = (self._pruning_info or {"loader": "transformers"})["loader"]
-        report = training_report(self.model, self.pruning_masks, self._baseline, loader, self._timings,
-                                 self._evaluation)
-        report.command = self.pruning_command
-        return report
+        return self.pruning_masks.pruner.report(self._loader, self._evaluation, self._command, self._timings,
+                                                compacted=self._compacted)
+
+    def record_command(self, command: str | None) -> None:
+        """The command or recipe that reproduces this run (report and card), as `PruningResult.record_command`."""
+        self._command = command
 
     def record_evaluation(self, metric: str, before: float | None = None, after: float | None = None) -> None:
         """Add a metric measured outside `evaluate` (e.g. the CLI's held-out accuracy) to the report and card."""
@@ -215,10 +208,7 @@ class PruningTrainer(RecoveryMixin, Trainer):
 
     def _save_pruning_files(self, folder: str, card: bool = True) -> None:
         """``pruning_config.json``, and with ``card`` also ``pruning_report.json`` and hfprune's model card."""
-        self.pruning_config.save_pretrained(folder, extra=self.pruning_info)
-        if card:
-            self.pruning_report.save(folder)
-            write_model_card(folder)
+        write_pruning_files(folder, self.pruning_config, self.pruning_info, self.pruning_report if card else None)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the (compacted, after `train`) model with ``pruning_config.json``, ``pruning_report.json`` and

@@ -1,0 +1,371 @@
+"""The pruning engine: one `Pruner` per run, driven by `prune()` (one shot) and `PruningTrainer` (on a schedule).
+
+A `Pruner` is built once from (model, config, calibration data). It resolves the criterion, the family adapter,
+the target layers and the unit groups once, measures the dense baseline once, and offers the steps as methods:
+
+========================  ===============================================================================
+`Pruner.step`             calibrate, score and select at a sparsity (removed units stay removed), then
+                          compensate (elimination-compensation's bias shift) for what this step removed
+`Pruner.compact`          physically remove masked units (or zero masked weights) and rewrite the config;
+                          returns a typed `Compaction` (which loader reads the result, kept units)
+`Pruner.report`           the one `PruningReport` builder (both entry points)
+`Pruner.pruning_info`     the typed record written as ``pruning_config.json`` (`PruningInfo`)
+========================  ===============================================================================
+
+A new step (weight reconstruction, new unit kinds) goes here, between `step`'s selection and `compact`.
+Under Accelerate (`hfprune.distributed`) every process calibrates its share of the batches, statistics are summed
+before scoring and every process holds the same masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .calibration.collector import collect_statistics
+from .calibration.data import CalibrationSet, prepare_calibration
+from .calibration.sequential import block_of, block_statistics, find_blocks
+from .checkpoint import Loader, PruningInfo, auto_class_name
+from .compaction import add_bias, compact_units, rewrite_config
+from .config import PruningConfig
+from .criteria import Criterion, resolve_criterion
+from .distributed import broadcast_masks, gather_counts, my_share, process_state, rank_world
+from .errors import ConfigError
+from .logging import get_logger
+from .masks import PackedMasks, apply_weight_masks, removed_columns
+from .measure import count_macs, count_params, dummy_input
+from .report import LayerReport, PruningReport
+from .selection import Selection, check_head_ratio, structured_masks, unstructured_masks
+from .structure import Layer, UnitGroup, adapter_for, find_groups, find_layers, target_layers
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class Compaction:
+    """What `Pruner.compact` did: which loader reads the result, and the kept units per group."""
+
+    loader: Loader
+    kept: dict[str, dict[str, Any]]
+
+
+@dataclass
+class Baseline:
+    """The dense model's size, and the input its MACs were counted on (None when no input could be built)."""
+
+    params: int
+    macs: int
+    inputs: Any
+    shape: list[int]
+    warning: str | None = None
+
+
+def measure_baseline(model: nn.Module, seq_len: int, example_inputs: Any = None) -> Baseline:
+    params, _ = count_params(model)
+    try:
+        inputs, shape = dummy_input(model, seq_len, example_inputs)
+    except ValueError as e:
+        return Baseline(params, 0, None, [], f"MACs were not counted: {e}")
+    return Baseline(params, count_macs(model, inputs), inputs, shape)
+
+
+def check_model(model: nn.Module, config: PruningConfig) -> None:
+    """The model and config a run starts from: types, the config re-validated (it may have been edited since it
+    was built), every weight loaded and finite."""
+    if not isinstance(config, PruningConfig):
+        raise ConfigError(f"config must be a PruningConfig, got {type(config).__name__}.")
+    config.validate()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module (e.g. from from_pretrained), got {type(model).__name__}.")
+    for name, p in model.named_parameters():
+        if p.is_meta:
+            raise ConfigError(f"Parameter {name} is on the 'meta' device (not loaded, or offloaded by accelerate's "
+                              "device_map to 'cpu'/'disk'); scoring reads every weight. Load the model with its "
+                              "weights on real devices (device_map over GPUs, or on CPU): see docs/scaling.md.")
+        if not torch.isfinite(p).all():
+            raise ConfigError(f"Parameter {name} holds NaN or inf; the model is corrupt and cannot be pruned.")
+
+
+class Pruner:
+    """One pruning run's decisions, made once (see the module docstring for the steps).
+
+    ``calibration_data`` is what `prune()` accepts (texts with ``tokenizer``, a Dataset, a DataLoader, tensors,
+    ``"random"``); a ready `CalibrationSet` (PruningTrainer collates its own) can be passed as ``calibration``.
+    ``criterion``: an already resolved criterion for ``config`` (else it is resolved here).
+    """
+
+    def __init__(self, model: nn.Module, config: PruningConfig, calibration_data: Any = None, tokenizer: Any = None,
+                 example_inputs: Any = None, *, calibration: CalibrationSet | None = None,
+                 criterion: Criterion | None = None, progress: bool = True) -> None:
+        t = self.started = time.perf_counter()
+        check_model(model, config)
+        self.model, self.config, self.progress = model, config, progress
+        self.criterion = criterion or resolve_criterion(config)
+        self.state = process_state()
+        _, self.world_size = rank_world()
+        if self.world_size > 1:
+            _to_process_device(model, self.state.device)
+        self.adapter = adapter_for(model)
+        self.calibration = calibration
+        if calibration is None and self.needs_data(self.criterion, config):
+            self.calibration = prepare_calibration(calibration_data, model, config, tokenizer, example_inputs)
+        if example_inputs is None and self.calibration is not None and self.calibration.batches:
+            example_inputs = self.calibration.batches[0]
+        self.groups: list[UnitGroup] | None = None
+        if config.structured:
+            self.groups = find_groups(model, config, example_inputs)
+            for g in self.groups:
+                if g.kind == "heads":
+                    check_head_ratio(g, config)
+            self.layers = find_layers(model)
+            self.masks: dict[str, torch.Tensor] = {g.name: torch.ones(g.num_units, dtype=torch.bool)
+                                                   for g in self.groups}
+        else:
+            self.layers = target_layers(model, config)
+            self.masks = {n: torch.ones(l.weight_matrix().shape, dtype=torch.bool) for n, l in self.layers.items()}
+        self.sparsity = 0.0
+        self.forced_min: set[str] = set()
+        self.batches_per_process: list[int] = []
+        self.timings: dict[str, float] = {"calibration": 0.0, "scoring": 0.0, "selection": 0.0}
+        self.baseline = measure_baseline(model, config.seq_len, example_inputs)
+        self.timings["setup"] = time.perf_counter() - t
+        logger.info("pruning %s with %s (%s, sparsity %g) on %d process(es)", type(model).__name__, config.criterion,
+                    config.granularity, config.sparsity, self.world_size)
+
+    @staticmethod
+    def needs_data(criterion: Criterion, config: PruningConfig) -> bool:
+        """Whether this run needs calibration batches (the criterion reads activations, or conv channels must be
+        traced)."""
+        return criterion.needs_data or "channels" in config.parts
+
+    # --- masks --------------------------------------------------------------------------------------------------
+    def config_at(self, sparsity: float) -> PruningConfig:
+        """The config with ``sparsity`` (heads scaled in proportion when they have their own fraction)."""
+        config = self.config
+        if sparsity == config.sparsity:
+            return config
+        head = config.head_sparsity
+        if head is not None and config.sparsity > 0:
+            head = head * sparsity / config.sparsity
+        return dataclasses.replace(config, sparsity=sparsity, head_sparsity=head)
+
+    def step(self, sparsity: float | None = None) -> Selection:
+        """Prune to ``sparsity`` (default: the config's), scored on the current weights; units already removed stay
+        removed, so repeated steps give monotone masks. Compensates for what this step removes."""
+        sparsity = self.config.sparsity if sparsity is None else sparsity
+        removed = {n: ~m for n, m in self.masks.items()} if self.sparsity > 0 else {}
+        batches = self.calibration.batches if self.calibration else []
+        selection, _, stats = compute_masks(self.model, self.criterion, self.layers, self.groups, batches,
+                                         self.progress, removed, self.timings, self.config_at(sparsity))
+        if self.criterion.needs_data and batches:
+            self.batches_per_process = gather_counts(len(my_share(batches)))
+        new = broadcast_masks(dict(selection.masks)) if self.world_size > 1 else selection.masks
+        t = time.perf_counter()
+        newly = {n: new[n] | removed[n] for n in new} if removed else new  # keep-mask of this step's removal
+        self._compensate(stats, newly)
+        self.timings["compensation"] = self.timings.get("compensation", 0.0) + time.perf_counter() - t
+        self.masks, self.forced_min, self.sparsity = new, set(selection.forced_min), sparsity
+        for n in sorted(self.forced_min):
+            logger.warning("%s would have lost every unit; kept %d (min_units)", n, self.config.min_units)
+        return selection
+
+    def _compensate(self, stats: dict, masks: dict[str, torch.Tensor]) -> None:
+        """Elimination-compensation: add each layer's optimal bias change for the weights being removed."""
+        if not self.config.compensate:
+            return
+        for name in stats:
+            layer = self.layers[name]
+            gone = ~masks[name] if self.groups is None else removed_columns(layer, self.groups, masks)
+            if gone is None or not gone.any():
+                continue
+            delta = self.criterion.bias_compensation(layer, stats[name], gone)
+            if delta is not None:
+                add_bias(self.model, layer, delta, self.adapter)
+
+    # --- compaction ---------------------------------------------------------------------------------------------
+    def compact(self) -> Compaction:
+        """Remove the masked units (structured) or zero the masked weights (unstructured) and rewrite the config."""
+        t = time.perf_counter()
+        hf = hasattr(self.model, "save_pretrained")
+        if self.groups is None:
+            apply_weight_masks(self.layers, self.masks)
+            result = Compaction(Loader.TRANSFORMERS if hf else Loader.STATE_DICT, {})
+        else:
+            compact_units(self.model, self.groups, self.masks, self.adapter)
+            loader, kept = rewrite_config(self.model, self.groups, self.masks, self.adapter)
+            result = Compaction(loader if hf else Loader.STATE_DICT, kept)
+        self.timings["compaction"] = time.perf_counter() - t
+        logger.info("compacted: loader %s", result.loader.value)
+        return result
+
+    # --- what was done ------------------------------------------------------------------------------------------
+    def kept_units(self) -> dict[str, dict[str, Any]]:
+        """Per group: kind, total and kept units (empty for unstructured runs)."""
+        if self.groups is None:
+            return {}
+        return {g.name: {"kind": g.kind, "total": g.num_units, "kept": int(self.masks[g.name].sum())}
+                for g in self.groups}
+
+    def layer_reports(self) -> list[LayerReport]:
+        if self.groups is None:
+            return [LayerReport(n, "weights", m.numel(), int(m.sum()), n in self.forced_min)
+                    for n, m in self.masks.items()]
+        return [LayerReport(g.name, g.kind, g.num_units, int(self.masks[g.name].sum()), g.name in self.forced_min)
+                for g in self.groups]
+
+    def report(self, loader: Loader, evaluation: dict[str, dict[str, float]] | None = None,
+               command: str | None = None, timings: dict[str, float] | None = None,
+               compacted: bool = True) -> PruningReport:
+        """The report of the model as it is now against the dense baseline. ``compacted=False`` (masks still
+        applied while training): MACs are those of the dense shapes."""
+        model, config, base = self.model, self.config, self.baseline
+        cfg = getattr(model, "config", None)
+        params_after, nonzero_after = count_params(model)
+        changed = compacted and self.groups is not None and any(not m.all() for m in self.masks.values())
+        macs_after = count_macs(model, base.inputs) if changed and base.inputs is not None else base.macs
+        warnings = list(self.calibration.warnings) if self.calibration else []
+        warnings += [f"{n} would have lost every unit; kept {config.min_units}" for n in sorted(self.forced_min)]
+        if base.warning:
+            warnings.append(base.warning)
+        calibration = self.calibration.describe(config.seq_len) if self.calibration else {"source": "none"}
+        calibration["processes"] = self.world_size
+        if self.batches_per_process:
+            calibration["batches_per_process"] = list(self.batches_per_process)
+        return PruningReport(
+            base_model=getattr(cfg, "_name_or_path", None) or None,
+            model_type=getattr(cfg, "model_type", type(model).__name__),
+            criterion=config.criterion, granularity=config.granularity, sparsity=self.sparsity, scope=config.scope,
+            params_before=base.params, params_after=params_after, nonzero_after=nonzero_after,
+            macs_before=base.macs, macs_after=macs_after, macs_input_shape=base.shape, loader=loader.value,
+            layers=self.layer_reports(), timings={**self.timings, **(timings or {})}, calibration=calibration,
+            warnings=warnings, evaluation={k: dict(v) for k, v in (evaluation or {}).items()}, command=command,
+        )
+
+    def pruning_info(self, loader: Loader, compacted: bool = True,
+                     training: dict[str, Any] | None = None) -> PruningInfo:
+        base = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
+        return PruningInfo(base_model=base, loader=loader, auto_class=auto_class_name(self.model),
+                           groups=self.kept_units(), compacted=compacted, training=training)
+
+
+def _to_process_device(model: nn.Module, device: torch.device) -> None:
+    """Under a multi-process launch on accelerators, each process calibrates on its own device."""
+    current = next(model.parameters()).device
+    if device.type != "cpu" and current.type == "cpu":
+        model.to(device)
+
+
+# --- calibrate, score, select ----------------------------------------------------------------------------------
+def compute_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGroup] | None,
+                  batches: list, progress: bool = True, removed: dict[str, torch.Tensor] | None = None,
+                  timings: dict[str, float] | None = None,
+                  config: PruningConfig | None = None) -> tuple[Selection, dict, dict]:
+    """Calibrate, score and select on the current weights: (selection, scores, statistics).
+
+    ``removed`` (True = already removed, per layer or group) stays removed. ``config`` (default: the criterion's)
+    sets the sparsity of the selection. ``timings`` accumulates the seconds of each phase.
+    """
+    timings = {} if timings is None else timings
+    for phase in ("calibration", "scoring", "selection"):
+        timings.setdefault(phase, 0.0)
+    config = config or criterion.config
+    observed = criterion.observed_layers(layers, groups)
+    removed = removed or {}
+    if criterion.config.calibration_mode == "sequential":
+        return _sequential_masks(model, criterion, layers, groups, observed, batches, progress, removed, timings,
+                                 config)
+    t = time.perf_counter()
+    stats = collect_statistics(model, criterion, layers, observed, batches, progress)
+    timings["calibration"] += time.perf_counter() - t
+    scores = _scores(criterion, layers, groups, stats, removed, timings)
+    return _select(criterion, layers, groups, scores, removed, timings, config), scores, stats
+
+
+def _scores(criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGroup] | None, stats: dict,
+            removed: dict[str, torch.Tensor], timings: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Scores per layer (``[out, in]``) or per group (``[units]``); already-removed entries get -inf."""
+    t = time.perf_counter()
+    if groups is None:
+        scores = {n: criterion.weight_scores(l, stats.get(n, {})) for n, l in layers.items()}
+    else:
+        scores = {g.name: criterion.unit_scores(g, stats, layers) for g in groups}
+    for n in scores.keys() & removed.keys():
+        scores[n] = scores[n].masked_fill(removed[n].to(scores[n].device), -math.inf)
+    timings["scoring"] += time.perf_counter() - t
+    return scores
+
+
+def _select(criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGroup] | None, scores: dict,
+            removed: dict[str, torch.Tensor], timings: dict[str, float], config: PruningConfig) -> Selection:
+    t = time.perf_counter()
+    if groups is None:
+        overrides = {n: m for n in layers if (m := criterion.removal_mask(layers[n], scores[n])) is not None}
+        selection = unstructured_masks(scores, config, criterion.per_row, overrides)
+    else:
+        selection = structured_masks(scores, groups, config)
+    for n in selection.masks.keys() & removed.keys():
+        selection.masks[n] = selection.masks[n] & ~removed[n].cpu()
+    timings["selection"] += time.perf_counter() - t
+    return selection
+
+
+def _sequential_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Layer],
+                      groups: list[UnitGroup] | None, observed: list[str], batches: list, progress: bool,
+                      removed: dict[str, torch.Tensor], timings: dict[str, float],
+                      config: PruningConfig) -> tuple[Selection, dict, dict]:
+    """Block by block: statistics of one block (`block_statistics`), its scores and masks, then the next block.
+
+    Kept across blocks: masks; per-unit scores (structured: small; global scope selects once all are in);
+    statistics only where compensation needs them (elimination-compensation with ec_output='layer': two vectors
+    per layer). Per-weight scores and the other statistics are dropped after each block, and unstructured masks
+    are stored one bit per weight (`PackedMasks`); the returned scores are empty for unstructured runs.
+    """
+    prefix, blocks = find_blocks(model)
+    units = {g.name: g for g in groups} if groups is not None else layers
+    members = {n: [c.layer for c in g.couplings if c.layer in layers] for n, g in units.items()} \
+        if groups is not None else {n: [n] for n in layers}
+    where = block_of(list(layers), prefix, len(blocks))
+    home = {n: where[ls[0]] if ls and len({where[l] for l in ls}) == 1 else None for n, ls in members.items()}
+    split = sorted(n for n, h in home.items() if h is None and set(members[n]) & set(observed))
+    if split:
+        raise ConfigError(f"calibration_mode='sequential': the units {split} span several blocks or lie outside "
+                          f"{prefix}.N; use calibration_mode='full'.")
+    keep_stats = criterion.config.compensate and \
+        type(criterion).bias_compensation is not Criterion.bias_compensation
+    deferred = groups is not None and config.scope == "global"
+    selection = Selection({} if groups is not None else PackedMasks())
+    scores: dict[str, torch.Tensor] = {}
+    kept: dict = {}
+    pending = set(units)
+
+    def decide(names: list[str], stats: dict) -> None:
+        part = [units[n] for n in names] if groups is not None else None
+        sub = {n: layers[n] for n in names} if groups is None else layers
+        s = _scores(criterion, sub, part, stats, removed, timings)
+        if groups is not None:
+            scores.update(s)
+        if not deferred:
+            chosen = _select(criterion, sub, part, s, removed, timings, config)
+            selection.masks.update(chosen.masks)
+            selection.forced_min.update(chosen.forced_min)
+        pending.difference_update(names)
+
+    t = time.perf_counter()
+    for i, stats in block_statistics(model, criterion, layers, observed, batches, progress):
+        timings["calibration"] += time.perf_counter() - t
+        decide([n for n in units if home[n] == i], stats)
+        if keep_stats:
+            kept.update(stats)
+        del stats
+        t = time.perf_counter()
+    for i in sorted({home[n] for n in pending}, key=lambda i: -1 if i is None else i):  # data-free, block by block
+        decide([n for n in sorted(pending) if home[n] == i], {})
+    if deferred:
+        selection = _select(criterion, layers, groups, scores, removed, timings, config)
+    return selection, scores, kept
