@@ -94,5 +94,9 @@ class PruningReport:
             f"load with: {'transformers from_pretrained' if self.loader == 'transformers' else 'hfprune.load_pruned'}",
             "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
+        if self.recovery:
+            r = self.recovery
+            lines.append(f"recovery: {r.get('method')}, {r.get('tokens') or 0:,} tokens of {r.get('data') or 'user data'}"
+                         f" ({r.get('steps')} steps)")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from _common import device_line, lee_texts, load_smollm2, perplexity, save_json  # noqa: E402
+from _common import device_line, lee_texts, load_smollm2, perplexity, save_json, set_threads  # noqa: E402
 
 from hfprune.trainer.recovery import pack_texts  # noqa: E402
 
@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--curve-tokens", type=int, default=1024)
     ap.add_argument("--curve-every", type=int, default=8192)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on an oversubscribed CPU)")
     ap.add_argument("--out", default="bench_out/recovery.json")
     ap.add_argument("--plot", default="docs/img/recovery_curve.png")
     ap.add_argument("--plot-only", action="store_true")
@@ -161,6 +162,7 @@ def main() -> None:
         with open(args.out) as f:
             plot(json.load(f), args.plot)
         return
+    set_threads(args.threads)
     torch.manual_seed(0)
     results: dict = {"device": device_line(), "args": vars(args), "methods": {}}
     if os.path.isfile(args.out):  # resume a cut run: keep the stages already measured
