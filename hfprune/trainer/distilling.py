@@ -80,11 +80,13 @@ class RecoveryMixin:
             loss, outputs = super().compute_loss(model, student_inputs, True, num_items_in_batch)
             attn = list(attn)
         terms = d.losses(inputs, outputs, attn)
-        # Trainer does not divide by the accumulation steps when the model normalises by num_items_in_batch
-        # (the task loss is then already a share of the whole accumulated batch): give the teacher terms that share
-        scale = 1.0
-        if num_items_in_batch is not None and getattr(self, "model_accepts_loss_kwargs", False):
-            scale = 1.0 / self.current_gradient_accumulation_steps
+        # Trainer does not divide by the accumulation steps when the task loss is already normalised by
+        # num_items_in_batch (a share of the whole accumulated batch): give the teacher terms the same share
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) \
+                or getattr(self, "compute_loss_func", None) is not None
+        scale = 1.0 / self.current_gradient_accumulation_steps if scaled else 1.0
         extra = sum(terms.values()) * scale
         for k, v in terms.items():
             self._recovery_sums[k] = self._recovery_sums.get(k, 0.0) + float(v.detach())
