@@ -115,6 +115,8 @@ class Pruner:
         self.calibration = calibration
         if calibration is None and self.needs_data(self.criterion, config):
             self.calibration = prepare_calibration(calibration_data, model, config, tokenizer, example_inputs)
+        for w in self.calibration.warnings if self.calibration else []:
+            logger.warning("calibration: %s", w)
         if example_inputs is None and self.calibration is not None and self.calibration.batches:
             example_inputs = self.calibration.batches[0]
         self.groups: list[UnitGroup] | None = None
@@ -161,6 +163,7 @@ class Pruner:
         sparsity = self.config.sparsity if sparsity is None else sparsity
         removed = {n: ~m for n, m in self.masks.items()} if self.sparsity > 0 else {}
         batches = self.calibration.batches if self.calibration else []
+        logger.info("step to sparsity %g: calibrating on %d batch(es), scoring, selecting", sparsity, len(batches))
         selection, _, stats = compute_masks(self.model, self.criterion, self.layers, self.groups, batches,
                                          self.progress, removed, self.timings, self.config_at(sparsity))
         if self.criterion.needs_data and batches:

@@ -90,7 +90,7 @@ class Evaluator:
     def measure(self, model: nn.Module) -> float:
         tok, v = self.loaded.tokenizer, self.loaded.vision
         if v is not None:
-            from ..examples_vision import accuracy
+            from ..examples.vision import accuracy
 
             return accuracy(model, v.test_x, v.test_y)
         if self.metric == "perplexity":

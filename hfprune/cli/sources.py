@@ -89,7 +89,7 @@ def load_model(name: str, task: str | None = None, train_epochs: int = 3, seed: 
     check_model_arg(name, task)
     torch.manual_seed(seed)
     if name in ("example:mnist-mlp", "example:digits-cnn"):
-        from ..examples_vision import load_vision_example
+        from ..examples.vision import load_vision_example
 
         ex = load_vision_example(name.split(":", 1)[1], train_epochs, seed)
         return LoadedModel(ex.model, vision=ex, task="image-classification")
