@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .calibration.checks import check_batches, check_units, check_weights
 from .calibration.collector import collect_statistics
 from .calibration.data import CalibrationSet, prepare_calibration
 from .calibration.sequential import block_of, block_statistics, find_blocks
@@ -41,7 +42,9 @@ from .logging import get_logger
 from .masks import PackedMasks, apply_weight_masks, removed_columns
 from .measure import count_macs, count_params, dummy_input
 from .report import LayerReport, PruningReport
-from .selection import Selection, check_head_ratio, structured_masks, unstructured_masks
+from .protection import Protection, detect_outliers
+from .reconstruction import ReconstructionReport, reconstruct
+from .selection import Selection, check_head_ratio, protect_scores, structured_masks, unstructured_masks
 from .structure import Layer, UnitGroup, adapter_for, find_groups, find_layers, target_layers
 
 logger = get_logger(__name__)
@@ -83,13 +86,7 @@ def check_model(model: nn.Module, config: PruningConfig) -> None:
     config.validate()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module (e.g. from from_pretrained), got {type(model).__name__}.")
-    for name, p in model.named_parameters():
-        if p.is_meta:
-            raise ConfigError(f"Parameter {name} is on the 'meta' device (not loaded, or offloaded by accelerate's "
-                              "device_map to 'cpu'/'disk'); scoring reads every weight. Load the model with its "
-                              "weights on real devices (device_map over GPUs, or on CPU): see docs/scaling.md.")
-        if not torch.isfinite(p).all():
-            raise ConfigError(f"Parameter {name} holds NaN or inf; the model is corrupt and cannot be pruned.")
+    check_weights(model)
 
 
 class Pruner:
@@ -115,6 +112,8 @@ class Pruner:
         self.calibration = calibration
         if calibration is None and self.needs_data(self.criterion, config):
             self.calibration = prepare_calibration(calibration_data, model, config, tokenizer, example_inputs)
+        elif calibration is not None:  # collated elsewhere (PruningTrainer): the same check before any forward
+            check_batches(calibration.batches, model, tokenizer, example_inputs)
         for w in self.calibration.warnings if self.calibration else []:
             logger.warning("calibration: %s", w)
         if example_inputs is None and self.calibration is not None and self.calibration.batches:
@@ -122,6 +121,7 @@ class Pruner:
         self.groups: list[UnitGroup] | None = None
         if config.structured:
             self.groups = find_groups(model, config, example_inputs)
+            check_units(config, self.groups)
             for g in self.groups:
                 if g.kind == "heads":
                     check_head_ratio(g, config)
@@ -135,6 +135,8 @@ class Pruner:
         self.forced_min: set[str] = set()
         self.batches_per_process: list[int] = []
         self.timings: dict[str, float] = {"calibration": 0.0, "scoring": 0.0, "selection": 0.0}
+        self.protection: Protection | None = None  # detected once, on the dense model (config.protect)
+        self.reconstruction: ReconstructionReport | None = None  # of the latest step (config.reconstruction)
         self.baseline = measure_baseline(model, config.seq_len, example_inputs)
         self.timings["setup"] = time.perf_counter() - t
         logger.info("pruning %s with %s (%s, sparsity %g) on %d process(es)", type(model).__name__, config.criterion,
@@ -142,9 +144,10 @@ class Pruner:
 
     @staticmethod
     def needs_data(criterion: Criterion, config: PruningConfig) -> bool:
-        """Whether this run needs calibration batches (the criterion reads activations, or conv channels must be
-        traced)."""
-        return criterion.needs_data or "channels" in config.parts
+        """Whether this run needs calibration batches (the criterion reads activations, conv channels must be
+        traced, or protection / reconstruction read layer inputs)."""
+        return criterion.needs_data or "channels" in config.parts or config.protect != "none" \
+            or config.reconstruction != "none"
 
     # --- masks --------------------------------------------------------------------------------------------------
     def config_at(self, sparsity: float) -> PruningConfig:
@@ -164,19 +167,50 @@ class Pruner:
         removed = {n: ~m for n, m in self.masks.items()} if self.sparsity > 0 else {}
         batches = self.calibration.batches if self.calibration else []
         logger.info("step to sparsity %g: calibrating on %d batch(es), scoring, selecting", sparsity, len(batches))
+        protected = self._protect(batches)
         selection, _, stats = compute_masks(self.model, self.criterion, self.layers, self.groups, batches,
-                                         self.progress, removed, self.timings, self.config_at(sparsity))
+                                         self.progress, removed, self.timings, self.config_at(sparsity),
+                                         protected=protected)
         if self.criterion.needs_data and batches:
             self.batches_per_process = gather_counts(len(my_share(batches)))
         new = broadcast_masks(dict(selection.masks)) if self.world_size > 1 else selection.masks
+        refit = self._reconstruct(new, batches)
         t = time.perf_counter()
         newly = {n: new[n] | removed[n] for n in new} if removed else new  # keep-mask of this step's removal
-        self._compensate(stats, newly)
+        self._compensate({n: v for n, v in stats.items() if n not in refit}, newly)
         self.timings["compensation"] = self.timings.get("compensation", 0.0) + time.perf_counter() - t
         self.masks, self.forced_min, self.sparsity = new, set(selection.forced_min), sparsity
         for n in sorted(self.forced_min):
             logger.warning("%s would have lost every unit; kept %d (min_units)", n, self.config.min_units)
         return selection
+
+    def _protect(self, batches: list) -> dict[str, torch.Tensor] | None:
+        """Outlier units to keep (hfprune extension, `hfprune.protection`), detected once on the dense model."""
+        if self.config.protect == "none":
+            return None
+        if self.protection is None:
+            t = time.perf_counter()
+            self.protection = detect_outliers(self.model, self.layers, self.groups, batches,
+                                              self.config.protect_threshold)
+            self.timings["protection"] = time.perf_counter() - t
+            logger.info("protected %d outlier units", sum(len(v) for v in self.protection.to_report().values()))
+        return self.protection.masks
+
+    def _reconstruct(self, masks: dict[str, torch.Tensor], batches: list) -> set[str]:
+        """Refit the kept weights (hfprune extension, `hfprune.reconstruction`); the names of the refit layers,
+        whose bias (elimination-compensation with ``compensate``) is fitted jointly instead of compensated. Every
+        process refits on all batches (the same result everywhere)."""
+        if self.config.reconstruction == "none":
+            return set()
+        fit_bias = self.config.compensate and \
+            type(self.criterion).bias_compensation is not Criterion.bias_compensation
+        self.reconstruction = reconstruct(self.model, self.layers, masks, batches, groups=self.groups,
+                                          damp=self.config.reconstruction_damp, fit_bias=fit_bias,
+                                          adapter=self.adapter, progress=self.progress)
+        self.timings["reconstruction"] = self.timings.get("reconstruction", 0.0) + self.reconstruction.seconds
+        for name in self.reconstruction.rank_deficient:
+            logger.info("reconstruction: the inputs of %s were rank-deficient; damped", name)
+        return {f.name for f in self.reconstruction.layers}
 
     def _compensate(self, stats: dict, masks: dict[str, torch.Tensor]) -> None:
         """Elimination-compensation: add each layer's optimal bias change for the weights being removed."""
@@ -248,6 +282,8 @@ class Pruner:
             macs_before=base.macs, macs_after=macs_after, macs_input_shape=base.shape, loader=loader.value,
             layers=self.layer_reports(), timings={**self.timings, **(timings or {})}, calibration=calibration,
             warnings=warnings, evaluation={k: dict(v) for k, v in (evaluation or {}).items()}, command=command,
+            protected=self.protection.to_report() if self.protection else {},
+            reconstruction=self.reconstruction.to_dict() if self.reconstruction else {},
         )
 
     def pruning_info(self, loader: Loader, compacted: bool = True,
@@ -267,11 +303,12 @@ def _to_process_device(model: nn.Module, device: torch.device) -> None:
 # --- calibrate, score, select ----------------------------------------------------------------------------------
 def compute_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGroup] | None,
                   batches: list, progress: bool = True, removed: dict[str, torch.Tensor] | None = None,
-                  timings: dict[str, float] | None = None,
-                  config: PruningConfig | None = None) -> tuple[Selection, dict, dict]:
+                  timings: dict[str, float] | None = None, config: PruningConfig | None = None,
+                  protected: dict[str, torch.Tensor] | None = None) -> tuple[Selection, dict, dict]:
     """Calibrate, score and select on the current weights: (selection, scores, statistics).
 
-    ``removed`` (True = already removed, per layer or group) stays removed. ``config`` (default: the criterion's)
+    ``removed`` (True = already removed, per layer or group) stays removed; ``protected`` (True = keep: per group
+    ``[units]``, per layer ``[in]`` columns) is kept unless already removed (`hfprune.protection`). ``config`` (default: the criterion's)
     sets the sparsity of the selection. ``timings`` accumulates the seconds of each phase.
     """
     timings = {} if timings is None else timings
@@ -282,22 +319,26 @@ def compute_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Laye
     removed = removed or {}
     if criterion.config.calibration_mode == "sequential":
         return _sequential_masks(model, criterion, layers, groups, observed, batches, progress, removed, timings,
-                                 config)
+                                 config, protected or {})
     t = time.perf_counter()
     stats = collect_statistics(model, criterion, layers, observed, batches, progress)
     timings["calibration"] += time.perf_counter() - t
-    scores = _scores(criterion, layers, groups, stats, removed, timings)
+    scores = _scores(criterion, layers, groups, stats, removed, timings, protected or {})
     return _select(criterion, layers, groups, scores, removed, timings, config), scores, stats
 
 
 def _scores(criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGroup] | None, stats: dict,
-            removed: dict[str, torch.Tensor], timings: dict[str, float]) -> dict[str, torch.Tensor]:
-    """Scores per layer (``[out, in]``) or per group (``[units]``); already-removed entries get -inf."""
+            removed: dict[str, torch.Tensor], timings: dict[str, float],
+            protected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scores per layer (``[out, in]``) or per group (``[units]``); protected entries get +inf, already-removed
+    ones -inf (removed wins)."""
     t = time.perf_counter()
     if groups is None:
         scores = {n: criterion.weight_scores(l, stats.get(n, {})) for n, l in layers.items()}
     else:
         scores = {g.name: criterion.unit_scores(g, stats, layers) for g in groups}
+    if protected:
+        scores = protect_scores(scores, protected)
     for n in scores.keys() & removed.keys():
         scores[n] = scores[n].masked_fill(removed[n].to(scores[n].device), -math.inf)
     timings["scoring"] += time.perf_counter() - t
@@ -321,7 +362,7 @@ def _select(criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGro
 def _sequential_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Layer],
                       groups: list[UnitGroup] | None, observed: list[str], batches: list, progress: bool,
                       removed: dict[str, torch.Tensor], timings: dict[str, float],
-                      config: PruningConfig) -> tuple[Selection, dict, dict]:
+                      config: PruningConfig, protected: dict[str, torch.Tensor]) -> tuple[Selection, dict, dict]:
     """Block by block: statistics of one block (`block_statistics`), its scores and masks, then the next block.
 
     Kept across blocks: masks; per-unit scores (structured: small; global scope selects once all are in);
@@ -350,7 +391,7 @@ def _sequential_masks(model: nn.Module, criterion: Criterion, layers: dict[str, 
     def decide(names: list[str], stats: dict) -> None:
         part = [units[n] for n in names] if groups is not None else None
         sub = {n: layers[n] for n in names} if groups is None else layers
-        s = _scores(criterion, sub, part, stats, removed, timings)
+        s = _scores(criterion, sub, part, stats, removed, timings, protected)
         if groups is not None:
             scores.update(s)
         if not deferred:

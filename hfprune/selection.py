@@ -128,3 +128,17 @@ def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], c
         if config.scope == "local" and config.sparsity_for(g.kind) * g.num_units > g.num_units - config.min_units:
             forced.add(g.name)
     return Selection(masks, forced)
+
+
+def protect_scores(scores: dict[str, torch.Tensor], protected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scores with protected units set to +inf, so that every selection rule keeps them (hfprune extension,
+    `hfprune.protection`): ``protected[name]`` is ``[units]`` for a group's scores, ``[in]`` (input columns) for a
+    layer's ``[out, in]`` scores. Names without protection keep their scores object unchanged."""
+    out = dict(scores)
+    for n, p in protected.items():
+        if n not in out or not p.any():
+            continue
+        s = out[n]
+        p = p.to(s.device)
+        out[n] = s.masked_fill(p if s.dim() == 1 else p.unsqueeze(0).expand_as(s), math.inf)
+    return out

@@ -1,0 +1,31 @@
+"""One benchmark row: `hfprune.prune` with the config's reconstruction / protection, or the engine's steps with a
+reconstruction variant the config does not expose (the exact solver, dense-model inputs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from hfprune import prune
+from hfprune.config import PruningConfig
+from hfprune.engine import Pruner
+from hfprune.reconstruction import reconstruct
+
+
+def run(model: Any, tok: Any, cfg: PruningConfig, texts: list[str], *, reconstruction: bool = False,
+        damp: float = 0.01, method: str = "obs", sequential: bool = True, protect: float | None = None) -> dict:
+    """Prune ``model`` in place; returns timings (s), the reconstruction report (dict) and the protected units."""
+    cfg = dataclasses.replace(cfg, reconstruction="weights" if reconstruction else "none", reconstruction_damp=damp,
+                              protect="outliers" if protect else "none", protect_threshold=protect or 20.0)
+    if method == "obs" and sequential:
+        report = prune(model, cfg, texts, tok, progress=False).report
+        return {"timings": report.timings, "reconstruction": report.reconstruction, "protected": report.protected}
+    t = time.perf_counter()
+    pruner = Pruner(model, dataclasses.replace(cfg, reconstruction="none"), texts, tok, progress=False)
+    pruner.step()
+    rep = reconstruct(model, pruner.layers, pruner.masks, pruner.calibration.batches, groups=pruner.groups,
+                      damp=damp, method=method, sequential=sequential, adapter=pruner.adapter)
+    pruner.compact()
+    timings = {**pruner.timings, "reconstruction": rep.seconds, "total": time.perf_counter() - t}
+    return {"timings": timings, "reconstruction": rep.to_dict(), "protected": {}}

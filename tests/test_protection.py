@@ -1,0 +1,114 @@
+"""Outlier protection (hfprune extension): planted massive activations are detected, protected units are kept
+whatever their score while the removed count stays the configured one, and with nothing protected the masks are
+exactly the criterion's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import calibration, tiny_model
+from hfprune import PruningConfig
+from hfprune.calibration.data import prepare_calibration
+from hfprune.criteria import get_criterion
+from hfprune.errors import ConfigError
+from hfprune.engine import _select, compute_masks
+from hfprune.protection import Protection, detect_outliers
+from hfprune.selection import protect_scores
+from hfprune.structure import find_groups, find_layers, target_layers
+
+NEURON = 5
+
+
+def _planted():
+    """Tiny Llama whose FFN neuron 5 of block 0 fires ~300x harder, with a down_proj column 300x smaller (the same
+    function): a massive activation."""
+    model = tiny_model("llama")
+    mlp = model.model.layers[0].mlp
+    with torch.no_grad():
+        mlp.up_proj.weight[NEURON] *= 300
+        mlp.down_proj.weight[:, NEURON] /= 300
+        mlp.gate_proj.weight[NEURON] = mlp.gate_proj.weight[NEURON].abs() + 0.05  # on for most tokens
+    return model
+
+
+def _setup(granularity: str, criterion: str = "magnitude"):
+    torch.manual_seed(0)
+    model = _planted()
+    cfg = PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.5, num_samples=8, batch_size=4)
+    calib = prepare_calibration(calibration("llama", 8), model, cfg)
+    structured = cfg.structured
+    layers = find_layers(model) if structured else target_layers(model, cfg)
+    groups = find_groups(model, cfg, calib.batches[0]) if structured else None
+    crit = get_criterion(cfg)
+    sel, scores, _ = compute_masks(model, crit, layers, groups, calib.batches, progress=False)
+    return model, cfg, calib, layers, groups, crit, sel, scores
+
+
+def test_planted_neuron_detected_and_kept():
+    model, cfg, calib, layers, groups, crit, sel, scores = _setup("neurons")
+    g0 = "model.layers.0.mlp"
+    name = next(g.name for g in groups if g.name.startswith(g0))
+    prot = detect_outliers(model, layers, groups, calib.batches, threshold=20)
+    assert prot.masks[name].nonzero().flatten().tolist() == [NEURON]
+    assert prot.to_report() == {name: [NEURON]}
+    scores = {**scores, name: scores[name].clone()}
+    scores[name][NEURON] = scores[name].min() - 1  # the criterion's lowest: removed without protection
+    sel = _select(crit, layers, groups, scores, {}, {"selection": 0.0}, cfg)
+    assert not sel.masks[name][NEURON]
+    protected = _select(crit, layers, groups, protect_scores(scores, prot.masks), {}, {"selection": 0.0}, cfg)
+    assert protected.masks[name][NEURON]
+    for g in groups:  # same number removed everywhere; only the protected unit swapped in
+        assert protected.masks[g.name].sum() == sel.masks[g.name].sum()
+        changed = (protected.masks[g.name] != sel.masks[g.name]).sum()
+        assert changed == (2 if g.name == name else 0)
+
+
+@pytest.mark.parametrize("granularity", ["weights", "2:4"])
+def test_unstructured_protects_input_columns(granularity):
+    model, cfg, calib, layers, groups, crit, sel, scores = _setup(granularity, "wanda")
+    prot = detect_outliers(model, layers, None, calib.batches, threshold=20)
+    down = "model.layers.0.mlp.down_proj"
+    assert prot.masks[down].nonzero().flatten().tolist() == [NEURON]
+    protected = _select(crit, layers, None, protect_scores(scores, prot.masks), {}, {"selection": 0.0}, cfg)
+    assert protected.masks[down][:, NEURON].all()
+    for n, m in protected.masks.items():
+        assert m.sum() == sel.masks[n].sum()  # per-row (Wanda) and N:M counts unchanged
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "expressiveness", "elimination_compensation"])
+def test_nothing_protected_gives_the_criterion_masks(criterion):
+    model, cfg, calib, layers, groups, crit, sel, scores = _setup("neurons", criterion)
+    none = Protection({g.name: torch.zeros(g.num_units, dtype=torch.bool) for g in groups})
+    again = _select(crit, layers, groups, protect_scores(scores, none.masks), {}, {"selection": 0.0}, cfg)
+    assert all(torch.equal(again.masks[n], m) for n, m in sel.masks.items())
+    assert none.to_report() == {}
+
+
+def test_config_fields():
+    assert PruningConfig().protect == "none" and PruningConfig().reconstruction == "none"
+    with pytest.raises(ConfigError, match="protect"):
+        PruningConfig(protect="massive")
+    with pytest.raises(ConfigError, match="protect_threshold"):
+        PruningConfig(protect_threshold=0.5)
+    with pytest.raises(ConfigError, match="reconstruction_damp"):
+        PruningConfig(reconstruction_damp=-0.1)
+    with pytest.raises(ConfigError, match="reconstruction"):
+        PruningConfig(reconstruction="gptq")
+
+
+def test_through_prune_reported_and_off_is_faithful():
+    from hfprune import prune
+
+    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4)
+    faithful = prune(tiny_model("llama"), cfg, calibration("llama"), progress=False)
+    off = prune(tiny_model("llama"), PruningConfig(**{**cfg.to_dict(), "protect": "none"}), calibration("llama"),
+                progress=False)
+    assert all(torch.equal(off.masks[n], m) for n, m in faithful.masks.items()) and off.report.protected == {}
+    on = prune(_planted(), PruningConfig(**{**cfg.to_dict(), "protect": "outliers"}), calibration("llama"),
+               progress=False)
+    name = "model.layers.0.mlp"
+    group = next(n for n in on.masks if n.startswith(name))
+    assert on.report.protected == {group: [NEURON]} and on.masks[group][NEURON]
+    assert "protection" in on.report.timings
+    assert all(m.sum() == faithful.masks[n].sum() for n, m in on.masks.items())
