@@ -52,6 +52,7 @@ class PruningReport:
     command: str | None = None  # the command or recipe that reproduces the result
     protected: dict[str, list[int]] = field(default_factory=dict)  # outlier units kept by `protect` (per group/layer)
     reconstruction: dict[str, Any] = field(default_factory=dict)  # `ReconstructionReport.to_dict()` when refit
+    recovery: dict[str, Any] = field(default_factory=dict)  # training after pruning (RecoveryTrainer): method, tokens
 
     @property
     def param_ratio(self) -> float:
@@ -107,5 +108,9 @@ class PruningReport:
             f"load with: {'transformers from_pretrained' if self.loader == 'transformers' else 'hfprune.load_pruned'}",
             "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
+        if self.recovery:
+            r = self.recovery
+            lines.append(f"recovery: {r.get('method')}, {r.get('tokens') or 0:,} tokens of {r.get('data') or 'user data'}"
+                         f" ({r.get('steps')} steps)")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

@@ -50,6 +50,22 @@ class TrainingSection:
 
 
 @dataclass
+class RecoverySection:
+    """Training after one-shot pruning (RecoveryTrainer): own keys here, `RecoveryConfig` keys in ``settings``,
+    `TrainingArguments` keys in ``args`` (both flat in the YAML)."""
+
+    data: str = field(metadata={"help": "Training text for recovery: example:lee_background or a .txt/.csv/.json/"
+                                        ".jsonl file (packed into seq_len-token rows)."})
+    text_column: str = field(default="text", metadata={"help": "Text column of CSV/JSON data."})
+    seq_len: int = field(default=256, metadata={"help": "Tokens per training row."})
+    eval_data: str | None = field(default=None, metadata={"help": "Held-out text for perplexity during training "
+                                                                  "(TrainingArguments eval_strategy); none when empty."})
+    eval_tokens: int = field(default=2048, metadata={"help": "Most held-out tokens evaluated during training."})
+    settings: Any = field(default=None, metadata={"help": "RecoveryConfig fields."})
+    args: dict[str, Any] = field(default_factory=dict, metadata={"help": "transformers TrainingArguments fields."})
+
+
+@dataclass
 class EvaluationSection:
     data: str | None = field(default=None, metadata={"help": "Evaluation data; the model's packaged default "
                                                              "(example:lee_test, example:polarity) when empty."})
@@ -74,6 +90,7 @@ class Recipe:
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
     training: TrainingSection | None = None
     evaluation: EvaluationSection | None = None
+    recovery: RecoverySection | None = None
     output: OutputSection = field(default_factory=OutputSection)
 
 
@@ -91,7 +108,8 @@ _RULES: dict[str, dict[str, Rule]] = {
 }
 
 _SECTIONS = {"model": ModelSection, "pruning": PruningConfig, "calibration": CalibrationSection,
-             "training": TrainingSection, "evaluation": EvaluationSection, "output": OutputSection}
+             "training": TrainingSection, "evaluation": EvaluationSection, "output": OutputSection,
+             "recovery": RecoverySection}
 
 
 def _unknown(where: str, key: Any, known: list[str]) -> ConfigError:
@@ -110,7 +128,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def _section(cls: type, data: dict[str, Any], where: str) -> Any:
-    known = [f.name for f in dataclasses.fields(cls) if f.name != "args"]
+    known = [f.name for f in dataclasses.fields(cls) if f.name not in ("args", "settings")]
     for key in data:
         if not isinstance(key, str) or key not in known:
             raise _unknown(f"{where}.", key, known)
@@ -140,6 +158,25 @@ def _training(data: dict[str, Any]) -> TrainingSection:
     return section
 
 
+def _recovery(data: dict[str, Any]) -> RecoverySection:
+    """Own keys go to `RecoverySection`, `RecoveryConfig` keys to its settings, the rest must be
+    `TrainingArguments` fields; all checked now."""
+    from transformers import TrainingArguments
+
+    from ..trainer.recovery import RecoveryConfig
+
+    own = {f.name for f in dataclasses.fields(RecoverySection)} - {"args", "settings"}
+    rec = {f.name for f in dataclasses.fields(RecoveryConfig)}
+    targs = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
+    for key in data:
+        if key not in own and key not in rec and key not in targs:
+            raise _unknown("recovery.", key, sorted(own | rec) + targs)
+    section = _section(RecoverySection, {k: v for k, v in data.items() if k in own}, "recovery")
+    section.settings = RecoveryConfig(**{k: v for k, v in data.items() if k in rec})
+    section.args = {k: v for k, v in data.items() if k not in own and k not in rec}
+    return section
+
+
 def parse_recipe(data: Any) -> Recipe:
     """Validate a loaded recipe mapping (every section, key and value) and return it as a `Recipe`."""
     data = _mapping(data, "recipe")
@@ -157,13 +194,20 @@ def parse_recipe(data: Any) -> Recipe:
         evaluation=_section(EvaluationSection, sections["evaluation"], "evaluation")
         if "evaluation" in data else None,
         output=_section(OutputSection, sections["output"], "output"),
+        recovery=_recovery(sections["recovery"]) if data.get("recovery") is not None else None,
     )
+    if recipe.recovery and recipe.training:
+        raise ConfigError("A recipe has either 'training' (prune while fine-tuning a classifier) or 'recovery' "
+                          "(prune one-shot, then train the language model back), not both.")
     check_model_arg(recipe.model.name, recipe.model.task)
     check_data_arg(recipe.calibration.data)
     if recipe.evaluation:
         check_data_arg(recipe.evaluation.data)
     if recipe.training:
         check_data_arg(recipe.training.dataset)
+    if recipe.recovery:
+        check_data_arg(recipe.recovery.data)
+        check_data_arg(recipe.recovery.eval_data)
     return recipe
 
 

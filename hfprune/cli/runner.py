@@ -60,8 +60,12 @@ def _check_before_work(recipe: Recipe) -> None:
         from ..publishing.push import check_repo_id
 
         check_repo_id(out.push_to_hub)
-    if recipe.training:
+    if recipe.training or recipe.recovery:
         import_trainer()
+    if recipe.recovery and recipe.recovery.settings.lora_r is not None:
+        from ..trainer.lora import _peft
+
+        _peft()
     needs_data = Pruner.needs_data(resolve_criterion(cfg), cfg)
     if needs_data and recipe.calibration.data is None and cfg.source != "random":
         raise UsageError(f"Criterion {cfg.criterion!r} needs calibration data: pass --calibration-data FILE (or "
@@ -153,6 +157,34 @@ def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) ->
     return trainer
 
 
+def _recover(recipe: Recipe, loaded: LoadedModel, result: PruningResult, teacher: nn.Module | None,
+             console: Console) -> Any:
+    """Train the one-shot pruned model back with `RecoveryTrainer` (the recipe's 'recovery' section); returns the
+    trainer (its model is the recovered, merged one)."""
+    from transformers import TrainingArguments
+
+    from ..trainer import RecoveryTrainer
+    from ..trainer.recovery import pack_texts
+
+    section = recipe.recovery
+    tok = loaded.tokenizer
+    rows = pack_texts(tok, load_rows(section.data, section.text_column)[0], section.seq_len)
+    evals = None
+    if section.eval_data:
+        evals = pack_texts(tok, load_rows(section.eval_data, section.text_column)[0], section.seq_len,
+                           section.eval_tokens)
+    args = {"output_dir": tempfile.mkdtemp(prefix="hfprune-recover-"), "report_to": "none", "save_strategy": "no",
+            "disable_tqdm": not console.progress, "seed": recipe.pruning.seed, **section.args}
+    trainer = RecoveryTrainer(model=result.model, args=TrainingArguments(**args), recovery=section.settings,
+                              teacher=teacher, pruned=result, data_name=section.data, train_dataset=rows,
+                              eval_dataset=evals, processing_class=tok)
+    console.info(f"recovering with {section.settings.method} ({trainer.args.max_steps} steps)")
+    trainer.train()
+    if "output_dir" not in section.args:
+        shutil.rmtree(args["output_dir"], ignore_errors=True)
+    return trainer
+
+
 def _save_trained(trainer: Any, path: str, overwrite: bool) -> None:
     with atomic_output_dir(path, overwrite) as tmp:
         trainer.save_model(tmp)  # weights, config, pruning_config.json, the trainer's report and card
@@ -185,15 +217,28 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
         trainer = _train(recipe, loaded, split, console)
         result, model = None, trainer.model
     else:
+        teacher = _teacher_for(recipe, loaded)
         result = _prune(recipe, loaded, console)
         model = result.model
     if evaluator is not None:
         after = evaluator.measure(model)
         console.info(f"{evaluator.metric} after pruning: {after:.4f}")
-    target = trainer if trainer is not None else result  # both record evaluation and command the same way
-    if evaluator is not None:
-        target.record_evaluation(evaluator.metric, before=before, after=after)
-    target.record_command(command)
+    if recipe.recovery:  # the pruned result's report records dense -> pruned; the trainer's, -> recovered
+        if evaluator is not None:
+            result.record_evaluation(evaluator.metric, before=before, after=after)
+        result.record_command(command)
+        trainer = _recover(recipe, loaded, result, teacher, console)
+        model = trainer.model
+        if evaluator is not None:
+            pruned, after = after, evaluator.measure(model)
+            console.info(f"{evaluator.metric} after recovery: {after:.4f}")
+            trainer.record_evaluation(evaluator.metric, before=pruned, after=after)
+        trainer.record_command(command)
+    else:
+        target = trainer if trainer is not None else result  # both record evaluation and command the same way
+        if evaluator is not None:
+            target.record_evaluation(evaluator.metric, before=before, after=after)
+        target.record_command(command)
     report = trainer.pruning_report if trainer is not None else result.report
     with main_process_writes() as main:  # one process writes and pushes; the others wait for the folder
         if main and out.dir:
@@ -208,6 +253,20 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
         if main and out.push_to_hub:
             console.info(f"pushed: {import_publishing()(out.dir, out.push_to_hub, private=out.private)}")
     return report
+
+
+def _teacher_for(recipe: Recipe, loaded: LoadedModel) -> nn.Module | None:
+    """A copy of the unpruned model when the recovery distils (taken before pruning changes the model)."""
+    if not recipe.recovery:
+        return None
+    if loaded.task != "causal-lm" or loaded.tokenizer is None:
+        raise UsageError(f"Recovery trains causal language models with a tokenizer; {recipe.model.name} is "
+                         f"{loaded.task}. Remove the 'recovery' section.")
+    if not recipe.recovery.settings.distills:
+        return None
+    import copy
+
+    return copy.deepcopy(loaded.model)
 
 
 def _held_out(split: Any, loaded: LoadedModel) -> tuple[list[str], list] | None:

@@ -109,9 +109,14 @@ def relative_importance(layers: dict[str, Layer], inputs: dict[str, torch.Tensor
     return torch.stack([t.to(terms[0].device) for t in terms]).sum()
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) on temperature-softened logits, scaled by T² (Hinton et al.), averaged per position."""
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened logits, scaled by T² (Hinton et al.), averaged over the
+    positions ``mask`` keeps (every position when None; padding should be left out)."""
     k = student_logits.shape[-1]
     s = F.log_softmax(student_logits.reshape(-1, k).float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.reshape(-1, k).float() / temperature, dim=-1)
+    if mask is not None:
+        keep = mask.to(s.device).bool().reshape(-1)
+        s, t = s[keep], t[keep]
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2

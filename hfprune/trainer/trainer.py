@@ -29,8 +29,10 @@ from ..errors import CalibrationError, ConfigError
 from ..publishing.card import CARD_NAME, PLACEHOLDER_ID
 from ..report import PruningReport
 from .callback import PruningCallback
-from .losses import LayerInputs, distillation_loss, group_lasso, relative_importance, ri_layers
+from .distilling import RecoveryMixin
+from .losses import LayerInputs, group_lasso, relative_importance, ri_layers
 from .masks import TrainingMasks
+from .recovery import RecoveryConfig
 from .schedule import check_schedule, sparsity_at
 
 
@@ -38,12 +40,16 @@ from .schedule import check_schedule, sparsity_at
 _NOT_QUALITY = ("_runtime", "_samples_per_second", "_steps_per_second", "epoch")
 
 
-class PruningTrainer(Trainer):
+class PruningTrainer(RecoveryMixin, Trainer):
     """`Trainer` plus ``pruning_config`` (what, how and when to prune) and an optional ``calibration_dataset``
-    (default: the first ``num_samples`` rows of ``train_dataset``). Bad settings raise before training starts."""
+    (default: the first ``num_samples`` rows of ``train_dataset``). ``recovery`` adds the teacher terms
+    (intermediate states too) and a token budget; ``teacher`` defaults to a frozen copy of the model before any
+    pruning. Bad settings raise before training starts."""
 
     def __init__(self, model: nn.Module | None = None, args: Any = None, *, pruning_config: PruningConfig,
-                 calibration_dataset: Any = None, callbacks: list | None = None, **kwargs: Any) -> None:
+                 calibration_dataset: Any = None, callbacks: list | None = None,
+                 recovery: RecoveryConfig | None = None, teacher: nn.Module | None = None,
+                 teacher_tokenizer: Any = None, **kwargs: Any) -> None:
         if not isinstance(pruning_config, PruningConfig):
             raise ConfigError(f"pruning_config must be a PruningConfig, got {type(pruning_config).__name__}.")
         if model is None:
@@ -52,17 +58,18 @@ class PruningTrainer(Trainer):
             raise ConfigError(f"granularity={pruning_config.granularity!r} (N:M) is a fixed pattern; use "
                               "schedule='one_shot'.")
         self._callback = PruningCallback(None)  # masks need the collator and columns that Trainer sets up
+        recovery = _recovery_of(pruning_config, recovery)
         super().__init__(model=model, args=args, callbacks=[self._callback] + list(callbacks or []), **kwargs)
         self.pruning_config = pruning_config
+        if recovery.distills and teacher is None:  # a copy before any pruning and before the RI hooks
+            teacher = copy.deepcopy(self.model)
+        self._setup_recovery(recovery, teacher, teacher_tokenizer)  # sets max_steps from a token budget
         check_schedule(pruning_config, self.args.max_steps)
         criterion = resolve_criterion(pruning_config)
         calib = self._calibration(calibration_dataset, criterion)
         self.pruning_masks = TrainingMasks(Pruner(self.model, pruning_config, calibration=calib, criterion=criterion,
                                                   progress=False))
         self._callback.masks = self.pruning_masks
-        self.teacher: nn.Module | None = None
-        if pruning_config.distillation:  # before the RI hooks, so the teacher has none
-            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         self._layer_inputs: LayerInputs | None = None
         if pruning_config.regularizer == "relative_importance":
             self._layer_inputs = LayerInputs(ri_layers(self.pruning_masks))
@@ -114,6 +121,7 @@ class PruningTrainer(Trainer):
             folder = get_last_checkpoint(self.args.output_dir)
         if isinstance(folder, str):
             self.pruning_masks.load(self.model, folder)
+            self._load_projections(folder)
         t = time.perf_counter()
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         self._timings["training"] = self._timings.get("training", 0.0) + time.perf_counter() - t
@@ -137,18 +145,13 @@ class PruningTrainer(Trainer):
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         """The task loss, plus the weighted regulariser and the distillation term while training."""
-        extras = model.training and (self.pruning_config.regularizer is not None or self.teacher is not None)
+        extras = model.training and (self.pruning_config.regularizer is not None or self.distiller is not None)
         if not extras:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         capture = self._layer_inputs.capture() if self._layer_inputs is not None else contextlib.nullcontext({})
         with capture as seen:
-            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            loss, outputs = self._task_and_teacher_loss(model, inputs, num_items_in_batch)
         config = self.pruning_config
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(**inputs).logits
-            kd = distillation_loss(outputs.logits, teacher_logits, config.distillation_temperature)
-            loss = (1 - config.distillation_weight) * loss + config.distillation_weight * kd
         reg = self._regularizer(seen)
         if reg is not None:
             self._reg_sum += float(reg.detach())
@@ -230,6 +233,20 @@ class PruningTrainer(Trainer):
                 text = f.read()
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text.replace(f'"{PLACEHOLDER_ID}"', f'"{repo_id}"'))
+
+
+def _recovery_of(config: PruningConfig, recovery: RecoveryConfig | None) -> RecoveryConfig:
+    """``recovery``, or the logit distillation of the older ``PruningConfig.distillation*`` fields (not both)."""
+    if recovery is None:
+        return RecoveryConfig.from_pruning_config(config)
+    if config.distillation:
+        raise ConfigError("Distillation is set twice: PruningConfig.distillation=True and recovery=RecoveryConfig(...)."
+                          " Set distillation_weight/temperature in the RecoveryConfig and leave "
+                          "PruningConfig.distillation False.")
+    if isinstance(recovery, RecoveryConfig) and recovery.lora_r is not None:
+        raise ConfigError("PruningTrainer does not train LoRA adapters (they would bring removed units back when "
+                          "merged): prune first, then use RecoveryTrainer on the compacted model.")
+    return recovery
 
 
 def _is_rows(data: Any) -> bool:
