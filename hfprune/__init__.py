@@ -1,7 +1,8 @@
 """hfprune: prune Hugging Face models with research criteria, fine-tune with Trainer, publish with model cards."""
 
 from .config import PruningConfig
-from .criteria import available_criteria
+from .criteria import Criterion, available_criteria, register_criterion
+from .structure import Adapter, AttentionSpec, FFNSpec, register_adapter
 from .loading import load_pruned
 from .prune import PruningResult, prune
 from .publishing import push_to_hub, render_model_card, write_model_card
@@ -11,7 +12,9 @@ from .errors import (
     CalibrationError,
     CheckpointError,
     ConfigError,
+    EvaluationError,
     OutputExistsError,
+    OutputPathError,
     PruningError,
     PublishError,
     StructureError,
@@ -22,6 +25,12 @@ __version__ = "0.1.0"
 __all__ = [
     "PruningConfig",
     "available_criteria",
+    "Criterion",
+    "register_criterion",
+    "Adapter",
+    "AttentionSpec",
+    "FFNSpec",
+    "register_adapter",
     "prune",
     "PruningResult",
     "PruningReport",
@@ -34,7 +43,9 @@ __all__ = [
     "ConfigError",
     "CalibrationError",
     "StructureError",
+    "EvaluationError",
     "OutputExistsError",
+    "OutputPathError",
     "CheckpointError",
     "PublishError",
 ]

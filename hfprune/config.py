@@ -13,14 +13,17 @@ import json
 import math
 import os
 import re
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, reason, shorten, shown
 
 CONFIG_NAME = "pruning_config.json"
+LOADERS = ("transformers", "hfprune", "state_dict")  # how `load_pruned` rebuilds a saved model
 
 STRUCTURED_GRANULARITIES = ("neurons", "heads", "channels")
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -147,83 +150,18 @@ class PruningConfig:
         return self.sparsity
 
     def validate(self) -> None:
-        """Check every field; raise `ConfigError` naming the field, the value and what is allowed."""
-        def bad(name: str, allowed: str, hint: str = "") -> ConfigError:
-            return ConfigError(f"PruningConfig.{name}={getattr(self, name)!r} is not allowed: {allowed}.{hint}")
-
-        # The criterion names (and each criterion's own rules) are checked by `hfprune.criteria.resolve_criterion`
-        # at the entry points: the registry is open to user criteria, so this module stays a leaf.
-        for name in ("criterion", "hybrid_importance"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise bad(name, "the name of a registered criterion (see hfprune.available_criteria())")
-        parts = self.parts
-        if not parts:
-            raise bad("granularity", "weights, N:M (e.g. 2:4), neurons, heads, channels or a '+' combination")
-        nm = self.nm
-        if nm is not None:
-            n, m = nm
-            if not (0 < n < m):
-                raise bad("granularity", "an N:M pattern needs 0 < N < M (N of every M weights removed), e.g. 2:4")
-        elif parts != ["weights"]:
-            for p in parts:
-                if p not in STRUCTURED_GRANULARITIES:
-                    raise bad("granularity", "weights, N:M (e.g. 2:4), neurons, heads, channels, or a '+' "
-                              "combination of neurons, heads and channels")
-            if len(set(parts)) != len(parts):
-                raise bad("granularity", "each unit kind at most once")
-        for name in ("sparsity", "head_sparsity"):
-            v = getattr(self, name)
-            if v is None:
-                continue
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0 <= v < 1:
-                raise bad(name, "a number in [0, 1) (the fraction removed)")
-        if self.scope not in ("local", "global"):
-            raise bad("scope", "'local' or 'global'")
-        for name in ("targets", "ignore"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, str) or not all(isinstance(s, str) for s in v)):
-                raise bad(name, "a list of glob patterns of module names, e.g. ['*.mlp.*']")
-        for name, low in (("round_to", 1), ("min_units", 1), ("num_samples", 1), ("seq_len", 1),
-                          ("batch_size", 1), ("ec_projections", 1), ("pruning_steps", 1), ("start_step", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise bad(name, f"an integer >= {low}")
-        if self.end_step is not None and (not isinstance(self.end_step, int) or self.end_step < self.start_step):
-            raise bad("end_step", f"an integer >= start_step ({self.start_step}), or None")
-        choices = {
-            "gqa_mode": ("kv_groups", "query_heads"),
-            "source": ("data", "random"),
-            "hybrid_form": ("rank", "product"),
-            "head_pattern": ("output",),
-            "ec_output": ("network", "loss", "layer"),
-            "calibration_mode": ("full", "sequential"),
-            "ri_threshold": ("sparsity", "tau"),
-            "reconstruction": ("none", "weights"),
-            "protect": ("none", "outliers"),
-            "schedule": SCHEDULES,
-            "norm": (1, 2),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise bad(name, "one of " + ", ".join(map(repr, allowed)))
-        if self.regularizer not in (None, "relative_importance", "group_lasso"):
-            raise bad("regularizer", "None, 'relative_importance' or 'group_lasso'")
-        for name in ("alpha", "distillation_weight"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise bad(name, "a number in [0, 1]")
-        for name in ("ri_tau", "distillation_temperature"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not v > 0:
-                raise bad(name, "a positive number")
-        if not isinstance(self.regularizer_weight, (int, float)) or self.regularizer_weight < 0:
-            raise bad("regularizer_weight", "a number >= 0")
-        v = self.reconstruction_damp
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise bad("reconstruction_damp", "a number >= 0 (a fraction of the mean diagonal, e.g. 0.01)")
-        v = self.protect_threshold
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 1:
-            raise bad("protect_threshold", "a number > 1 (peak / median activation ratio, e.g. 20)")
+        """Check every field (type, range, finiteness, choices) and the fields against each other; raise
+        `ConfigError` naming the field, the value and what is allowed. Run at construction and again by every entry
+        point that consumes a config, so a field changed after construction is caught before any work."""
+        check_fields(self, FIELD_RULES, "PruningConfig")
+        if self.end_step is not None and self.end_step < self.start_step:
+            raise ConfigError(f"PruningConfig.end_step={self.end_step!r} is not allowed: an integer >= start_step "
+                              f"({self.start_step}), or None.")
+        _check_granularity(self)
+        for name, applies, when in _ONLY_WITH:
+            if getattr(self, name) != _DEFAULTS[name] and not applies(self):
+                raise ConfigError(f"PruningConfig.{name}={shown(getattr(self, name))} has no effect: it is used "
+                                  f"only {when}. Remove it, or change the config so that it applies.")
 
     # --- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -233,13 +171,14 @@ class PruningConfig:
     def from_dict(cls, data: dict[str, Any]) -> "PruningConfig":
         """Build from a mapping; unknown keys are errors that name the key and the closest valid one."""
         if not isinstance(data, dict):
-            raise ConfigError(f"A pruning config must be a mapping of field names to values, got {type(data).__name__}.")
+            raise ConfigError("A pruning config must be a mapping of field names to values, got "
+                              f"{type(data).__name__}.")
         known = [f.name for f in dataclasses.fields(cls)]
         for key in data:
-            if key not in known:
+            if not isinstance(key, str) or key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(known)}."
-                raise ConfigError(f"Unknown pruning config key {key!r}.{hint}")
+                raise ConfigError(f"Unknown pruning config key {shown(key)}.{hint}")
         return cls(**data)
 
     def to_json_string(self) -> str:
@@ -250,13 +189,29 @@ class PruningConfig:
 
     @classmethod
     def from_yaml(cls, text_or_path: str | os.PathLike) -> "PruningConfig":
-        """Read YAML text or a YAML file (with `yaml.safe_load`)."""
-        text = str(text_or_path)
+        """Read YAML text or a YAML file (with `yaml.safe_load`); every failure is a `ConfigError` that says which."""
+        text = os.fspath(text_or_path)
+        where = "the YAML text"
+        looks_like_path = "\n" not in text and text.strip().lower().endswith((".yaml", ".yml", ".json"))
         if os.path.isfile(text):
-            with open(text, encoding="utf-8") as f:
-                text = f.read()
-        data = yaml.safe_load(text)
-        return cls.from_dict(data or {})
+            where = text
+            try:
+                with open(text, encoding="utf-8") as f:
+                    text = f.read()
+            except UnicodeDecodeError:
+                raise ConfigError(f"{where} is not a text file (not UTF-8); pass a YAML file.") from None
+        elif looks_like_path or isinstance(text_or_path, os.PathLike):
+            raise ConfigError(f"Pruning config file {shown(text)} does not exist; pass an existing YAML file or "
+                              "YAML text.")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{shown(where)} is not valid YAML ({reason(e)}); fix the "
+                              "syntax (a mapping such as 'sparsity: 0.5').") from None
+        if isinstance(data, str) and "\n" not in text and ":" not in text:
+            raise ConfigError(f"{shown(text)} is neither an existing YAML file nor a YAML mapping; pass a file "
+                              "path or text such as 'sparsity: 0.5'.")
+        return cls.from_dict(data if data is not None else {})
 
     def save_pretrained(self, save_directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> str:
         """Write ``pruning_config.json`` (this config, plus ``extra`` such as the kept widths) into a folder."""
@@ -272,6 +227,161 @@ class PruningConfig:
         return cls.from_dict(read_pruning_file(directory)["pruning_config"])
 
 
+# --- validation: one rule per field, derived from its type hint unless the table below says more --------------
+@dataclass(frozen=True)
+class Rule:
+    """What a field accepts: a predicate and the words that describe it in the error message."""
+
+    ok: Callable[[Any], bool]
+    allowed: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.ok(v), f"{rule.allowed}, or None")
+
+
+def integer(low: int | None = None) -> Rule:
+    return Rule(lambda v: _is_int(v) and (low is None or v >= low),
+                "an integer" + (f" >= {low}" if low is not None else ""))
+
+
+def number(low: float | None = None, high: float | None = None, *, open_low: bool = False,
+           open_high: bool = False, allowed: str | None = None) -> Rule:
+    """A finite int or float (never a bool or a string) in the given interval."""
+    def ok(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        if low is not None and (v < low or (open_low and v == low)):
+            return False
+        return high is None or not (v > high or (open_high and v == high))
+    if allowed is None:
+        bounds = f" in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}" if high is not None else (
+            f" {'>' if open_low else '>='} {low}" if low is not None else "")
+        allowed = f"a finite number{bounds}"
+    return Rule(ok, allowed)
+
+
+def choice(*values: Any) -> Rule:
+    """One of ``values``, of the same type (so True is not the integer 1 and "1" is not 1)."""
+    return Rule(lambda v: any(type(v) is type(c) and v == c for c in values),
+                "one of " + ", ".join(map(repr, values)))
+
+
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false (a boolean; strings such as 'no' are not booleans)")
+TEXT = Rule(lambda v: isinstance(v, str), "a string")
+NAME = Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")
+PATTERNS = Rule(lambda v: isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v),
+                "a list of glob patterns of module names, e.g. ['*.mlp.*']")
+MAPPING = Rule(lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a mapping of names to values")
+ANYTHING = Rule(lambda v: True, "anything")
+
+
+def rule_for_hint(hint: Any) -> Rule:
+    """The rule a type hint implies: ``bool``, ``int``, ``float``, ``str``, ``X | None``, ``list[str]``, ``dict``."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) in (Union, types.UnionType) and len(args) == 1:
+        return optional(rule_for_hint(args[0]))
+    origin = get_origin(hint) or hint
+    return {bool: BOOLEAN, int: integer(), float: number(), str: TEXT, list: PATTERNS, dict: MAPPING}.get(
+        origin, ANYTHING)
+
+
+def check_fields(obj: Any, rules: dict[str, Rule], where: str) -> None:
+    """Check every dataclass field of ``obj`` against ``rules`` (or the rule its type hint implies)."""
+    hints = get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        rule = rules.get(f.name) or rule_for_hint(hints[f.name])
+        value = getattr(obj, f.name)
+        if not rule.ok(value):
+            raise ConfigError(f"{where}.{f.name}={shown(value)} is not allowed: {rule.allowed}.")
+
+
+_FRACTION = number(0, 1, open_high=True, allowed="a number in [0, 1) (the fraction removed)")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+_CRITERION = Rule(lambda v: isinstance(v, str) and bool(_NAME_RE.fullmatch(v)),
+                  "the name of a registered criterion (see hfprune.available_criteria())")
+
+# Fields whose hint says too little (ranges, choices); every other field is checked from its type hint.
+# The criterion names (and each criterion's own rules) are checked by `hfprune.criteria.resolve_criterion` at the
+# entry points: the registry is open to user criteria, so this module stays a leaf.
+FIELD_RULES: dict[str, Rule] = {
+    "criterion": _CRITERION,
+    "hybrid_importance": _CRITERION,
+    "granularity": Rule(NAME.ok, "weights, N:M (e.g. 2:4), neurons, heads, channels or a '+' combination"),
+    "sparsity": _FRACTION,
+    "head_sparsity": optional(_FRACTION),
+    "scope": choice("local", "global"),
+    "targets": optional(PATTERNS),
+    "ignore": PATTERNS,
+    **{name: integer(1) for name in ("round_to", "min_units", "num_samples", "seq_len", "batch_size",
+                                      "ec_projections", "pruning_steps")},
+    "start_step": integer(0),
+    "end_step": optional(integer(0)),
+    "seed": integer(0),
+    "gqa_mode": choice("kv_groups", "query_heads"),
+    "source": choice("data", "random"),
+    "calibration_mode": choice("full", "sequential"),
+    "norm": choice(1, 2),
+    "hybrid_form": choice("rank", "product"),
+    "head_pattern": choice("output"),
+    "ec_output": choice("network", "loss", "layer"),
+    "ri_threshold": choice("sparsity", "tau"),
+    "schedule": choice(*SCHEDULES),
+    "regularizer": optional(choice("relative_importance", "group_lasso")),
+    "alpha": number(0, 1),
+    "distillation_weight": number(0, 1),
+    "ri_tau": number(0, open_low=True),
+    "distillation_temperature": number(0, open_low=True),
+    "regularizer_weight": number(0),
+    "reconstruction": choice("none", "weights"),
+    "reconstruction_damp": number(0, allowed="a number >= 0 (a fraction of the mean diagonal, e.g. 0.01)"),
+    "protect": choice("none", "outliers"),
+    "protect_threshold": number(1, open_low=True, allowed="a number > 1 (peak / median activation ratio, e.g. 20)"),
+}
+
+_HEADS = "when the granularity includes 'heads' (e.g. 'neurons+heads')"
+_GRADUAL = "with schedule 'iterative' or 'cubic'"
+# (field, does it apply?, when it applies): a field changed from its default where it has no effect is an error.
+_ONLY_WITH: list[tuple[str, Callable[[PruningConfig], bool], str]] = [
+    ("head_sparsity", lambda c: "heads" in c.parts, _HEADS),
+    ("gqa_mode", lambda c: "heads" in c.parts, _HEADS),
+    ("end_step", lambda c: c.schedule != "one_shot", _GRADUAL),
+    ("regularizer_weight", lambda c: c.regularizer is not None, "with a regularizer"),
+    ("distillation_temperature", lambda c: c.distillation, "with distillation=True"),
+    ("distillation_weight", lambda c: c.distillation, "with distillation=True"),
+    ("ri_tau", lambda c: c.ri_threshold == "tau", "with ri_threshold='tau'"),
+    ("reconstruction_damp", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
+    ("protect_threshold", lambda c: c.protect != "none", "with protect='outliers'"),
+]
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruningConfig)}
+
+
+def _check_granularity(config: PruningConfig) -> None:
+    def bad(allowed: str) -> ConfigError:
+        return ConfigError(f"PruningConfig.granularity={shown(config.granularity)} is not allowed: {allowed}.")
+
+    parts, nm = config.parts, config.nm
+    if not parts:
+        raise bad(FIELD_RULES["granularity"].allowed)
+    if nm is not None:
+        if not 0 < nm[0] < nm[1]:
+            raise bad("an N:M pattern needs 0 < N < M (N of every M weights removed), e.g. 2:4")
+    elif parts != ["weights"]:
+        if any(p not in STRUCTURED_GRANULARITIES for p in parts):
+            raise bad("weights, N:M (e.g. 2:4), neurons, heads, channels, or a '+' combination of neurons, heads "
+                      "and channels")
+        if len(set(parts)) != len(parts):
+            raise bad("each unit kind at most once")
+
+
 def read_pruning_file(directory: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``pruning_config.json`` of a pruned checkpoint folder."""
     path = os.path.join(directory, CONFIG_NAME)
@@ -281,8 +391,12 @@ def read_pruning_file(directory: str | os.PathLike) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupt ({e}); save the pruned model again.") from None
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is corrupt or unreadable ({shorten(str(e))}); save the pruned model "
+                              "again.") from None
     if not isinstance(data, dict) or not isinstance(data.get("pruning_config"), dict):
         raise CheckpointError(f"{path} has no 'pruning_config' mapping; save the pruned model again.")
+    if data.get("loader", "transformers") not in LOADERS:
+        raise CheckpointError(f"{path} names the loader {shown(data.get('loader'))}, not one of "
+                              f"{', '.join(LOADERS)}; save the pruned model again.")
     return data

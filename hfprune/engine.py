@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .calibration.checks import check_batches, check_units, check_weights
 from .calibration.collector import collect_statistics
 from .calibration.data import CalibrationSet, prepare_calibration
 from .calibration.sequential import block_of, block_statistics, find_blocks
@@ -85,13 +86,7 @@ def check_model(model: nn.Module, config: PruningConfig) -> None:
     config.validate()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module (e.g. from from_pretrained), got {type(model).__name__}.")
-    for name, p in model.named_parameters():
-        if p.is_meta:
-            raise ConfigError(f"Parameter {name} is on the 'meta' device (not loaded, or offloaded by accelerate's "
-                              "device_map to 'cpu'/'disk'); scoring reads every weight. Load the model with its "
-                              "weights on real devices (device_map over GPUs, or on CPU): see docs/scaling.md.")
-        if not torch.isfinite(p).all():
-            raise ConfigError(f"Parameter {name} holds NaN or inf; the model is corrupt and cannot be pruned.")
+    check_weights(model)
 
 
 class Pruner:
@@ -117,11 +112,16 @@ class Pruner:
         self.calibration = calibration
         if calibration is None and self.needs_data(self.criterion, config):
             self.calibration = prepare_calibration(calibration_data, model, config, tokenizer, example_inputs)
+        elif calibration is not None:  # collated elsewhere (PruningTrainer): the same check before any forward
+            check_batches(calibration.batches, model, tokenizer, example_inputs)
+        for w in self.calibration.warnings if self.calibration else []:
+            logger.warning("calibration: %s", w)
         if example_inputs is None and self.calibration is not None and self.calibration.batches:
             example_inputs = self.calibration.batches[0]
         self.groups: list[UnitGroup] | None = None
         if config.structured:
             self.groups = find_groups(model, config, example_inputs)
+            check_units(config, self.groups)
             for g in self.groups:
                 if g.kind == "heads":
                     check_head_ratio(g, config)
@@ -166,6 +166,7 @@ class Pruner:
         sparsity = self.config.sparsity if sparsity is None else sparsity
         removed = {n: ~m for n, m in self.masks.items()} if self.sparsity > 0 else {}
         batches = self.calibration.batches if self.calibration else []
+        logger.info("step to sparsity %g: calibrating on %d batch(es), scoring, selecting", sparsity, len(batches))
         protected = self._protect(batches)
         selection, _, stats = compute_masks(self.model, self.criterion, self.layers, self.groups, batches,
                                          self.progress, removed, self.timings, self.config_at(sparsity),

@@ -19,7 +19,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from hfprune import PruningConfig, PruningResult, prune
-from hfprune.examples_vision import _arrays, _split, train_classifier
+from hfprune.examples.vision import _arrays, _split, train_classifier
 
 from _common import device_line, save_json
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from hfprune import PruningConfig
 from hfprune.calibration.data import prepare_calibration
-from hfprune.examples_vision import digits_cnn
+from hfprune.examples.vision import digits_cnn
 from hfprune.criteria import resolve_criterion
 from hfprune.engine import compute_masks
 from hfprune.structure import find_groups, find_layers

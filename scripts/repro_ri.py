@@ -23,7 +23,7 @@ from torch import nn
 
 from hfprune import PruningConfig
 from hfprune.criteria.relative_importance import ri_regularizer
-from hfprune.examples_vision import mnist_mlp
+from hfprune.examples.vision import mnist_mlp
 
 import _repro as R
 

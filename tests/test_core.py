@@ -30,7 +30,8 @@ def _masked_twin(model, config, result, example):
 
 def _config(family, granularity, criterion="wanda", **kw):
     return PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.5,
-                         head_sparsity=1 / 3 if family in ("llama", "qwen2", "mistral") else None,
+                         head_sparsity=1 / 3 if family in ("llama", "qwen2", "mistral") and "heads" in granularity
+                         else None,
                          num_samples=8, seq_len=12, batch_size=4, **kw)
 
 

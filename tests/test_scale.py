@@ -34,7 +34,7 @@ CASES = [
 
 def _config(family, criterion, granularity, mode, **kw):
     return PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.5, calibration_mode=mode,
-                         head_sparsity=1 / 3 if family == "llama" else None, num_samples=8, seq_len=12,
+                         head_sparsity=1 / 3 if family == "llama" and "heads" in granularity else None, num_samples=8, seq_len=12,
                          batch_size=3, **kw)
 
 

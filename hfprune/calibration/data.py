@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import PruningConfig
 from ..errors import CalibrationError
+from .checks import check_batches, check_config_for_model, is_vision
 
 Batch = Any  # a dict of tensors (Hugging Face models) or a tensor (plain modules)
 
@@ -44,10 +45,6 @@ class CalibrationSet:
                 "tokens": self.tokens}
 
 
-def _is_vision(model: nn.Module) -> bool:
-    return getattr(model, "main_input_name", None) == "pixel_values"
-
-
 def _chunks(items: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [items[i:i + batch_size] for i in range(0, items.shape[0], batch_size)]
 
@@ -61,7 +58,7 @@ def random_calibration(model: nn.Module, config: PruningConfig, example_inputs: 
     g = torch.Generator().manual_seed(config.seed)
     cfg = getattr(model, "config", None)
     n = config.num_samples
-    if cfg is not None and _is_vision(model):
+    if cfg is not None and is_vision(model):
         size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
         x = torch.randn(n, cfg.num_channels, size, size, generator=g)
         return CalibrationSet([{"pixel_values": b} for b in _chunks(x, config.batch_size)], "random",
@@ -161,9 +158,81 @@ def _from_mapping(data: Mapping, config: PruningConfig, name: str | None) -> Cal
                            for i in range(0, n, config.batch_size)), config, name)
 
 
+_PAD = {"attention_mask": 0, "labels": -100}
+
+
+def _row_values(row: Any, i: int) -> dict[str, torch.Tensor]:
+    if not isinstance(row, Mapping) or not row:
+        raise CalibrationError(f"Calibration row {i} is a {type(row).__name__}; every row must be a mapping such "
+                               "as {'input_ids': [...]} (a tokenized datasets row).")
+    out = {}
+    for key, value in row.items():
+        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value) if isinstance(value, (list, tuple)) \
+            else None
+        if t is None or t.dim() != 1:
+            raise CalibrationError(f"Calibration row {i} has {key!r} of type {type(value).__name__}"
+                                   f"{' with shape ' + str(tuple(t.shape)) if t is not None else ''}; a tokenized "
+                                   "row holds 1-D lists or tensors of token ids.")
+        out[key] = t
+    return out
+
+
+def stack_rows(rows: list[Any], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Tokenized rows (``[{"input_ids": 1-D ids, ...}, ...]``, e.g. a tokenized `datasets` row each) as one
+    ``[rows, tokens]`` mapping, padded on the right to the longest row with an attention mask marking real tokens."""
+    values = [_row_values(r, i) for i, r in enumerate(rows)]
+    keys = set(values[0])
+    for i, v in enumerate(values):
+        if set(v) != keys:
+            raise CalibrationError(f"Calibration row {i} has the keys {sorted(v)}, row 0 {sorted(keys)}; give every "
+                                   "row the same keys.")
+        if "input_ids" in v and "attention_mask" not in v:
+            v["attention_mask"] = torch.ones_like(v["input_ids"])
+    length = max(t.shape[0] for v in values for t in v.values())
+    if length == 0:
+        raise CalibrationError("The calibration set is empty: every tokenized row has no tokens.")
+    return {key: torch.stack([torch.nn.functional.pad(v[key], (0, length - v[key].shape[0]),
+                                                      value=_PAD.get(key, pad_id)) for v in values])
+            for key in values[0]}
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    return int(pad) if pad is not None else 0
+
+
+def _is_rows(data: Any) -> bool:
+    """A list of single tokenized rows (1-D values), as opposed to a list of batches (2-D tensors)."""
+    if not isinstance(data, (list, tuple)) or not data or not isinstance(data[0], Mapping) or not data[0]:
+        return False
+    first = next(iter(data[0].values()))
+    return (isinstance(first, torch.Tensor) and first.dim() == 1) or isinstance(first, (list, tuple))
+
+
+def _packs_to_seq_len(data: Any, config: PruningConfig) -> bool:
+    """Whether the sequences are built ``seq_len`` tokens long here (random ids, packed texts), so that limit
+    can be checked before any tokenizing."""
+    if config.source == "random" or isinstance(data, str):
+        return True
+    if isinstance(data, (list, tuple)):
+        return bool(data) and isinstance(data[0], str)
+    return "text" in (getattr(data, "column_names", None) or []) and "input_ids" not in data.column_names
+
+
 def prepare_calibration(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any = None,
                         example_inputs: Any = None) -> CalibrationSet:
-    """Normalise ``data`` into batches (see the module docstring); raise `CalibrationError` on bad input."""
+    """Normalise ``data`` into batches (see the module docstring) and check every batch against the model
+    (`checks.check_batches`); raise `CalibrationError` on bad input, before any forward pass."""
+    config.validate()
+    if _packs_to_seq_len(data, config):
+        check_config_for_model(config, model)
+    calib = _prepare(data, model, config, tokenizer, example_inputs)
+    check_batches(calib.batches, model, tokenizer, example_inputs)
+    return calib
+
+
+def _prepare(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any, example_inputs: Any
+             ) -> CalibrationSet:
     if config.source == "random" or (isinstance(data, str) and data == "random"):
         return random_calibration(model, config, example_inputs)
     if data is None:
@@ -183,14 +252,14 @@ def prepare_calibration(data: Any, model: nn.Module, config: PruningConfig, toke
         if len(data) == 0:
             raise CalibrationError("The calibration set is empty: the Dataset has no rows.")
         if "input_ids" in data.column_names:
-            rows = data[: config.num_samples]["input_ids"]
-            if len({len(r) for r in rows}) != 1:
-                raise CalibrationError("Tokenized calibration rows have different lengths; pad or pack them to "
-                                       "one length, or give a 'text' column instead.")
-            return _from_tensor(torch.tensor(rows), model, config, name)
+            columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in data.column_names]
+            rows = data.select(range(min(len(data), config.num_samples))).select_columns(columns)
+            return _from_mapping(stack_rows(list(rows), _pad_id(tokenizer)), config, name)
         if "text" in data.column_names:
             return _pack_texts(list(data["text"]), tokenizer, config, name)
         raise CalibrationError(f"The Dataset needs a 'text' or 'input_ids' column; it has {data.column_names}.")
+    if _is_rows(data):
+        return _from_mapping(stack_rows(list(data[: config.num_samples]), _pad_id(tokenizer)), config, name)
     if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
         return _pack_texts(list(data), tokenizer, config, name)
     if isinstance(data, Mapping):

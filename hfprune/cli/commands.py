@@ -9,7 +9,7 @@ import sys
 
 from ..config import read_pruning_file
 from ..criteria import available_criteria
-from ..errors import CheckpointError
+from ..errors import CheckpointError, reason
 from ..report import REPORT_NAME, PruningReport
 from .common import EXIT_OK, Console, UsageError
 from .options import picked
@@ -35,7 +35,7 @@ def _command_line(argv: list[str] | None) -> str:
 
 def cmd_prune(args: argparse.Namespace, console: Console) -> int:
     recipe = parse_recipe({
-        "model": {"name": args.model, "task": args.task},
+        "model": {"name": args.model, "task": args.task, "allow_pickle": args.allow_pickle},
         "pruning": picked(args, args.config_fields),
         "calibration": {"data": args.calibration_data, "text_column": args.text_column},
         **({"evaluation": {"data": args.eval_data}} if args.evaluate else {}),
@@ -47,7 +47,7 @@ def cmd_prune(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     recipe = load_recipe(args.recipe)
-    if args.output:
+    if args.output is not None:
         recipe.output.dir = args.output
     recipe.output.overwrite = recipe.output.overwrite or args.overwrite
     console.result(format_report(run_recipe(recipe, console, f"hfprune run {args.recipe}")))
@@ -97,8 +97,13 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
                          "while pruning (see the report's evaluation).")
     auto = info.get("auto_class") or "AutoModel"
     task = {"AutoModelForCausalLM": "causal-lm", "AutoModelForSequenceClassification": "sequence-classification"}
-    loaded = LoadedModel(load_pruned(args.dir), transformers.AutoTokenizer.from_pretrained(args.dir),
-                         task=task.get(auto, "base"))
+    model = load_pruned(args.dir, allow_pickle=args.allow_pickle)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(args.dir)
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{args.dir} has no readable tokenizer ({reason(e)}); "
+                              "save the pruned model together with its tokenizer.") from None
+    loaded = LoadedModel(model, tokenizer, task=task.get(auto, "base"))
     if loaded.task == "base":
         raise UsageError(f"{args.dir} is a bare encoder ({auto}) with no task head; evaluate causal LMs "
                          "(perplexity) or classifiers (accuracy).")

@@ -1,14 +1,19 @@
-"""What every command shares: the usage-error type, exit codes and quiet-aware printing."""
+"""What every command shares: the usage-error type, exit codes and quiet-aware printing.
+
+Exit codes (docs/errors.md): 0 success; 1 the run failed on its input or environment (data, checkpoint, network,
+disk); 2 the command must change (bad option, recipe key or value, path, existing output); 3 an unexpected error,
+which is a bug in hfprune; 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import sys
 
 from ..distributed import is_main_process
-from ..errors import ConfigError, OutputExistsError, PruningError
+from ..errors import ConfigError, OutputExistsError, OutputPathError, PruningError
 from ..logging import show_progress
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class UsageError(PruningError, ValueError):
@@ -17,7 +22,8 @@ class UsageError(PruningError, ValueError):
 
 def exit_code(error: PruningError) -> int:
     """2 when the command itself must change (bad option, key, path, existing output), 1 for a failed run."""
-    return EXIT_USAGE if isinstance(error, (UsageError, ConfigError, OutputExistsError)) else EXIT_FAILURE
+    usage = (UsageError, ConfigError, OutputExistsError, OutputPathError)
+    return EXIT_USAGE if isinstance(error, usage) else EXIT_FAILURE
 
 
 class Console:

@@ -11,18 +11,30 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..calibration.checks import check_token_ids, max_positions
+from ..errors import EvaluationError
+
 
 @torch.no_grad()
 def perplexity(model: nn.Module, tokenizer: Any, texts: list[str], seq_len: int = 256, max_tokens: int = 4096,
                progress: bool = False) -> float:
-    """Perplexity over the texts joined and cut into ``seq_len``-token windows (at most ``max_tokens``)."""
+    """Perplexity over the texts joined and cut into ``seq_len``-token windows (at most ``max_tokens``; windows no
+    longer than the model's position embeddings). Raises `EvaluationError` when there is nothing to predict: a
+    perplexity of 1.0 from zero tokens would read as a perfect model."""
     ids: list[int] = []
     for t in texts:
         ids += tokenizer(t, add_special_tokens=False)["input_ids"]
         if len(ids) >= max_tokens:
             break
     ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise EvaluationError(f"The evaluation data holds {len(ids)} token(s) from {len(texts)} text(s); perplexity "
+                              "needs at least two tokens. Pass more (non-blank) evaluation text or a larger "
+                              "--max-samples.")
+    seq_len = min(seq_len, max_positions(model) or seq_len)
     windows = [ids[i:i + seq_len] for i in range(0, len(ids) - 1, seq_len) if len(ids[i:i + seq_len]) > 1]
+    check_token_ids(torch.tensor(ids).view(-1, 1), model, tokenizer, evaluation=True)  # every id in range
+    check_token_ids(torch.tensor([windows[0]]), model, tokenizer, evaluation=True)  # window length
     nll, count = 0.0, 0
     model.eval()
     for w in tqdm(windows, desc="perplexity", disable=not progress):
@@ -30,32 +42,59 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: list[str], seq_len: int 
         out = model(input_ids=x, labels=x)
         nll += float(out.loss) * (len(w) - 1)
         count += len(w) - 1
-    return math.exp(nll / max(count, 1))
+    if math.isnan(nll):
+        raise EvaluationError("The model's loss on the evaluation text is NaN; the pruned model is broken: prune "
+                              "less, or check the weights.")
+    return math.exp(min(nll / count, 709.0))  # beyond e^709 a float overflows: the perplexity is inf in all but name
 
 
-def _batches(tokenizer: Any, texts: list[str], batch_size: int, max_length: int, progress: bool, desc: str) -> Iterator[Any]:
+def _batches(model: nn.Module, tokenizer: Any, texts: list[str], batch_size: int, max_length: int, progress: bool,
+             desc: str) -> Iterator[Any]:
+    """Tokenized batches, each checked against the model (ids in the embedding, length within the positions)."""
+    max_length = min(max_length, max_positions(model) or max_length)
     for i in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress):
-        yield tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
+        check_token_ids(batch["input_ids"], model, tokenizer, evaluation=True)
+        yield batch
 
 
 @torch.no_grad()
 def text_accuracy(model: nn.Module, tokenizer: Any, texts: list[str], labels: list[int], batch_size: int = 16,
                   max_length: int = 128, progress: bool = False) -> float:
+    if not texts or len(texts) != len(labels):
+        raise EvaluationError(f"Accuracy needs labelled evaluation texts: got {len(texts)} text(s) and {len(labels)} "
+                              "label(s). Pass a labelled CSV/JSONL file with at least one row.")
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    bad = [y for y in labels if not _is_label(y, num_labels)]
+    if bad:
+        raise EvaluationError(f"Evaluation label {bad[0]!r} is not a class index of the model "
+                              f"(0..{(num_labels or 1) - 1}); "
+                              "pass integer labels that match the classifier head.")
     model.eval()
     preds: list[int] = []
-    for batch in _batches(tokenizer, texts, batch_size, max_length, progress, "accuracy"):
+    for batch in _batches(model, tokenizer, texts, batch_size, max_length, progress, "accuracy"):
         preds += model(**batch).logits.argmax(-1).tolist()
-    return sum(int(p == int(y)) for p, y in zip(preds, labels)) / max(len(labels), 1)
+    return sum(int(p == int(y)) for p, y in zip(preds, labels)) / len(labels)
+
+
+def _is_label(y: Any, num_labels: int | None) -> bool:
+    try:
+        value = int(y)
+    except (TypeError, ValueError):
+        return False
+    return value == y and 0 <= value < (num_labels or value + 1)
 
 
 @torch.no_grad()
 def embeddings(model: nn.Module, tokenizer: Any, texts: list[str], batch_size: int = 16, max_length: int = 128,
                progress: bool = False) -> torch.Tensor:
     """Mean-pooled last hidden states (the sentence-transformers embedding of MiniLM)."""
+    if not texts:
+        raise EvaluationError("The evaluation data holds no text; pass at least one non-blank text.")
     model.eval()
     out = []
-    for batch in _batches(tokenizer, texts, batch_size, max_length, progress, "embeddings"):
+    for batch in _batches(model, tokenizer, texts, batch_size, max_length, progress, "embeddings"):
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         out.append((hidden * mask).sum(1) / mask.sum(1))

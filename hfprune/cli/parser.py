@@ -28,6 +28,21 @@ def _output(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--overwrite", action="store_true", help="Replace a non-empty output folder.")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer (at least 1)")
+    return value
+
+
+def _allow_pickle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true", help="Accept a model folder whose weights are pickles "
+                   "(pytorch_model.bin), read with torch.load(weights_only=True); only for folders you trust.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hfprune", description="Prune Hugging Face models. `hfprune demo` shows a first run.")
     parser.add_argument("--version", action="version", version=f"hfprune {__version__}")
@@ -45,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "before and after pruning.")
     p.add_argument("--eval-data", metavar="PATH", help="Evaluation data (default: packaged news text or reviews).")
     _output(p, required=True)
+    _allow_pickle(p)
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="Also push the saved folder to this Hub repo.")
     p.set_defaults(config_fields=add_dataclass_options(p, PruningConfig, "pruning options (PruningConfig)"),
                    handler=commands.cmd_prune)
@@ -77,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="FILE", help="Texts (.txt) or a labelled CSV/JSONL; packaged data by default.")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
-    p.add_argument("--max-samples", type=int, default=200, help="Most texts used.")
+    p.add_argument("--max-samples", type=_positive, default=200, help="Most texts used (at least 1).")
+    _allow_pickle(p)
     p.set_defaults(handler=commands.cmd_evaluate)
     _common(p)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from ..config import PruningConfig
-from ..errors import ConfigError
+from ..config import NAME, PruningConfig, Rule, check_fields, integer, number, optional
+from ..errors import ConfigError, reason, shown
 from .common import UsageError
 from .sources import check_data_arg, check_model_arg
 
@@ -26,6 +26,10 @@ class ModelSection:
                                                              "from the model's config when empty."})
     train_epochs: int = field(default=3, metadata={"help": "Vision examples only: epochs of training before "
                                                            "pruning (from the pruning seed)."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Accept a folder whose weights are pickles "
+                                                                "(pytorch_model.bin), read with "
+                                                                "torch.load(weights_only=True); only for folders "
+                                                                "you trust."})
 
 
 @dataclass
@@ -73,6 +77,19 @@ class Recipe:
     output: OutputSection = field(default_factory=OutputSection)
 
 
+_PATH = Rule(NAME.ok, "a non-empty path")
+# Values whose type hint says too little; every other key is checked against its field's type hint.
+_RULES: dict[str, dict[str, Rule]] = {
+    "model": {"name": Rule(NAME.ok, "a Hub id, a local folder or example:NAME (a non-empty string)"),
+              "train_epochs": integer(0)},
+    "calibration": {"data": optional(_PATH), "text_column": NAME},
+    "training": {"dataset": _PATH, "text_column": NAME, "label_column": NAME, "max_length": integer(1),
+                 "eval_fraction": number(0, 1, open_low=True, open_high=True)},
+    "evaluation": {"data": optional(_PATH), "text_column": NAME, "label_column": NAME, "max_samples": integer(1)},
+    "output": {"dir": optional(Rule(NAME.ok, "a non-empty folder path (leave it out to save nothing)")),
+               "push_to_hub": optional(NAME)},
+}
+
 _SECTIONS = {"model": ModelSection, "pruning": PruningConfig, "calibration": CalibrationSection,
              "training": TrainingSection, "evaluation": EvaluationSection, "output": OutputSection}
 
@@ -80,7 +97,7 @@ _SECTIONS = {"model": ModelSection, "pruning": PruningConfig, "calibration": Cal
 def _unknown(where: str, key: Any, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(str(key), known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(known)}."
-    return ConfigError(f"Unknown key {where}{key!r} in the recipe.{hint}")
+    return ConfigError(f"Unknown key {where}{shown(key)} in the recipe.{hint}")
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -95,14 +112,17 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 def _section(cls: type, data: dict[str, Any], where: str) -> Any:
     known = [f.name for f in dataclasses.fields(cls) if f.name != "args"]
     for key in data:
-        if key not in known:
+        if not isinstance(key, str) or key not in known:
             raise _unknown(f"{where}.", key, known)
     required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING]
     for name in required:
         if data.get(name) is None:
-            raise ConfigError(f"Recipe section {where!r} needs {name!r}: {cls.__dataclass_fields__[name].metadata['help']}")
-    return cls(**data)
+            help_text = cls.__dataclass_fields__[name].metadata["help"]
+            raise ConfigError(f"Recipe section {where!r} needs {name!r}: {help_text}")
+    section = cls(**data)
+    check_fields(section, _RULES.get(where, {}), f"Recipe key {where}")
+    return section
 
 
 def _training(data: dict[str, Any]) -> TrainingSection:
@@ -113,7 +133,7 @@ def _training(data: dict[str, Any]) -> TrainingSection:
     targs = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
     args = {k: v for k, v in data.items() if k not in own}
     for key in args:
-        if key not in targs:
+        if not isinstance(key, str) or key not in targs:
             raise _unknown("training.", key, sorted(own) + targs)
     section = _section(TrainingSection, {k: v for k, v in data.items() if k in own}, "training")
     section.args = args
@@ -124,7 +144,7 @@ def parse_recipe(data: Any) -> Recipe:
     """Validate a loaded recipe mapping (every section, key and value) and return it as a `Recipe`."""
     data = _mapping(data, "recipe")
     for key in data:
-        if key not in _SECTIONS:
+        if not isinstance(key, str) or key not in _SECTIONS:
             raise _unknown("", key, list(_SECTIONS))
     if "model" not in data:
         raise ConfigError("The recipe needs a 'model' section with a 'name' (e.g. model: {name: example:minilm}).")
@@ -152,9 +172,13 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"Recipe {path!r} does not exist; pass a YAML file such as recipes/mnist-mlp-ec.yaml.")
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"Recipe {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Recipe {path} is not a text file (not UTF-8); pass a YAML recipe.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Recipe {path} is not valid YAML: {reason(e)}.") from None
+    except OSError as e:
+        raise UsageError(f"Recipe {path} cannot be read ({e.strerror}).") from None
     return parse_recipe(data)

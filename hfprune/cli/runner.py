@@ -12,11 +12,12 @@ from typing import Any
 
 from torch import nn
 
+from ..calibration.checks import check_config_for_model, check_weights
 from ..checkpoint import Loader, PruningInfo, save_checkpoint
 from ..criteria import resolve_criterion
 from ..distributed import main_process_writes
 from ..engine import Pruner
-from ..errors import PruningError
+from ..errors import ConfigError, PruningError, shorten
 from ..io import atomic_output_dir, check_output_dir
 from ..prune import PruningResult, prune
 from ..report import PruningReport
@@ -49,7 +50,8 @@ def import_trainer() -> Any:
 def _check_before_work(recipe: Recipe) -> None:
     """Everything that can fail without loading a model fails here."""
     cfg, out = recipe.pruning, recipe.output
-    if out.dir:
+    cfg.validate()
+    if out.dir is not None:
         check_output_dir(out.dir, out.overwrite)
     if out.push_to_hub:
         if not out.dir:
@@ -64,6 +66,17 @@ def _check_before_work(recipe: Recipe) -> None:
     if needs_data and recipe.calibration.data is None and cfg.source != "random":
         raise UsageError(f"Criterion {cfg.criterion!r} needs calibration data: pass --calibration-data FILE (or "
                          "calibration.data in a recipe), or 'random' for data-agnostic inputs.")
+
+
+def _check_loaded(recipe: Recipe, loaded: LoadedModel) -> None:
+    """What needs the model but no forward pass: finite weights, seq_len within the positions (when calibration
+    sequences are built), room on disk."""
+    check_weights(loaded.model)
+    if Pruner.needs_data(resolve_criterion(recipe.pruning), recipe.pruning) and not recipe.training:
+        check_config_for_model(recipe.pruning, loaded.model)
+    if recipe.output.dir:
+        size = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        check_output_dir(recipe.output.dir, recipe.output.overwrite, need_bytes=size)
 
 
 class Evaluator:
@@ -86,7 +99,7 @@ class Evaluator:
     def measure(self, model: nn.Module) -> float:
         tok, v = self.loaded.tokenizer, self.loaded.vision
         if v is not None:
-            from ..examples_vision import accuracy
+            from ..examples.vision import accuracy
 
             return accuracy(model, v.test_x, v.test_y)
         if self.metric == "perplexity":
@@ -125,7 +138,12 @@ def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) ->
     trainer_cls = import_trainer()
     args = {"output_dir": tempfile.mkdtemp(prefix="hfprune-train-"), "report_to": "none",
             "disable_tqdm": not console.progress, **recipe.training.args}
-    trainer = trainer_cls(model=loaded.model, args=TrainingArguments(**args), pruning_config=recipe.pruning,
+    try:
+        training_args = TrainingArguments(**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"Recipe section 'training' has a TrainingArguments value that transformers refuses: "
+                          f"{shorten(' '.join(str(e).split()))}") from None
+    trainer = trainer_cls(model=loaded.model, args=training_args, pruning_config=recipe.pruning,
                           train_dataset=split["train"], eval_dataset=split["test"], processing_class=loaded.tokenizer,
                           data_collator=DataCollatorWithPadding(loaded.tokenizer))
     console.info("fine-tuning with PruningTrainer")
@@ -153,7 +171,9 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
     _check_before_work(recipe)
     out = recipe.output
     console.info(f"loading {recipe.model.name}")
-    loaded = load_model(recipe.model.name, recipe.model.task, recipe.model.train_epochs, recipe.pruning.seed)
+    loaded = load_model(recipe.model.name, recipe.model.task, recipe.model.train_epochs, recipe.pruning.seed,
+                        recipe.model.allow_pickle)
+    _check_loaded(recipe, loaded)
     split = _training_data(recipe.training, loaded, recipe.pruning.seed) if recipe.training else None
     evaluator = None
     if recipe.evaluation is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CalibrationError, PruningError
+from ..errors import CalibrationError, PruningError, reason
 from .common import UsageError
 
 TASKS = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification",
@@ -62,20 +62,25 @@ def _task_of(config: Any, task: str | None) -> str:
     return "sequence-classification" if arch.endswith("ForSequenceClassification") else "base"
 
 
-def _from_pretrained(name: str, task: str | None) -> LoadedModel:
+def _from_pretrained(name: str, task: str | None, allow_pickle: bool = False) -> LoadedModel:
     import transformers
 
-    try:
-        config = transformers.AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        if os.path.isdir(name):
-            raise UsageError(f"Folder {name!r} has no readable config.json ({str(e).splitlines()[0]}); pass a "
-                             "folder saved with save_pretrained.") from None
-        raise PruningError(f"Could not load {name!r} from the Hugging Face Hub (offline or unknown id: "
-                           f"{str(e).splitlines()[0][:160]}). Pass a local folder that holds config.json and the "
-                           "weights, or an example model such as example:minilm.") from None
+    pickled = False
+    if os.path.isdir(name):  # every file checked before transformers reads any (raw errors name no fix)
+        from ..loading import check_model_folder
+
+        config, _, pickled, _ = check_model_folder(name, allow_pickle)
+    else:
+        try:
+            config = transformers.AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as e:
+            raise PruningError(f"Could not load {name!r} from the Hugging Face Hub (offline or unknown id: "
+                               f"{reason(e)}). Pass a local "
+                               "folder that holds config.json and the weights, or an example model such as "
+                               "example:minilm.") from None
     task = _task_of(config, task)
-    model = getattr(transformers, TASKS[task]).from_pretrained(name, dtype=torch.float32)
+    safe = {"use_safetensors": not pickled} if os.path.isdir(name) else {}
+    model = getattr(transformers, TASKS[task]).from_pretrained(name, dtype=torch.float32, **safe)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, TypeError):
@@ -83,13 +88,15 @@ def _from_pretrained(name: str, task: str | None) -> LoadedModel:
     return LoadedModel(model.eval(), tokenizer, task=task)
 
 
-def load_model(name: str, task: str | None = None, train_epochs: int = 3, seed: int = 0) -> LoadedModel:
+def load_model(name: str, task: str | None = None, train_epochs: int = 3, seed: int = 0,
+               allow_pickle: bool = False) -> LoadedModel:
     """Load ``name``: an example (``example:minilm`` ...), a local folder, or a Hub id. Seeded, so a newly
-    initialised head (e.g. a classifier on a bare encoder) is the same on every run."""
+    initialised head (e.g. a classifier on a bare encoder) is the same on every run. A local folder's pickled
+    weights need ``allow_pickle``."""
     check_model_arg(name, task)
     torch.manual_seed(seed)
     if name in ("example:mnist-mlp", "example:digits-cnn"):
-        from ..examples_vision import load_vision_example
+        from ..examples.vision import load_vision_example
 
         ex = load_vision_example(name.split(":", 1)[1], train_epochs, seed)
         return LoadedModel(ex.model, vision=ex, task="image-classification")
@@ -104,7 +111,7 @@ def load_model(name: str, task: str | None = None, train_epochs: int = 3, seed: 
 
         model, tok = load_smollm2()
         return LoadedModel(model, tok, task="causal-lm")
-    return _from_pretrained(name, task)
+    return _from_pretrained(name, task, allow_pickle)
 
 
 def check_data_arg(spec: str | None) -> None:
@@ -145,8 +152,14 @@ def load_rows(spec: str, text_column: str = "text", label_column: str | None = N
         return texts, labels if label_column else None
     ext = os.path.splitext(spec)[1].lower()
     if ext == ".txt":
-        with open(spec, encoding="utf-8") as f:
-            texts = [line.strip() for line in f if line.strip()]
+        try:
+            with open(spec, encoding="utf-8") as f:
+                texts = [line.strip() for line in f if line.strip()]
+        except UnicodeDecodeError:
+            raise CalibrationError(f"{spec} is not a UTF-8 text file (binary data?); pass one text per line in "
+                                   "UTF-8.") from None
+        if any("\x00" in t for t in texts):
+            raise CalibrationError(f"{spec} holds NUL bytes: it is a binary file, not text. Pass one text per line.")
         if label_column:
             raise UsageError(f"{spec} is plain text and has no labels; use a CSV or JSONL file with a "
                              f"{label_column!r} column.")
@@ -172,7 +185,12 @@ def _load_dataset(spec: str, ext: str) -> Any:
     if ext in FILE_TYPES:
         if os.path.getsize(spec) == 0:
             raise CalibrationError(f"{spec} is empty; pass a file with at least one row.")
-        return datasets.load_dataset(FILE_TYPES[ext], data_files=spec, split="train")
+        try:
+            return datasets.load_dataset(FILE_TYPES[ext], data_files=spec, split="train")
+        except Exception as e:  # pyarrow / datasets raise many types for a malformed or binary file
+            raise CalibrationError(f"{spec} is not a readable {ext[1:].upper()} file ({type(e).__name__}: "
+                                   f"{reason(e)}); check its format (UTF-8, one record per line for JSONL, a "
+                                   "header row for CSV).") from None
     name, config, split = (spec.split(":") + [None, None])[:3]
     try:
         return datasets.load_dataset(name, config, split=split or "train")

@@ -8,7 +8,6 @@ folder is only read: after any failure it is exactly as it was.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from typing import Any
 
@@ -17,30 +16,29 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..config import read_pruning_file
-from ..errors import CheckpointError, PublishError
+from ..errors import CheckpointError, PublishError, shown
+from ..redact import register_secret, scrub, scrub_logs
 from .card import CARD_NAME, PLACEHOLDER_ID
 
 # The transport library's base error (httpx2 in huggingface_hub 2.x, requests before), plus OSError for sockets.
 _NETWORK_ERRORS = (hub_errors.HfHubHTTPError, getattr(hub_errors, "HTTPError", OSError), OSError)
-_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 
 def check_repo_id(repo_id: Any) -> str:
     """Return ``repo_id`` if it is a valid ``namespace/name``; else raise `PublishError` saying what is allowed."""
     hint = "use 'namespace/name' with letters, digits, '-', '_' and '.', e.g. 'me/bert-pruned'"
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise PublishError(f"repo_id {repo_id!r} is not a Hub model id: {hint}.")
+        raise PublishError(f"repo_id {shown(repo_id)} is not a Hub model id: {hint}.")
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise PublishError(f"repo_id {repo_id!r} is not a Hub model id: {hint}.") from None
+        raise PublishError(f"repo_id {shown(repo_id)} is not a Hub model id: {hint}.") from None
     return repo_id
 
 
 def _scrub(text: str, token: str | None) -> str:
-    if token:
-        text = text.replace(token, "***")
-    return _TOKEN_LIKE.sub("hf_***", text)
+    """Every secret the process knows (the argument, ``HF_TOKEN``, huggingface_hub's token files) replaced."""
+    return scrub(text, token)
 
 
 def _failure(step: str, error: BaseException, endpoint: str, repo_id: str, token: str | None) -> PublishError:
@@ -122,6 +120,8 @@ def push_to_hub(result_or_folder: Any, repo_id: str, private: bool | None = None
     for an invalid ``repo_id`` (before any request) and for network failures.
     """
     check_repo_id(repo_id)
+    register_secret(token)
+    scrub_logs()  # huggingface_hub's own log lines (e.g. a request echoed on retry) must not show the token
     args = (repo_id, private, token, revision, create_pr, commit_message, endpoint)
     if isinstance(result_or_folder, (str, os.PathLike)):
         return _push_folder(os.fspath(result_or_folder), *args)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import PruningError
+from ..errors import PruningError
 
 VISION_EXAMPLES = ("mnist-mlp", "digits-cnn")
 

