@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .calibration.checks import check_batches, check_units, check_weights
-from .calibration.collector import collect_statistics
+from .calibration.collector import collect_statistics, lm_loss
 from .calibration.data import CalibrationSet, prepare_calibration
 from .calibration.sequential import block_of, block_statistics, find_blocks
 from .checkpoint import Loader, PruningInfo, auto_class_name
@@ -67,6 +67,7 @@ class Baseline:
     inputs: Any
     shape: list[int]
     warning: str | None = None
+    probe_loss: float | None = None  # causal LMs: loss on the first calibration batch (`probe_loss`)
 
 
 def measure_baseline(model: nn.Module, seq_len: int, example_inputs: Any = None) -> Baseline:
@@ -76,6 +77,34 @@ def measure_baseline(model: nn.Module, seq_len: int, example_inputs: Any = None)
     except ValueError as e:
         return Baseline(params, 0, None, [], f"MACs were not counted: {e}")
     return Baseline(params, count_macs(model, inputs), inputs, shape)
+
+
+#: a pruned model whose perplexity on the first calibration batch is this many times the dense one's is flagged
+BROKEN_RATIO = 3.0
+
+
+def probe_loss(model: nn.Module, batches: list) -> float | None:
+    """Next-token loss of a causal LM on the first calibration batch (None for other models or without data):
+    two forward passes per run that let every run say when it hands back a broken model."""
+    if not batches or auto_class_name(model) != "AutoModelForCausalLM" or not isinstance(batches[0], dict) \
+            or "input_ids" not in batches[0]:
+        return None
+    return lm_loss(model, batches[:1])
+
+
+def add_probe(calibration: dict[str, Any], warnings: list[str], before: float | None, after: float | None) -> None:
+    """Record the probe's perplexities in the report's calibration section, and warn when the model broke."""
+    if before is None or after is None:
+        return
+    ppl_before, ppl_after = math.exp(min(before, 700)), math.exp(min(after, 700))
+    calibration["probe_perplexity"] = {"before": ppl_before, "after": ppl_after}
+    if ppl_after > BROKEN_RATIO * ppl_before:
+        message = (f"perplexity on the first calibration batch rose {ppl_after / ppl_before:.1f}x ({ppl_before:.1f}"
+                   f" -> {ppl_after:.1f}): the pruned model is probably broken. Measured remedies "
+                   "(docs/criteria.md): reconstruction='weights', criterion 'taylor' or 'wanda' (or "
+                   "'elimination_compensation' for neurons), or a lower sparsity.")
+        warnings.append(message)
+        logger.warning(message)
 
 
 def check_model(model: nn.Module, config: PruningConfig) -> None:
@@ -113,7 +142,7 @@ class Pruner:
             _to_process_device(model, self.state.device)
         self.adapter = adapter_for(model)
         self.calibration = calibration
-        if calibration is None and self.needs_data(self.criterion, config):
+        if calibration is None and (self.needs_data(self.criterion, config) or calibration_data is not None):
             self.calibration = prepare_calibration(calibration_data, model, config, tokenizer, example_inputs)
         elif calibration is not None:  # collated elsewhere (PruningTrainer): the same check before any forward
             check_batches(calibration.batches, model, tokenizer, example_inputs)
@@ -141,6 +170,7 @@ class Pruner:
         self.protection: Protection | None = None  # detected once, on the dense model (config.protect)
         self.reconstruction: ReconstructionReport | None = None  # of the latest step (config.reconstruction)
         self.baseline = measure_baseline(model, config.seq_len, example_inputs)
+        self.baseline.probe_loss = probe_loss(model, self.calibration.batches if self.calibration else [])
         self.timings["setup"] = time.perf_counter() - t
         logger.info("pruning %s with %s (%s, sparsity %g) on %d process(es)", type(model).__name__, config.criterion,
                     config.granularity, config.sparsity, self.world_size)
@@ -277,6 +307,8 @@ class Pruner:
         calibration["processes"] = self.world_size
         if self.batches_per_process:
             calibration["batches_per_process"] = list(self.batches_per_process)
+        if base.probe_loss is not None:
+            add_probe(calibration, warnings, base.probe_loss, probe_loss(model, self.calibration.batches))
         return PruningReport(
             base_model=getattr(cfg, "_name_or_path", None) or None,
             model_type=getattr(cfg, "model_type", type(model).__name__),

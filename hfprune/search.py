@@ -27,7 +27,8 @@ from .config import PruningConfig
 from .depth import block_list
 from .errors import ConfigError
 from .structure.residual import residual_stream
-from .width_depth import Plan, Scores, apply_plan, hidden_multiple, loss_of
+from .calibration.collector import lm_loss
+from .width_depth import Plan, Scores, apply_plan, hidden_multiple
 
 _MIXES = ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0))
 _BISECTION_STEPS = 12
@@ -182,7 +183,7 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
         for c in close:
             trial = copy.deepcopy(model)
             apply_plan(trial, config, c, scores)
-            c.loss = loss_of(trial, batches) if batches else None
+            c.loss = lm_loss(trial, batches) if batches else None
             del trial
         best = min(close, key=lambda c: (math.inf if c.loss is None else c.loss, -c.params))
     else:

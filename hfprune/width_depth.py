@@ -24,7 +24,7 @@ from .config import PruningConfig
 from .criteria import get_criterion
 from .criteria.width_depth import hidden_statistics, magnitude_block_scores, random_scores
 from .depth import block_list, check_layers, remove_blocks
-from .engine import check_model
+from .engine import add_probe, check_model, probe_loss
 from .errors import ConfigError
 from .measure import count_macs, count_params, dummy_input
 from .report import LayerReport, PruningReport
@@ -260,6 +260,7 @@ def prune_width_depth(model: nn.Module, config: PruningConfig, calibration_data:
     batches = calib.batches if calib else []
     dummy, shape = dummy_input(model, config.seq_len)
     macs_before = count_macs(model, dummy)
+    loss_before = probe_loss(model, batches)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     scores = compute_scores(model, config, batches, progress)
@@ -282,6 +283,8 @@ def prune_width_depth(model: nn.Module, config: PruningConfig, calibration_data:
     if target is not None and params_after < 0.99 * target:
         warnings.append(f"target_params={target:,}: the closest architecture found has {params_after:,} parameters "
                         "(more than 1% below the target)")
+    calibration = calib.describe(config.seq_len) if calib else {"source": "none"}
+    add_probe(calibration, warnings, loss_before, probe_loss(model, batches))
     cfg = model.config
     report = PruningReport(
         base_model=getattr(cfg, "_name_or_path", None) or None, model_type=cfg.model_type,
@@ -293,23 +296,7 @@ def prune_width_depth(model: nn.Module, config: PruningConfig, calibration_data:
         macs_before=macs_before, macs_after=count_macs(model, dummy), macs_input_shape=shape,
         loader=done["loader"].value,
         layers=[LayerReport(k, v["kind"], v["total"], v["kept"]) for k, v in kept.items() if "kind" in v],
-        timings=timings, calibration=calib.describe(config.seq_len) if calib else {"source": "none"},
-        warnings=warnings)
+        timings=timings, calibration=calibration, warnings=warnings)
     info = PruningInfo(base_model=report.base_model, loader=done["loader"], auto_class=auto_class_name(model),
                        groups=kept)
     return PruningResult(model, report, config, {}, info, tokenizer)
-
-
-def loss_of(model: nn.Module, batches: list) -> float:
-    """Token-weighted mean calibration loss (the model's own next-token labels for a language model)."""
-    from .calibration.collector import _with_lm_labels, no_kv_cache, run_model
-
-    total, count = 0.0, 0.0
-    with torch.no_grad(), no_kv_cache(model):
-        for b in batches:
-            b = _with_lm_labels(model, b)
-            out = run_model(model, b)
-            w = float((b["labels"] != -100).sum())
-            total += float(out.loss) * w
-            count += w
-    return total / max(count, 1.0)

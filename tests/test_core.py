@@ -174,3 +174,30 @@ def test_report_and_pruning_config_are_saved(tmp_out):
     assert set(report["timings"]) >= {"calibration", "scoring", "selection", "compaction", "total"}
     groups = read_pruning_file(tmp_out)["groups"]
     assert all(g["kept"] == 32 and g["total"] == 64 for g in groups.values())
+
+
+def test_every_causal_lm_run_probes_its_perplexity_and_flags_a_broken_model():
+    """No silent harm: a causal-LM run measures the perplexity on its first calibration batch before and after
+    pruning (checked here against an independent computation) and warns past 3x."""
+    import math
+
+    from hfprune.engine import add_probe
+
+    config = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=4, seq_len=12)
+    model = tiny_model("llama")
+    dense = copy.deepcopy(model)
+    result = prune(model, config, calibration_data=calibration("llama"), progress=False)
+    batch = torch.as_tensor(calibration("llama"))[:4]
+
+    def ppl(m):
+        with torch.no_grad():
+            return math.exp(float(m(input_ids=batch, labels=batch).loss))
+
+    probe = result.report.calibration["probe_perplexity"]
+    assert probe["before"] == pytest.approx(ppl(dense), rel=1e-4)
+    assert probe["after"] == pytest.approx(ppl(model), rel=1e-4)
+    warnings: list[str] = []
+    add_probe({}, warnings, math.log(10), math.log(29))
+    assert warnings == []
+    add_probe({}, warnings, math.log(10), math.log(31))
+    assert len(warnings) == 1 and "probably broken" in warnings[0] and "reconstruction='weights'" in warnings[0]

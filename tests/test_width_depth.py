@@ -19,7 +19,8 @@ from hfprune.config import PruningConfig
 from hfprune.criteria.width_depth import bypassed
 from hfprune.errors import CalibrationError, ConfigError, StructureError
 from hfprune.structure.residual import compact_hidden, residual_stream
-from hfprune.width_depth import apply_plan, compute_scores, loss_of, prune_width_depth
+from hfprune.calibration.collector import lm_loss
+from hfprune.width_depth import apply_plan, compute_scores, prune_width_depth
 from hfprune.depth import block_list, remove_blocks
 from hfprune.search import plan_params
 
@@ -167,11 +168,11 @@ def test_skip_loss_is_loss_increase_without_the_block():
     model = tiny("llama")
     batches = [{"input_ids": calib("llama")}]
     scores = compute_scores(model, cfg(granularity="layers", layer_criterion="skip_loss"), batches).blocks
-    full = loss_of(model, batches)
+    full = lm_loss(model, batches)
     for k in range(4):
         m = copy.deepcopy(model)
         remove_blocks(m, [k])
-        assert scores[k].item() == pytest.approx(loss_of(m, batches) - full, abs=1e-5)
+        assert scores[k].item() == pytest.approx(lm_loss(m, batches) - full, abs=1e-5)
 
 
 def test_magnitude_and_random_block_scores():

@@ -202,3 +202,16 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
         model.train(was_training)
     all_reduce_stats(stats)
     return stats
+
+
+def lm_loss(model: nn.Module, batches: list) -> float:
+    """Token-weighted mean calibration loss (the model's own next-token labels for a language model)."""
+    total, count = 0.0, 0.0
+    with torch.no_grad(), no_kv_cache(model):
+        for b in batches:
+            b = _with_lm_labels(model, b)
+            out = run_model(model, b)
+            w = float((b["labels"] != -100).sum())
+            total += float(out.loss) * w
+            count += w
+    return total / max(count, 1.0)
