@@ -46,6 +46,7 @@ from .protection import Protection, detect_outliers
 from .reconstruction import ReconstructionReport, reconstruct
 from .selection import Selection, check_head_ratio, protect_scores, structured_masks, unstructured_masks
 from .structure import Layer, UnitGroup, adapter_for, find_groups, find_layers, target_layers
+from .width_depth import criterion_label, is_width_depth, prepare_width_depth, run_width_depth
 
 logger = get_logger(__name__)
 
@@ -131,18 +132,23 @@ class Pruner:
                  criterion: Criterion | None = None, progress: bool = True) -> None:
         t = self.started = time.perf_counter()
         check_model(model, config)
-        if any(p in ("layers", "hidden") for p in config.parts) or config.target_params is not None:
-            raise ConfigError(f"granularity {config.granularity!r} / target_params are one-shot: prune with "
-                              "hfprune.prune() (hfprune.width_depth), then fine-tune the smaller model.")
         self.model, self.config, self.progress = model, config, progress
-        self.criterion = criterion or resolve_criterion(config)
+        #: whole blocks, residual channels or a parameter target (`hfprune.width_depth`): scored once, one step
+        self.width_depth = is_width_depth(config)
+        if self.width_depth:
+            _check_width_depth(config)
+            self.plan, self.target, needs = prepare_width_depth(model, config)  # every axis checked before work
+            self.criterion = criterion  # each axis resolves its own criterion
+        else:
+            self.criterion = criterion or resolve_criterion(config)
+            needs = self.needs_data(self.criterion, config)
         self.state = process_state()
         _, self.world_size = rank_world()
         if self.world_size > 1:
             _to_process_device(model, self.state.device)
         self.adapter = adapter_for(model)
         self.calibration = calibration
-        if calibration is None and (self.needs_data(self.criterion, config) or calibration_data is not None):
+        if calibration is None and (needs or calibration_data is not None):
             self.calibration = prepare_calibration(calibration_data, model, config, tokenizer, example_inputs)
         elif calibration is not None:  # collated elsewhere (PruningTrainer): the same check before any forward
             check_batches(calibration.batches, model, tokenizer, example_inputs)
@@ -151,7 +157,11 @@ class Pruner:
         if example_inputs is None and self.calibration is not None and self.calibration.batches:
             example_inputs = self.calibration.batches[0]
         self.groups: list[UnitGroup] | None = None
-        if config.structured:
+        self.kept_axes: dict[str, dict[str, Any]] = {}  # width/depth: kept per axis (and the search)
+        self._loader: Loader | None = None  # width/depth: decided by the step that removes
+        if self.width_depth:
+            self.layers, self.masks = {}, {}
+        elif config.structured:
             self.groups = find_groups(model, config, example_inputs)
             check_units(config, self.groups)
             for g in self.groups:
@@ -197,8 +207,10 @@ class Pruner:
         """Prune to ``sparsity`` (default: the config's), scored on the current weights; units already removed stay
         removed, so repeated steps give monotone masks. Compensates for what this step removes."""
         sparsity = self.config.sparsity if sparsity is None else sparsity
-        removed = {n: ~m for n, m in self.masks.items()} if self.sparsity > 0 else {}
         batches = self.calibration.batches if self.calibration else []
+        if self.width_depth:
+            return self._width_depth_step(batches)
+        removed = {n: ~m for n, m in self.masks.items()} if self.sparsity > 0 else {}
         logger.info("step to sparsity %g: calibrating on %d batch(es), scoring, selecting", sparsity, len(batches))
         protected = self._protect(batches)
         selection, _, stats = compute_masks(self.model, self.criterion, self.layers, self.groups, batches,
@@ -216,6 +228,15 @@ class Pruner:
         for n in sorted(self.forced_min):
             logger.warning("%s would have lost every unit; kept %d (min_units)", n, self.config.min_units)
         return selection
+
+    def _width_depth_step(self, batches: list) -> Selection:
+        """Blocks, residual channels (and neurons/heads with them) scored once and removed in one step."""
+        params_before = self.baseline.params
+        self._loader, self.kept_axes = run_width_depth(self.model, self.config, self.plan, self.target, batches,
+                                                       self.progress, self.timings)
+        # the fractions differ per axis: the run's sparsity is the share of parameters removed
+        self.sparsity = round(1 - count_params(self.model)[0] / params_before, 4)
+        return Selection({})
 
     def _protect(self, batches: list) -> dict[str, torch.Tensor] | None:
         """Outlier units to keep (hfprune extension, `hfprune.protection`), detected once on the dense model."""
@@ -263,6 +284,10 @@ class Pruner:
         """Remove the masked units (structured) or zero the masked weights (unstructured) and rewrite the config."""
         t = time.perf_counter()
         hf = hasattr(self.model, "save_pretrained")
+        if self.width_depth:  # removed by the step itself
+            if self._loader is None:
+                raise ConfigError("Pruner.compact() before Pruner.step(): nothing was chosen yet.")
+            return Compaction(self._loader, self.kept_axes)
         if self.groups is None:
             apply_weight_masks(self.layers, self.masks)
             result = Compaction(Loader.TRANSFORMERS if hf else Loader.STATE_DICT, {})
@@ -276,13 +301,17 @@ class Pruner:
 
     # --- what was done ------------------------------------------------------------------------------------------
     def kept_units(self) -> dict[str, dict[str, Any]]:
-        """Per group: kind, total and kept units (empty for unstructured runs)."""
+        """Per group: kind, total and kept units (empty for unstructured runs; per axis for width/depth)."""
+        if self.width_depth:
+            return self.kept_axes
         if self.groups is None:
             return {}
         return {g.name: {"kind": g.kind, "total": g.num_units, "kept": int(self.masks[g.name].sum())}
                 for g in self.groups}
 
     def layer_reports(self) -> list[LayerReport]:
+        if self.width_depth:
+            return [LayerReport(k, v["kind"], v["total"], v["kept"]) for k, v in self.kept_axes.items() if "kind" in v]
         if self.groups is None:
             return [LayerReport(n, "weights", m.numel(), int(m.sum()), n in self.forced_min)
                     for n, m in self.masks.items()]
@@ -297,12 +326,16 @@ class Pruner:
         model, config, base = self.model, self.config, self.baseline
         cfg = getattr(model, "config", None)
         params_after, nonzero_after = count_params(model)
-        changed = compacted and self.groups is not None and any(not m.all() for m in self.masks.values())
+        changed = compacted and (self.width_depth or self.groups is not None
+                                 and any(not m.all() for m in self.masks.values()))
         macs_after = count_macs(model, base.inputs) if changed and base.inputs is not None else base.macs
         warnings = list(self.calibration.warnings) if self.calibration else []
         warnings += [f"{n} would have lost every unit; kept {config.min_units}" for n in sorted(self.forced_min)]
         if base.warning:
             warnings.append(base.warning)
+        if self.width_depth and self.target is not None and params_after < 0.99 * self.target:
+            warnings.append(f"target_params={self.target:,}: the closest architecture found has {params_after:,} "
+                            "parameters (more than 1% below the target)")
         calibration = self.calibration.describe(config.seq_len) if self.calibration else {"source": "none"}
         calibration["processes"] = self.world_size
         if self.batches_per_process:
@@ -312,7 +345,8 @@ class Pruner:
         return PruningReport(
             base_model=getattr(cfg, "_name_or_path", None) or None,
             model_type=getattr(cfg, "model_type", type(model).__name__),
-            criterion=config.criterion, granularity=config.granularity, sparsity=self.sparsity, scope=config.scope,
+            criterion=criterion_label(config) if self.width_depth else config.criterion,
+            granularity=config.granularity, sparsity=self.sparsity, scope=config.scope,
             params_before=base.params, params_after=params_after, nonzero_after=nonzero_after,
             macs_before=base.macs, macs_after=macs_after, macs_input_shape=base.shape, loader=loader.value,
             layers=self.layer_reports(), timings={**self.timings, **(timings or {})}, calibration=calibration,
@@ -326,6 +360,13 @@ class Pruner:
         base = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
         return PruningInfo(base_model=base, loader=loader, auto_class=auto_class_name(self.model),
                            groups=self.kept_units(), compacted=compacted, training=training)
+
+
+def _check_width_depth(config: PruningConfig) -> None:
+    for name in ("reconstruction", "protect"):
+        if getattr(config, name) != "none":
+            raise ConfigError(f"PruningConfig.{name}={getattr(config, name)!r} is not built for granularity "
+                              f"{config.granularity!r} (blocks / residual channels) yet; set {name}='none'.")
 
 
 def _to_process_device(model: nn.Module, device: torch.device) -> None:

@@ -15,7 +15,6 @@ from .config import PruningConfig
 from .distributed import main_process_writes
 from .engine import Pruner
 from .report import PruningReport
-from .width_depth import is_width_depth, prune_width_depth
 
 
 @dataclass
@@ -64,8 +63,6 @@ def prune(model: nn.Module, config: PruningConfig, calibration_data: Any = None,
     Under ``torchrun`` / ``accelerate launch`` every process calibrates its share of the batches and all end with
     the same model.
     """
-    if is_width_depth(config):  # whole blocks, residual channels, target_params: scored once, then removed
-        return prune_width_depth(model, config, calibration_data, tokenizer, progress)
     pruner = Pruner(model, config, calibration_data, tokenizer, example_inputs, progress=progress)
     pruner.step()
     compaction = pruner.compact()

@@ -4,7 +4,8 @@ FFN neurons and attention heads, each axis with its own fraction.
 Every score is computed once on the unpruned model (as Minitron does for width and depth), then the removals are
 applied: neurons/heads, residual channels, blocks. Because the scores do not depend on the fractions, the
 `target_params` search (`hfprune.search`) evaluates candidate architectures with exactly the procedure that
-produces the final model. `prune_width_depth` is the whole pipeline; `Scores` / `apply_plan` are its steps.
+produces the final model. The engine (`hfprune.engine.Pruner`) runs them: `prepare_width_depth` before any work, `run_width_depth` as its
+step; `Scores` / `apply_plan` are the parts.
 """
 
 from __future__ import annotations
@@ -18,16 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibration.data import prepare_calibration
-from .checkpoint import Loader, PruningInfo, auto_class_name
+from .checkpoint import Loader
 from .config import PruningConfig
 from .criteria import get_criterion
 from .criteria.width_depth import hidden_statistics, magnitude_block_scores, random_scores
 from .depth import block_list, check_layers, remove_blocks
-from .engine import add_probe, check_model, probe_loss
 from .errors import ConfigError
-from .measure import count_macs, count_params, dummy_input
-from .report import LayerReport, PruningReport
 from .structure.layers import Layer
 from .structure.residual import compact_hidden, residual_stream, rms_scales
 
@@ -230,41 +227,30 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
     return {"loader": loader, "kept": kept}
 
 
-def prune_width_depth(model: nn.Module, config: PruningConfig, calibration_data: Any = None, tokenizer: Any = None,
-                      progress: bool = False) -> Any:
-    """Prune any combination of ``layers``, ``hidden``, ``neurons`` and ``heads`` (fractions, or `target_params`);
-    return a `PruningResult` (save it with ``save_pretrained``)."""
-    from .prune import PruningResult  # late: prune() routes width/depth runs here
-    from .search import search_target
-
-    t0 = time.perf_counter()
-    check_model(model, config)
-    bad = [p for p in config.parts if p not in ("layers", "hidden", *UNIT_AXES)]
-    if bad or not any(p in config.parts for p in ("layers", "hidden")) and config.target_params is None:
-        raise ConfigError(f"prune_width_depth prunes layers, hidden, neurons and heads; granularity "
-                          f"{config.granularity!r} needs hfprune.prune.")
-    plan = initial_plan(model, config)  # validates every axis before any work
+def prepare_width_depth(model: nn.Module, config: PruningConfig) -> tuple[Plan, int | None, bool]:
+    """Everything checked before any work, for the engine: (the plan the fractions ask for, the parameter target,
+    whether calibration data is needed)."""
+    plan = initial_plan(model, config)
     target = config.target_params_count
-    params_before, _ = count_params(model)
     if target is not None:
         from .search import check_target
 
         check_target(model, config, target)
-    needs_data = any(axis_criterion(config, a).needs_data for a in ("layers", "hidden")
-                     if a in config.parts) or target is not None or \
-        ("hidden" in config.parts and config.hidden_rescale_norms)
+    needs_data = any(axis_criterion(config, a).needs_data for a in ("layers", "hidden") if a in config.parts) \
+        or target is not None or ("hidden" in config.parts and config.hidden_rescale_norms)
     ucfg = unit_config(config, plan)
-    if ucfg is not None:
-        needs_data = needs_data or get_criterion(ucfg).needs_data
-    calib = prepare_calibration(calibration_data, model, config, tokenizer) if needs_data else None
-    batches = calib.batches if calib else []
-    dummy, shape = dummy_input(model, config.seq_len)
-    macs_before = count_macs(model, dummy)
-    loss_before = probe_loss(model, batches)
-    timings: dict[str, float] = {}
+    return plan, target, needs_data or (ucfg is not None and get_criterion(ucfg).needs_data)
+
+
+def run_width_depth(model: nn.Module, config: PruningConfig, plan: Plan, target: int | None, batches: list,
+                    progress: bool, timings: dict[str, float]) -> tuple[Loader, dict[str, Any]]:
+    """Score every axis once, search the plan for ``target`` (if any), and remove: (loader, kept per axis; the
+    search's candidates and choice under ``"target_params"``)."""
+    from .search import search_target
+
     t = time.perf_counter()
     scores = compute_scores(model, config, batches, progress)
-    timings["scoring"] = time.perf_counter() - t
+    timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t
     search = None
     if target is not None:
         t = time.perf_counter()
@@ -274,29 +260,14 @@ def prune_width_depth(model: nn.Module, config: PruningConfig, calibration_data:
     t = time.perf_counter()
     done = apply_plan(model, config, plan, scores)
     timings["compaction"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    params_after, nonzero = count_params(model)
     kept = done["kept"]
     if search is not None:
         kept["target_params"] = search
-    warnings = list(calib.warnings) if calib else []
-    if target is not None and params_after < 0.99 * target:
-        warnings.append(f"target_params={target:,}: the closest architecture found has {params_after:,} parameters "
-                        "(more than 1% below the target)")
-    calibration = calib.describe(config.seq_len) if calib else {"source": "none"}
-    add_probe(calibration, warnings, loss_before, probe_loss(model, batches))
-    cfg = model.config
-    report = PruningReport(
-        base_model=getattr(cfg, "_name_or_path", None) or None, model_type=cfg.model_type,
-        criterion="+".join(dict.fromkeys([config.axis_criterion(a) for a in ("layers", "hidden") if a in config.parts]
-                                         + ([config.criterion] if ucfg is not None else []))),
-        # the fractions differ per axis: the report's sparsity is the share of parameters removed
-        granularity=config.granularity, sparsity=round(1 - params_after / params_before, 4), scope=config.scope,
-        params_before=params_before, params_after=params_after, nonzero_after=nonzero,
-        macs_before=macs_before, macs_after=count_macs(model, dummy), macs_input_shape=shape,
-        loader=done["loader"].value,
-        layers=[LayerReport(k, v["kind"], v["total"], v["kept"]) for k, v in kept.items() if "kind" in v],
-        timings=timings, calibration=calibration, warnings=warnings)
-    info = PruningInfo(base_model=report.base_model, loader=done["loader"], auto_class=auto_class_name(model),
-                       groups=kept)
-    return PruningResult(model, report, config, {}, info, tokenizer)
+    return done["loader"], kept
+
+
+def criterion_label(config: PruningConfig) -> str:
+    """The criteria of a width/depth run, one per axis, e.g. 'block_influence+wanda'."""
+    axes = [config.axis_criterion(a) for a in ("layers", "hidden") if a in config.parts]
+    units = [config.criterion] if any(p in UNIT_AXES for p in config.parts) else []
+    return "+".join(dict.fromkeys(axes + units))

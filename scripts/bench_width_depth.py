@@ -27,8 +27,8 @@ from _common import bench_parser, device_line, lee_texts, load_smollm2, median_t
 
 from hfprune.config import PruningConfig  # noqa: E402
 from hfprune.measure import count_macs, count_params, dummy_input  # noqa: E402
-from hfprune.width_depth import Plan, apply_plan, compute_scores, hidden_keep_count, hidden_multiple, \
-    prune_width_depth  # noqa: E402
+from hfprune.prune import prune  # noqa: E402
+from hfprune.width_depth import Plan, apply_plan, compute_scores, hidden_keep_count, hidden_multiple  # noqa: E402
 
 
 # --- plain reference implementations (no hfprune) ---------------------------------------------------------------
@@ -188,7 +188,7 @@ def target_part(base, tok, batches, args) -> list[dict]:
     cfg = PruningConfig(granularity=args.target_granularity, criterion="wanda", target_params=args.target,
                         num_samples=len(batches) * args.batch_size, seq_len=args.seq_len, batch_size=args.batch_size)
     t = time.perf_counter()
-    res = prune_width_depth(m, cfg, batches)
+    res = prune(m, cfg, batches, progress=False)
     secs = time.perf_counter() - t
     dummy, _ = dummy_input(m, 512)
     torch.set_num_threads(1)

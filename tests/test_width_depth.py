@@ -8,19 +8,21 @@ import copy
 import json
 import math
 import subprocess
+import os
 import sys
 
 import pytest
 import torch
 import transformers as T
 
+import hfprune
 from conftest import output_tensor
 from hfprune.config import PruningConfig
 from hfprune.criteria.width_depth import bypassed
 from hfprune.errors import CalibrationError, ConfigError, StructureError
 from hfprune.structure.residual import compact_hidden, residual_stream
 from hfprune.calibration.collector import lm_loss
-from hfprune.width_depth import apply_plan, compute_scores, prune_width_depth
+from hfprune.width_depth import apply_plan, compute_scores
 from hfprune.depth import block_list, remove_blocks
 from hfprune.search import plan_params
 
@@ -118,7 +120,7 @@ def greedy(model, n: int = 6, use_cache: bool = True) -> list:
 def test_layers_equal_bypassed_reference_and_reload(family, tmp_path):
     model = tiny(family)
     reference = copy.deepcopy(model)
-    res = prune_width_depth(model, cfg(granularity="layers", layer_sparsity=0.5), calib(family))
+    res = hfprune.prune(model, cfg(granularity="layers", layer_sparsity=0.5), calib(family))
     removed = res.info.groups["layers"]["removed"]
     assert len(removed) == 2 and len(block_list(model)[1]) == 2
     assert model.config.num_hidden_layers == 2
@@ -138,7 +140,7 @@ def test_layers_equal_bypassed_reference_and_reload(family, tmp_path):
 @pytest.mark.parametrize("family", DECODERS)
 def test_layers_generation_with_kv_cache(family):
     model = tiny(family)
-    prune_width_depth(model, cfg(granularity="layers", layer_sparsity=0.5, layer_criterion="random"), None)
+    hfprune.prune(model, cfg(granularity="layers", layer_sparsity=0.5, layer_criterion="random"), None)
     kept_idx = [b.self_attn.layer_idx if hasattr(b, "self_attn") else b.attn.layer_idx for b in block_list(model)[1]]
     assert kept_idx == [0, 1]
     assert greedy(model, use_cache=True) == greedy(model, use_cache=False)
@@ -225,7 +227,7 @@ def test_hidden_compaction_equals_masked_model(family):
 @pytest.mark.parametrize("family", ["llama", "llama_tied", "qwen3"])
 def test_hidden_prune_reload_plain(family, tmp_path):
     model = tiny(family)
-    res = prune_width_depth(model, cfg(granularity="hidden", hidden_sparsity=0.25), calib(family))
+    res = hfprune.prune(model, cfg(granularity="hidden", hidden_sparsity=0.25), calib(family))
     assert res.info.groups["hidden"]["kept"] == 36 and res.report.loader == "transformers"
     got = out(model, family)
     res.save_pretrained(tmp_path / "m")
@@ -256,7 +258,7 @@ def test_rms_rescale_scales_norm_weights():
     keep[torch.argsort(scores.hidden, descending=True)[:36]] = True
     g = base.model.layers[0].input_layernorm.weight.detach()[keep].clone()
     m = copy.deepcopy(base)
-    prune_width_depth(m, config, x)
+    hfprune.prune(m, config, x)
     r = math.sqrt(emb[:, keep].square().sum() / 36 / (emb.square().sum() / 48))
     torch.testing.assert_close(m.model.layers[0].input_layernorm.weight.detach(), g * r)
 
@@ -264,7 +266,7 @@ def test_rms_rescale_scales_norm_weights():
 # --- combinations and target_params -----------------------------------------------------------------------------
 def test_combination_with_neurons_and_heads(tmp_path):
     model = tiny("llama")
-    res = prune_width_depth(model, cfg(granularity="hidden+neurons+heads+layers", criterion="wanda",
+    res = hfprune.prune(model, cfg(granularity="hidden+neurons+heads+layers", criterion="wanda",
                                        hidden_sparsity=0.25, sparsity=0.25, head_sparsity=1 / 3, layer_sparsity=0.25),
                             calib("llama"))
     c = model.config
@@ -293,7 +295,7 @@ def test_combination_equals_step_by_step():
                  layer_sparsity=0.25, hidden_rescale_norms=False, layer_criterion="magnitude",
                  hidden_criterion="magnitude")
     a = copy.deepcopy(base)
-    prune_width_depth(a, config, None)
+    hfprune.prune(a, config, None)
     b = copy.deepcopy(base)
     scores = compute_scores(b, config, [])
     from hfprune.width_depth import initial_plan
@@ -306,7 +308,7 @@ def test_combination_equals_step_by_step():
                                                 ("neurons+layers", 55_000)])
 def test_target_params_within_one_percent_never_above(granularity, target):
     model = tiny("llama")
-    res = prune_width_depth(model, cfg(granularity=granularity, criterion="wanda", target_params=target),
+    res = hfprune.prune(model, cfg(granularity=granularity, criterion="wanda", target_params=target),
                             calib("llama"))
     p = res.report.params_after
     assert 0.99 * target <= p <= target
@@ -323,7 +325,7 @@ def test_target_params_string_and_round_to():
     model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=48, num_hidden_layers=4, num_attention_heads=6,
                                              num_key_value_heads=3, intermediate_size=256, vocab_size=100,
                                              head_dim=8)).eval()
-    res = prune_width_depth(model, cfg(granularity="hidden+neurons", criterion="magnitude", target_params="0.15M",
+    res = hfprune.prune(model, cfg(granularity="hidden+neurons", criterion="magnitude", target_params="0.15M",
                                        round_to=2), calib("llama"))
     assert 0.99 * 150_000 <= res.report.params_after <= 150_000
     assert model.config.intermediate_size % 2 == 0 and model.config.hidden_size % 6 == 0  # lcm(2, 6 heads)
@@ -334,7 +336,7 @@ def test_target_params_single_coarse_axis_warns(granularity, target):
     """Blocks (16,224 parameters each here) and residual widths in steps of 6 (the head count) cannot land
     within 1%: the closest architecture below the target is kept and the report says so."""
     model = tiny("llama")
-    res = prune_width_depth(model, cfg(granularity=granularity, target_params=target), calib("llama"))
+    res = hfprune.prune(model, cfg(granularity=granularity, target_params=target), calib("llama"))
     assert res.report.params_after <= target
     assert any("more than 1% below" in w for w in res.report.warnings)
 
@@ -354,14 +356,14 @@ def test_bad_inputs_before_work(kw, error, match):
     model = tiny("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(error, match=match):
-        prune_width_depth(model, cfg(**kw), _NOT_DATA)
+        hfprune.prune(model, cfg(**kw), _NOT_DATA)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bert", "vit"])
 def test_hidden_unknown_residual_stream(family):
     with pytest.raises(StructureError, match="residual stream"):
-        prune_width_depth(tiny(family), cfg(granularity="hidden", hidden_sparsity=0.25), _NOT_DATA)
+        hfprune.prune(tiny(family), cfg(granularity="hidden", hidden_sparsity=0.25), _NOT_DATA)
 
 
 def test_config_rejects_bad_axis_values():
@@ -376,7 +378,7 @@ def test_config_rejects_bad_axis_values():
 
 def test_not_data_is_refused_when_needed():
     with pytest.raises(CalibrationError):
-        prune_width_depth(tiny("llama"), cfg(granularity="layers", layer_sparsity=0.25), _NOT_DATA)
+        hfprune.prune(tiny("llama"), cfg(granularity="layers", layer_sparsity=0.25), _NOT_DATA)
 
 
 def test_through_prune_end_to_end(tmp_path):
@@ -391,6 +393,7 @@ def test_through_prune_end_to_end(tmp_path):
     child = reload_plain(tmp_path / "m", "llama")
     assert child["gen"] == greedy(model)
     with pytest.raises(ConfigError, match="one-shot"):
-        from hfprune.engine import Pruner
+        sys.path.insert(0, os.path.dirname(__file__))
+        from trainer_tiny import make_trainer
 
-        Pruner(tiny("llama"), PruningConfig(granularity="layers", sparsity=0.25), calib("llama"))
+        make_trainer(str(tmp_path / "t"), {"granularity": "layers", "layer_sparsity": 0.25, "sparsity": 0.0})

@@ -28,6 +28,7 @@ from ..engine import Pruner
 from ..errors import CalibrationError, ConfigError
 from ..publishing.card import CARD_NAME, PLACEHOLDER_ID
 from ..report import PruningReport
+from ..width_depth import is_width_depth
 from .callback import PruningCallback
 from .distilling import RecoveryMixin
 from .losses import LayerInputs, group_lasso, relative_importance, ri_layers
@@ -54,6 +55,9 @@ class PruningTrainer(RecoveryMixin, Trainer):
             raise ConfigError(f"pruning_config must be a PruningConfig, got {type(pruning_config).__name__}.")
         if model is None:
             raise ConfigError("PruningTrainer needs model= (model_init is not supported: masks belong to one model).")
+        if is_width_depth(pruning_config):
+            raise ConfigError(f"granularity {pruning_config.granularity!r} / target_params are one-shot: prune with "
+                              "hfprune.prune(), then train the smaller model (RecoveryTrainer, docs/trainer.md).")
         if pruning_config.schedule != "one_shot" and pruning_config.nm is not None:
             raise ConfigError(f"granularity={pruning_config.granularity!r} (N:M) is a fixed pattern; use "
                               "schedule='one_shot'.")
