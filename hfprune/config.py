@@ -278,6 +278,7 @@ class Rule:
 
     ok: Callable[[Any], bool]
     allowed: str
+    choices: tuple = ()  # the values allowed, when they are a fixed set (the CLI's argparse `choices`)
 
 
 def _is_int(v: Any) -> bool:
@@ -289,7 +290,8 @@ def _is_number(v: Any) -> bool:
 
 
 def optional(rule: Rule) -> Rule:
-    return Rule(lambda v: v is None or rule.ok(v), f"{rule.allowed}, or None")
+    return Rule(lambda v: v is None or rule.ok(v), f"{rule.allowed}, or None",
+                rule.choices + (None,) if rule.choices else ())
 
 
 def integer(low: int | None = None) -> Rule:
@@ -316,7 +318,7 @@ def number(low: float | None = None, high: float | None = None, *, open_low: boo
 def choice(*values: Any) -> Rule:
     """One of ``values``, of the same type (so True is not the integer 1 and "1" is not 1)."""
     return Rule(lambda v: any(type(v) is type(c) and v == c for c in values),
-                "one of " + ", ".join(map(repr, values)))
+                "one of " + ", ".join(map(repr, values)), tuple(values))
 
 
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false (a boolean; strings such as 'no' are not booleans)")

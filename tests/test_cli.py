@@ -339,3 +339,14 @@ def test_python_dash_m(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("hfprune", run_name="__main__")
     assert exit_info.value.code == 2 and "nosuchcommand" in capsys.readouterr().err
+
+
+def test_prune_help_lists_the_configs_choices_and_refuses_others(capsys):
+    """Choices are declared once (the config's rules) and shared by validation and argparse."""
+    from hfprune.cli import main
+
+    assert main(["prune", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--scope {local,global}" in out and "--reconstruction {none,weights}" in out
+    assert main(["prune", "model", "--scope", "everywhere", "--output", "out"]) == 2
+    assert "invalid choice: 'everywhere'" in capsys.readouterr().err

@@ -37,15 +37,19 @@ def _typed(kind: type, alternative: type | None = None) -> Any:
     return parse
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str) -> list[str]:
-    """Add ``--field-name`` (and ``--field_name``) for every field of ``cls``; return the field names."""
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str,
+                          rules: dict[str, Any] | None = None) -> list[str]:
+    """Add ``--field-name`` (and ``--field_name``) for every field of ``cls``; return the field names. A field
+    whose rule in ``rules`` (e.g. `hfprune.config.FIELD_RULES`) is a fixed set of values gets argparse
+    ``choices``: the choices are declared once, for validation and the command line alike."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     names = []
     for f in dataclasses.fields(cls):
         kind, is_list = _base_type(hints[f.name])
         flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name and kind is not bool else [])
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              "help": f.metadata.get("help", "").replace("%", "%%")}  # argparse formats help
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif is_list:
@@ -53,6 +57,10 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
         else:
             alternatives = [a for a in typing.get_args(hints[f.name]) if a not in (kind, type(None))]
             kw.update(type=_typed(kind, alternatives[0] if alternatives else None), metavar=kind.__name__.upper())
+            choices = getattr((rules or {}).get(f.name), "choices", ())
+            if choices:
+                kw.update(choices=choices, metavar="{" + ",".join(str(c).lower() if c is None else str(c)
+                                                                  for c in choices) + "}")
         group.add_argument(*flags, **kw)
         names.append(f.name)
     return names

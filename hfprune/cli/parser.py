@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..config import PruningConfig
+from ..config import FIELD_RULES, PruningConfig
 from . import commands
 from .options import add_dataclass_options
 from .sources import TASKS
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     _output(p, required=True)
     _allow_pickle(p)
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="Also push the saved folder to this Hub repo.")
-    p.set_defaults(config_fields=add_dataclass_options(p, PruningConfig, "pruning options (PruningConfig)"),
+    p.set_defaults(config_fields=add_dataclass_options(p, PruningConfig, "pruning options (PruningConfig)",
+                                                       FIELD_RULES),
                    handler=commands.cmd_prune)
     _common(p)
 
