@@ -10,17 +10,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import os
 import re
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import yaml
 
 from .errors import CheckpointError, ConfigError, reason, shorten, shown
+from .rules import NAME, PATTERNS, Rule, check_fields, choice, integer, is_int, number, optional
 
 CONFIG_NAME = "pruning_config.json"
 LOADERS = ("transformers", "hfprune", "state_dict")  # how `load_pruned` rebuilds a saved model
@@ -271,85 +270,7 @@ class PruningConfig:
         return cls.from_dict(read_pruning_file(directory)["pruning_config"])
 
 
-# --- validation: one rule per field, derived from its type hint unless the table below says more --------------
-@dataclass(frozen=True)
-class Rule:
-    """What a field accepts: a predicate and the words that describe it in the error message."""
-
-    ok: Callable[[Any], bool]
-    allowed: str
-    choices: tuple = ()  # the values allowed, when they are a fixed set (the CLI's argparse `choices`)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def optional(rule: Rule) -> Rule:
-    return Rule(lambda v: v is None or rule.ok(v), f"{rule.allowed}, or None",
-                rule.choices + (None,) if rule.choices else ())
-
-
-def integer(low: int | None = None) -> Rule:
-    return Rule(lambda v: _is_int(v) and (low is None or v >= low),
-                "an integer" + (f" >= {low}" if low is not None else ""))
-
-
-def number(low: float | None = None, high: float | None = None, *, open_low: bool = False,
-           open_high: bool = False, allowed: str | None = None) -> Rule:
-    """A finite int or float (never a bool or a string) in the given interval."""
-    def ok(v: Any) -> bool:
-        if not _is_number(v):
-            return False
-        if low is not None and (v < low or (open_low and v == low)):
-            return False
-        return high is None or not (v > high or (open_high and v == high))
-    if allowed is None:
-        bounds = f" in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}" if high is not None else (
-            f" {'>' if open_low else '>='} {low}" if low is not None else "")
-        allowed = f"a finite number{bounds}"
-    return Rule(ok, allowed)
-
-
-def choice(*values: Any) -> Rule:
-    """One of ``values``, of the same type (so True is not the integer 1 and "1" is not 1)."""
-    return Rule(lambda v: any(type(v) is type(c) and v == c for c in values),
-                "one of " + ", ".join(map(repr, values)), tuple(values))
-
-
-BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false (a boolean; strings such as 'no' are not booleans)")
-TEXT = Rule(lambda v: isinstance(v, str), "a string")
-NAME = Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")
-PATTERNS = Rule(lambda v: isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v),
-                "a list of glob patterns of module names, e.g. ['*.mlp.*']")
-MAPPING = Rule(lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a mapping of names to values")
-ANYTHING = Rule(lambda v: True, "anything")
-
-
-def rule_for_hint(hint: Any) -> Rule:
-    """The rule a type hint implies: ``bool``, ``int``, ``float``, ``str``, ``X | None``, ``list[str]``, ``dict``."""
-    args = [a for a in get_args(hint) if a is not type(None)]
-    if get_origin(hint) in (Union, types.UnionType) and len(args) == 1:
-        return optional(rule_for_hint(args[0]))
-    origin = get_origin(hint) or hint
-    return {bool: BOOLEAN, int: integer(), float: number(), str: TEXT, list: PATTERNS, dict: MAPPING}.get(
-        origin, ANYTHING)
-
-
-def check_fields(obj: Any, rules: dict[str, Rule], where: str) -> None:
-    """Check every dataclass field of ``obj`` against ``rules`` (or the rule its type hint implies)."""
-    hints = get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        rule = rules.get(f.name) or rule_for_hint(hints[f.name])
-        value = getattr(obj, f.name)
-        if not rule.ok(value):
-            raise ConfigError(f"{where}.{f.name}={shown(value)} is not allowed: {rule.allowed}.")
-
-
+# --- validation: one rule per field (hfprune.rules), derived from its type hint unless this table says more ---
 _FRACTION = number(0, 1, open_high=True, allowed="a number in [0, 1) (the fraction removed)")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _CRITERION = Rule(lambda v: isinstance(v, str) and bool(_NAME_RE.fullmatch(v)),
@@ -366,7 +287,7 @@ FIELD_RULES: dict[str, Rule] = {
     "head_sparsity": optional(_FRACTION),
     "hidden_sparsity": optional(_FRACTION),
     "layer_sparsity": optional(_FRACTION),
-    "target_params": optional(Rule(lambda v: (_is_int(v) and v > 0) or (isinstance(v, str) and bool(_SIZE.match(v))
+    "target_params": optional(Rule(lambda v: (is_int(v) and v > 0) or (isinstance(v, str) and bool(_SIZE.match(v))
                                                                      and float(_SIZE.match(v).group(1)) > 0),
                                    "a positive integer or a size such as '100M' or '1.5B'")),
     "layer_criterion": optional(choice(*LAYER_CRITERIA)),

@@ -29,24 +29,26 @@ import torch
 from torch import nn
 
 from .calibration.checks import check_batches, check_units, check_weights
-from .calibration.collector import collect_statistics, lm_loss
+from .calibration.forward import lm_loss
 from .calibration.data import CalibrationSet, prepare_calibration
-from .calibration.sequential import block_of, block_statistics, find_blocks
 from .checkpoint import Loader, PruningInfo, auto_class_name
 from .compaction import add_bias, compact_units, rewrite_config
 from .config import PruningConfig
-from .criteria import Criterion, resolve_criterion
+from .criteria import Criterion, get_criterion, resolve_criterion
 from .distributed import broadcast_masks, gather_counts, my_share, process_state, rank_world
 from .errors import ConfigError
 from .logging import get_logger
-from .masks import PackedMasks, apply_weight_masks, removed_columns
+from .masks import apply_weight_masks, removed_columns
 from .measure import count_macs, count_params, dummy_input
 from .report import LayerReport, PruningReport
 from .protection import Protection, detect_outliers
 from .reconstruction import ReconstructionReport, reconstruct
-from .selection import Selection, check_head_ratio, protect_scores, structured_masks, unstructured_masks
-from .structure import Layer, UnitGroup, adapter_for, find_groups, find_layers, target_layers
-from .width_depth import criterion_label, is_width_depth, prepare_width_depth, run_width_depth
+from .scoring import compute_masks
+from .selection import Selection, check_head_ratio
+from .structure import UnitGroup, adapter_for, find_groups, find_layers, target_layers
+from .search import check_target, search_target
+from .width_depth import Plan, apply_plan, axis_criterion, compute_scores, criterion_label, initial_plan, \
+    is_width_depth, unit_config
 
 logger = get_logger(__name__)
 
@@ -137,7 +139,7 @@ class Pruner:
         self.width_depth = is_width_depth(config)
         if self.width_depth:
             _check_width_depth(config)
-            self.plan, self.target, needs = prepare_width_depth(model, config)  # every axis checked before work
+            self.plan, self.target, needs = _prepare_width_depth(model, config)  # every axis checked before work
             self.criterion = criterion  # each axis resolves its own criterion
         else:
             self.criterion = criterion or resolve_criterion(config)
@@ -232,7 +234,7 @@ class Pruner:
     def _width_depth_step(self, batches: list) -> Selection:
         """Blocks, residual channels (and neurons/heads with them) scored once and removed in one step."""
         params_before = self.baseline.params
-        self._loader, self.kept_axes = run_width_depth(self.model, self.config, self.plan, self.target, batches,
+        self._loader, self.kept_axes = _run_width_depth(self.model, self.config, self.plan, self.target, batches,
                                                        self.progress, self.timings)
         # the fractions differ per axis: the run's sparsity is the share of parameters removed
         self.sparsity = round(1 - count_params(self.model)[0] / params_before, 4)
@@ -362,6 +364,41 @@ class Pruner:
                            groups=self.kept_units(), compacted=compacted, training=training)
 
 
+def _prepare_width_depth(model: nn.Module, config: PruningConfig) -> tuple[Plan, int | None, bool]:
+    """Everything checked before any work, for the engine: (the plan the fractions ask for, the parameter target,
+    whether calibration data is needed)."""
+    plan = initial_plan(model, config)
+    target = config.target_params_count
+    if target is not None:
+        check_target(model, config, target)
+    needs_data = any(axis_criterion(config, a).needs_data for a in ("layers", "hidden") if a in config.parts) \
+        or target is not None or ("hidden" in config.parts and config.hidden_rescale_norms)
+    ucfg = unit_config(config, plan)
+    return plan, target, needs_data or (ucfg is not None and get_criterion(ucfg).needs_data)
+
+
+def _run_width_depth(model: nn.Module, config: PruningConfig, plan: Plan, target: int | None, batches: list,
+                    progress: bool, timings: dict[str, float]) -> tuple[Loader, dict[str, Any]]:
+    """Score every axis once, search the plan for ``target`` (if any), and remove: (loader, kept per axis; the
+    search's candidates and choice under ``"target_params"``)."""
+    t = time.perf_counter()
+    scores = compute_scores(model, config, batches, progress)
+    timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t
+    search = None
+    if target is not None:
+        t = time.perf_counter()
+        plan, candidates = search_target(model, config, target, scores, batches)
+        search = {"target": target, "chosen": plan.describe(), "candidates": [c.describe() for c in candidates]}
+        timings["search"] = time.perf_counter() - t
+    t = time.perf_counter()
+    done = apply_plan(model, config, plan, scores)
+    timings["compaction"] = time.perf_counter() - t
+    kept = done["kept"]
+    if search is not None:
+        kept["target_params"] = search
+    return done["loader"], kept
+
+
 def _check_width_depth(config: PruningConfig) -> None:
     for name in ("reconstruction", "protect"):
         if getattr(config, name) != "none":
@@ -374,118 +411,3 @@ def _to_process_device(model: nn.Module, device: torch.device) -> None:
     current = next(model.parameters()).device
     if device.type != "cpu" and current.type == "cpu":
         model.to(device)
-
-
-# --- calibrate, score, select ----------------------------------------------------------------------------------
-def compute_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGroup] | None,
-                  batches: list, progress: bool = True, removed: dict[str, torch.Tensor] | None = None,
-                  timings: dict[str, float] | None = None, config: PruningConfig | None = None,
-                  protected: dict[str, torch.Tensor] | None = None) -> tuple[Selection, dict, dict]:
-    """Calibrate, score and select on the current weights: (selection, scores, statistics).
-
-    ``removed`` (True = already removed, per layer or group) stays removed; ``protected`` (True = keep: per group
-    ``[units]``, per layer ``[in]`` columns) is kept unless already removed (`hfprune.protection`). ``config`` (default: the criterion's)
-    sets the sparsity of the selection. ``timings`` accumulates the seconds of each phase.
-    """
-    timings = {} if timings is None else timings
-    for phase in ("calibration", "scoring", "selection"):
-        timings.setdefault(phase, 0.0)
-    config = config or criterion.config
-    observed = criterion.observed_layers(layers, groups)
-    removed = removed or {}
-    if criterion.config.calibration_mode == "sequential":
-        return _sequential_masks(model, criterion, layers, groups, observed, batches, progress, removed, timings,
-                                 config, protected or {})
-    t = time.perf_counter()
-    stats = collect_statistics(model, criterion, layers, observed, batches, progress)
-    timings["calibration"] += time.perf_counter() - t
-    scores = _scores(criterion, layers, groups, stats, removed, timings, protected or {})
-    return _select(criterion, layers, groups, scores, removed, timings, config), scores, stats
-
-
-def _scores(criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGroup] | None, stats: dict,
-            removed: dict[str, torch.Tensor], timings: dict[str, float],
-            protected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Scores per layer (``[out, in]``) or per group (``[units]``); protected entries get +inf, already-removed
-    ones -inf (removed wins)."""
-    t = time.perf_counter()
-    if groups is None:
-        scores = {n: criterion.weight_scores(l, stats.get(n, {})) for n, l in layers.items()}
-    else:
-        scores = {g.name: criterion.unit_scores(g, stats, layers) for g in groups}
-    if protected:
-        scores = protect_scores(scores, protected)
-    for n in scores.keys() & removed.keys():
-        scores[n] = scores[n].masked_fill(removed[n].to(scores[n].device), -math.inf)
-    timings["scoring"] += time.perf_counter() - t
-    return scores
-
-
-def _select(criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGroup] | None, scores: dict,
-            removed: dict[str, torch.Tensor], timings: dict[str, float], config: PruningConfig) -> Selection:
-    t = time.perf_counter()
-    if groups is None:
-        overrides = {n: m for n in layers if (m := criterion.removal_mask(layers[n], scores[n])) is not None}
-        selection = unstructured_masks(scores, config, criterion.per_row, overrides)
-    else:
-        selection = structured_masks(scores, groups, config)
-    for n in selection.masks.keys() & removed.keys():
-        selection.masks[n] = selection.masks[n] & ~removed[n].cpu()
-    timings["selection"] += time.perf_counter() - t
-    return selection
-
-
-def _sequential_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Layer],
-                      groups: list[UnitGroup] | None, observed: list[str], batches: list, progress: bool,
-                      removed: dict[str, torch.Tensor], timings: dict[str, float],
-                      config: PruningConfig, protected: dict[str, torch.Tensor]) -> tuple[Selection, dict, dict]:
-    """Block by block: statistics of one block (`block_statistics`), its scores and masks, then the next block.
-
-    Kept across blocks: masks; per-unit scores (structured: small; global scope selects once all are in);
-    statistics only where compensation needs them (elimination-compensation with ec_output='layer': two vectors
-    per layer). Per-weight scores and the other statistics are dropped after each block, and unstructured masks
-    are stored one bit per weight (`PackedMasks`); the returned scores are empty for unstructured runs.
-    """
-    prefix, blocks = find_blocks(model)
-    units = {g.name: g for g in groups} if groups is not None else layers
-    members = {n: [c.layer for c in g.couplings if c.layer in layers] for n, g in units.items()} \
-        if groups is not None else {n: [n] for n in layers}
-    where = block_of(list(layers), prefix, len(blocks))
-    home = {n: where[ls[0]] if ls and len({where[l] for l in ls}) == 1 else None for n, ls in members.items()}
-    split = sorted(n for n, h in home.items() if h is None and set(members[n]) & set(observed))
-    if split:
-        raise ConfigError(f"calibration_mode='sequential': the units {split} span several blocks or lie outside "
-                          f"{prefix}.N; use calibration_mode='full'.")
-    keep_stats = criterion.config.compensate and \
-        type(criterion).bias_compensation is not Criterion.bias_compensation
-    deferred = groups is not None and config.scope == "global"
-    selection = Selection({} if groups is not None else PackedMasks())
-    scores: dict[str, torch.Tensor] = {}
-    kept: dict = {}
-    pending = set(units)
-
-    def decide(names: list[str], stats: dict) -> None:
-        part = [units[n] for n in names] if groups is not None else None
-        sub = {n: layers[n] for n in names} if groups is None else layers
-        s = _scores(criterion, sub, part, stats, removed, timings, protected)
-        if groups is not None:
-            scores.update(s)
-        if not deferred:
-            chosen = _select(criterion, sub, part, s, removed, timings, config)
-            selection.masks.update(chosen.masks)
-            selection.forced_min.update(chosen.forced_min)
-        pending.difference_update(names)
-
-    t = time.perf_counter()
-    for i, stats in block_statistics(model, criterion, layers, observed, batches, progress):
-        timings["calibration"] += time.perf_counter() - t
-        decide([n for n in units if home[n] == i], stats)
-        if keep_stats:
-            kept.update(stats)
-        del stats
-        t = time.perf_counter()
-    for i in sorted({home[n] for n in pending}, key=lambda i: -1 if i is None else i):  # data-free, block by block
-        decide([n for n in sorted(pending) if home[n] == i], {})
-    if deferred:
-        selection = _select(criterion, layers, groups, scores, removed, timings, config)
-    return selection, scores, kept

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibration.collector import no_kv_cache, run_model
+from .calibration.forward import no_kv_cache, run_model
 from .errors import CalibrationError
 from .structure import Layer, UnitGroup
 

@@ -27,7 +27,7 @@ from .config import PruningConfig
 from .depth import block_list
 from .errors import ConfigError
 from .structure.residual import residual_stream
-from .calibration.collector import lm_loss
+from .calibration.forward import lm_loss
 from .width_depth import Plan, Scores, apply_plan, hidden_multiple
 
 _MIXES = ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0))

@@ -37,7 +37,7 @@ def _keep_top_rows(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
-def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+def keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Boolean mask of the ``keep`` highest scores (stable: lower index wins ties)."""
     return _keep_top_rows(scores.reshape(1, -1), keep).view(scores.shape)
 
@@ -65,7 +65,7 @@ def unstructured_masks(scores: dict[str, torch.Tensor], config: PruningConfig, p
     if config.scope == "global" and not per_row:
         ranked = {n: s for n, s in scores.items() if n not in overrides}
         flat = torch.cat([s.detach().flatten().cpu() for s in ranked.values()]) if ranked else torch.empty(0)
-        keep = _keep_top(flat, flat.numel() - int(round(config.sparsity * flat.numel())))
+        keep = keep_top(flat, flat.numel() - int(round(config.sparsity * flat.numel())))
         for (n, s), mask in zip(ranked.items(), keep.split([s.numel() for s in ranked.values()])):
             masks[n] = mask.view(s.shape)
     else:
@@ -73,13 +73,13 @@ def unstructured_masks(scores: dict[str, torch.Tensor], config: PruningConfig, p
             if per_row:
                 masks[n] = _keep_top_rows(s, s.shape[1] - int(round(config.sparsity * s.shape[1])))
             else:
-                masks[n] = _keep_top(s, s.numel() - int(round(config.sparsity * s.numel())))
+                masks[n] = keep_top(s, s.numel() - int(round(config.sparsity * s.numel())))
     for n, removed in overrides.items():
         masks[n] = ~removed.cpu()
     forced = set()
     for n, mask in masks.items():  # never empty a layer
         if not mask.any():
-            masks[n] = _keep_top(scores[n], config.min_units)
+            masks[n] = keep_top(scores[n], config.min_units)
             forced.add(n)
     return Selection(masks, forced)
 
@@ -111,19 +111,19 @@ def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], c
     if config.scope == "local":
         for g in groups:
             keep = _kept_count(g, config.sparsity_for(g.kind) * g.num_units, config)
-            masks[g.name] = _keep_top(scores[g.name], keep)
+            masks[g.name] = keep_top(scores[g.name], keep)
     else:
         for kind in {g.kind for g in groups}:
             names = [g.name for g in groups if g.kind == kind]
             flat = torch.cat([scores[n].double().cpu() for n in names])
             keep_total = flat.numel() - int(round(config.sparsity_for(kind) * flat.numel()))
-            keep_all = _keep_top(flat, keep_total)
+            keep_all = keep_top(flat, keep_total)
             for n, part in zip(names, torch.split(keep_all, [by_name[n].num_units for n in names])):
                 want = int(part.sum())
                 keep = _kept_count(by_name[n], by_name[n].num_units - want, config)
                 if want < config.min_units:
                     forced.add(n)
-                masks[n] = _keep_top(scores[n], keep)
+                masks[n] = keep_top(scores[n], keep)
     for g in groups:
         if config.scope == "local" and config.sparsity_for(g.kind) * g.num_units > g.num_units - config.min_units:
             forced.add(g.name)

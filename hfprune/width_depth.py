@@ -4,15 +4,14 @@ FFN neurons and attention heads, each axis with its own fraction.
 Every score is computed once on the unpruned model (as Minitron does for width and depth), then the removals are
 applied: neurons/heads, residual channels, blocks. Because the scores do not depend on the fractions, the
 `target_params` search (`hfprune.search`) evaluates candidate architectures with exactly the procedure that
-produces the final model. The engine (`hfprune.engine.Pruner`) runs them: `prepare_width_depth` before any work, `run_width_depth` as its
-step; `Scores` / `apply_plan` are the parts.
+produces the final model. The engine (`hfprune.engine.Pruner`) runs them: it checks the plan before any work, then scores, searches
+(`hfprune.search`) and applies it in one step; `Scores` / `apply_plan` are the parts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,8 @@ from .criteria import get_criterion
 from .criteria.width_depth import hidden_statistics, magnitude_block_scores, random_scores
 from .depth import block_list, check_layers, remove_blocks
 from .errors import ConfigError
+from .scoring import compute_masks
+from .selection import keep_top
 from .structure.layers import Layer
 from .structure.residual import compact_hidden, residual_stream, rms_scales
 
@@ -138,7 +139,6 @@ def initial_plan(model: nn.Module, config: PruningConfig) -> Plan:
 
 def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progress: bool = False) -> Scores:
     """Block, residual-channel and neuron/head scores of the (unpruned) model."""
-    from .engine import compute_masks  # late: the engine routes width/depth runs here
     from .structure import find_groups, find_layers
 
     scores = Scores()
@@ -186,9 +186,8 @@ def _magnitude_hidden(rs: Any) -> torch.Tensor:
 
 
 def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    from .selection import _keep_top
 
-    return _keep_top(scores, keep)
+    return keep_top(scores, keep)
 
 
 def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scores | None) -> dict[str, Any]:
@@ -225,45 +224,6 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
             remove_blocks(model, drop)
         kept["layers"] = {"kind": "layers", "total": n, "kept": n - len(drop), "removed": drop}
     return {"loader": loader, "kept": kept}
-
-
-def prepare_width_depth(model: nn.Module, config: PruningConfig) -> tuple[Plan, int | None, bool]:
-    """Everything checked before any work, for the engine: (the plan the fractions ask for, the parameter target,
-    whether calibration data is needed)."""
-    plan = initial_plan(model, config)
-    target = config.target_params_count
-    if target is not None:
-        from .search import check_target
-
-        check_target(model, config, target)
-    needs_data = any(axis_criterion(config, a).needs_data for a in ("layers", "hidden") if a in config.parts) \
-        or target is not None or ("hidden" in config.parts and config.hidden_rescale_norms)
-    ucfg = unit_config(config, plan)
-    return plan, target, needs_data or (ucfg is not None and get_criterion(ucfg).needs_data)
-
-
-def run_width_depth(model: nn.Module, config: PruningConfig, plan: Plan, target: int | None, batches: list,
-                    progress: bool, timings: dict[str, float]) -> tuple[Loader, dict[str, Any]]:
-    """Score every axis once, search the plan for ``target`` (if any), and remove: (loader, kept per axis; the
-    search's candidates and choice under ``"target_params"``)."""
-    from .search import search_target
-
-    t = time.perf_counter()
-    scores = compute_scores(model, config, batches, progress)
-    timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t
-    search = None
-    if target is not None:
-        t = time.perf_counter()
-        plan, candidates = search_target(model, config, target, scores, batches)
-        search = {"target": target, "chosen": plan.describe(), "candidates": [c.describe() for c in candidates]}
-        timings["search"] = time.perf_counter() - t
-    t = time.perf_counter()
-    done = apply_plan(model, config, plan, scores)
-    timings["compaction"] = time.perf_counter() - t
-    kept = done["kept"]
-    if search is not None:
-        kept["target_params"] = search
-    return done["loader"], kept
 
 
 def criterion_label(config: PruningConfig) -> str:

@@ -14,7 +14,8 @@ import torch
 from _common import bench_parser, device_line, set_threads, load_smollm2, median_time, save_json, table, token_batches
 from hfprune import PruningConfig, prune
 from hfprune.calibration import collector
-from hfprune.calibration.collector import collect_statistics, run_model
+from hfprune.calibration.collector import collect_statistics
+from hfprune.calibration.forward import run_model
 from hfprune.criteria import get_criterion
 from hfprune.structure import target_layers
 

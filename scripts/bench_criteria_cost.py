@@ -24,7 +24,8 @@ from typing import Any, Callable
 import torch
 
 from hfprune import PruningConfig
-from hfprune.calibration.collector import collect_statistics, run_model
+from hfprune.calibration.collector import collect_statistics
+from hfprune.calibration.forward import run_model
 from hfprune.criteria import get_criterion
 from hfprune.structure import find_groups, target_layers
 

@@ -54,7 +54,7 @@ def child_memory(args) -> dict:
     from hfprune import PruningConfig, prune
     from hfprune.calibration.data import CalibrationSet, prepare_calibration
     from hfprune.criteria import get_criterion
-    from hfprune.engine import compute_masks
+    from hfprune.scoring import compute_masks
     from hfprune.structure import target_layers
 
     import gguf  # noqa: F401  (imported by the GGUF loader: part of the runtime, not of the model)
@@ -103,7 +103,8 @@ def child_ddp(args) -> dict:
     import torch.distributed as dist
 
     from hfprune import PruningConfig
-    from hfprune.calibration.collector import collect_statistics, run_model
+    from hfprune.calibration.collector import collect_statistics
+    from hfprune.calibration.forward import run_model
     from hfprune.criteria import get_criterion
     from hfprune.structure import target_layers
 

@@ -12,7 +12,7 @@ from hfprune import PruningConfig
 from hfprune.calibration.data import prepare_calibration
 from hfprune.criteria import get_criterion
 from hfprune.errors import ConfigError
-from hfprune.engine import _select, compute_masks
+from hfprune.scoring import compute_masks, select
 from hfprune.protection import Protection, detect_outliers
 from hfprune.selection import protect_scores
 from hfprune.structure import find_groups, find_layers, target_layers
@@ -54,9 +54,9 @@ def test_planted_neuron_detected_and_kept():
     assert prot.to_report() == {name: [NEURON]}
     scores = {**scores, name: scores[name].clone()}
     scores[name][NEURON] = scores[name].min() - 1  # the criterion's lowest: removed without protection
-    sel = _select(crit, layers, groups, scores, {}, {"selection": 0.0}, cfg)
+    sel = select(crit, layers, groups, scores, {}, {"selection": 0.0}, cfg)
     assert not sel.masks[name][NEURON]
-    protected = _select(crit, layers, groups, protect_scores(scores, prot.masks), {}, {"selection": 0.0}, cfg)
+    protected = select(crit, layers, groups, protect_scores(scores, prot.masks), {}, {"selection": 0.0}, cfg)
     assert protected.masks[name][NEURON]
     for g in groups:  # same number removed everywhere; only the protected unit swapped in
         assert protected.masks[g.name].sum() == sel.masks[g.name].sum()
@@ -70,7 +70,7 @@ def test_unstructured_protects_input_columns(granularity):
     prot = detect_outliers(model, layers, None, calib.batches, threshold=20)
     down = "model.layers.0.mlp.down_proj"
     assert prot.masks[down].nonzero().flatten().tolist() == [NEURON]
-    protected = _select(crit, layers, None, protect_scores(scores, prot.masks), {}, {"selection": 0.0}, cfg)
+    protected = select(crit, layers, None, protect_scores(scores, prot.masks), {}, {"selection": 0.0}, cfg)
     assert protected.masks[down][:, NEURON].all()
     for n, m in protected.masks.items():
         assert m.sum() == sel.masks[n].sum()  # per-row (Wanda) and N:M counts unchanged
@@ -80,7 +80,7 @@ def test_unstructured_protects_input_columns(granularity):
 def test_nothing_protected_gives_the_criterion_masks(criterion):
     model, cfg, calib, layers, groups, crit, sel, scores = _setup("neurons", criterion)
     none = Protection({g.name: torch.zeros(g.num_units, dtype=torch.bool) for g in groups})
-    again = _select(crit, layers, groups, protect_scores(scores, none.masks), {}, {"selection": 0.0}, cfg)
+    again = select(crit, layers, groups, protect_scores(scores, none.masks), {}, {"selection": 0.0}, cfg)
     assert all(torch.equal(again.masks[n], m) for n, m in sel.masks.items())
     assert none.to_report() == {}
 

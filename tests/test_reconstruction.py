@@ -15,7 +15,7 @@ from hfprune.calibration.data import prepare_calibration
 from hfprune.calibration.sequential import capture_block_inputs
 from hfprune.criteria import get_criterion
 from hfprune.errors import CalibrationError, ConfigError
-from hfprune.engine import compute_masks
+from hfprune.scoring import compute_masks
 from hfprune.reconstruction import (GramStats, make_factor, output_error, reconstruct, refit_columns,
                                     refit_rows_exact, refit_rows_obs)
 from hfprune.structure import find_groups, find_layers, target_layers

@@ -2,7 +2,7 @@
 
 import torch
 
-from hfprune.selection import _keep_top, _keep_top_rows
+from hfprune.selection import _keep_top_rows, keep_top
 
 
 def _stable_reference(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -22,7 +22,7 @@ def test_keep_top_rows_matches_a_stable_sort_with_ties_and_minus_inf():
         for keep in range(cols + 1):
             assert torch.equal(_keep_top_rows(scores, keep), _stable_reference(scores, keep))
         flat_keep = rows * cols // 2
-        assert torch.equal(_keep_top(scores, flat_keep),
+        assert torch.equal(keep_top(scores, flat_keep),
                            _stable_reference(scores.reshape(1, -1), flat_keep).view(scores.shape))
 
 

@@ -16,12 +16,14 @@ import torch
 import transformers as T
 
 import hfprune
+from conftest import calibration as calib
+from conftest import model_inputs as inputs
 from conftest import output_tensor
 from hfprune.config import PruningConfig
 from hfprune.criteria.width_depth import bypassed
 from hfprune.errors import CalibrationError, ConfigError, StructureError
 from hfprune.structure.residual import compact_hidden, residual_stream
-from hfprune.calibration.collector import lm_loss
+from hfprune.calibration.forward import lm_loss
 from hfprune.width_depth import apply_plan, compute_scores
 from hfprune.depth import block_list, remove_blocks
 from hfprune.search import plan_params
@@ -57,20 +59,6 @@ def tiny(family: str):
             if p.dim() == 1 and "norm" in n.lower() and "bias" not in n:
                 p.uniform_(0.5, 1.5)
     return model
-
-
-def inputs(family: str, n: int = 2) -> dict:
-    g = torch.Generator().manual_seed(1)
-    if family == "vit":
-        return {"pixel_values": torch.randn(n, 3, 16, 16, generator=g)}
-    return {"input_ids": torch.randint(0, 100, (n, 12), generator=g)}
-
-
-def calib(family: str, n: int = 8):
-    g = torch.Generator().manual_seed(2)
-    if family == "vit":
-        return torch.randn(n, 3, 16, 16, generator=g)
-    return torch.randint(0, 100, (n, 12), generator=g)
 
 
 def cfg(**kw) -> PruningConfig:

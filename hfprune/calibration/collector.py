@@ -17,44 +17,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..criteria import Criterion, Stats
+from .forward import no_kv_cache, primary_output, run_model, with_lm_labels
 from ..distributed import all_reduce_sum, my_share, rank_world
 from ..errors import CalibrationError
 from ..logging import show_progress
 from ..structure import Layer
 
 EXACT_OUTPUTS = 16  # up to this many outputs per sample, G is computed exactly (one backward per output)
-
-
-def run_model(model: nn.Module, batch: Any) -> Any:
-    device = next(model.parameters()).device
-    if isinstance(batch, dict):
-        return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-    return model(batch.to(device))
-
-
-def primary_output(out: Any) -> torch.Tensor:
-    """The tensor a criterion treats as the network output y: logits, else the last hidden state."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for key in ("logits", "last_hidden_state"):
-        v = getattr(out, key, None)
-        if v is None and isinstance(out, dict):
-            v = out.get(key)
-        if isinstance(v, torch.Tensor):
-            return v
-    return out[0]
-
-
-def _with_lm_labels(model: nn.Module, batch: Any) -> Any:
-    """A language model's own next-token labels for an unlabelled batch (padding ignored), so that one forward
-    pass gives the loss; other batches unchanged."""
-    if isinstance(batch, dict) and "input_ids" in batch and "labels" not in batch \
-            and hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
-        labels = batch["input_ids"]
-        if "attention_mask" in batch:
-            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
-        return {**batch, "labels": labels}
-    return batch
 
 
 def _loss(out: Any) -> torch.Tensor:
@@ -113,21 +82,6 @@ def all_reduce_stats(stats: dict[str, Stats]) -> None:
             all_reduce_sum(t)
 
 
-@contextlib.contextmanager
-def no_kv_cache(model: nn.Module):
-    """Turn off the KV cache of a Hugging Face decoder while calibrating: it would keep every layer's keys and
-    values of the batch alive for nothing."""
-    cfg = getattr(model, "config", None)
-    old = getattr(cfg, "use_cache", None)
-    if old:
-        cfg.use_cache = False
-    try:
-        yield
-    finally:
-        if old:
-            cfg.use_cache = old
-
-
 def _track_input(module: nn.Module, args: tuple) -> tuple | None:
     """Forward pre-hook: let gradients reach this layer's output even when nothing before it requires grad."""
     x = args[0] if args else None
@@ -180,7 +134,7 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
         for i, batch in enumerate(bar):
             with ctx, no_kv_cache(model):
                 if grad_mode == "loss":
-                    _loss(run_model(model, _with_lm_labels(model, batch))).backward()
+                    _loss(run_model(model, with_lm_labels(model, batch))).backward()
                 else:
                     out = run_model(model, batch)
                 if grad_mode == "output":
@@ -202,16 +156,3 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
         model.train(was_training)
     all_reduce_stats(stats)
     return stats
-
-
-def lm_loss(model: nn.Module, batches: list) -> float:
-    """Token-weighted mean calibration loss (the model's own next-token labels for a language model)."""
-    total, count = 0.0, 0.0
-    with torch.no_grad(), no_kv_cache(model):
-        for b in batches:
-            b = _with_lm_labels(model, b)
-            out = run_model(model, b)
-            w = float((b["labels"] != -100).sum())
-            total += float(out.loss) * w
-            count += w
-    return total / max(count, 1.0)

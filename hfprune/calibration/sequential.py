@@ -30,7 +30,8 @@ from ..distributed import my_share
 from ..errors import CalibrationError, ConfigError
 from ..logging import show_progress
 from ..structure import Layer, adapter_for
-from .collector import all_reduce_stats, forward_stats_hook, no_kv_cache, run_model
+from .collector import all_reduce_stats, forward_stats_hook
+from .forward import no_kv_cache, run_model
 
 
 class _Stop(Exception):

@@ -63,9 +63,9 @@ def _check_before_work(recipe: Recipe) -> None:
     if recipe.training or recipe.recovery:
         import_trainer()
     if recipe.recovery and recipe.recovery.settings.lora_r is not None:
-        from ..trainer.lora import _peft
+        from ..trainer.lora import require_peft
 
-        _peft()
+        require_peft()
     needs_data = Pruner.needs_data(resolve_criterion(cfg), cfg)
     if needs_data and recipe.calibration.data is None and cfg.source != "random":
         raise UsageError(f"Criterion {cfg.criterion!r} needs calibration data: pass --calibration-data FILE (or "

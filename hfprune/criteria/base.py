@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from ..config import WIDTH_DEPTH_AXES
 from ..errors import ConfigError
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
@@ -61,8 +62,6 @@ class Criterion:
 
     def __init__(self, config: "PruningConfig") -> None:
         self.config = config
-        from ..config import WIDTH_DEPTH_AXES  # late: config imports this package
-
         # hidden channels and blocks are scored by `config.axis_criterion`, not by this criterion
         asked = ["weights" if config.nm is not None else p for p in config.parts
                  if p not in WIDTH_DEPTH_AXES or p in self.supports]

@@ -26,7 +26,7 @@ from torch import nn
 from .registry import register_criterion as register
 from .base import Criterion
 from .baselines import _generator
-from ..calibration.collector import no_kv_cache, primary_output, run_model
+from ..calibration.forward import no_kv_cache, primary_output, run_model, with_lm_labels
 from ..structure.layers import find_layers
 
 
@@ -112,9 +112,7 @@ class SkipLoss(Criterion):
 
     @torch.no_grad()
     def block_scores(self, model: nn.Module, blocks: nn.ModuleList, batches: list) -> torch.Tensor:
-        from ..calibration.collector import _with_lm_labels
-
-        batches = [_with_lm_labels(model, b) for b in batches]
+        batches = [with_lm_labels(model, b) for b in batches]
         with no_kv_cache(model):
             reference = [run_model(model, b) for b in batches]
             with_loss = all(getattr(r, "loss", None) is not None for r in reference)

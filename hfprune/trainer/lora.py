@@ -15,7 +15,7 @@ from ..errors import ConfigError, PruningError
 from .recovery import RecoveryConfig
 
 
-def _peft() -> Any:
+def require_peft() -> Any:
     try:
         import peft
     except ImportError:
@@ -42,7 +42,7 @@ def check_lora_targets(model: nn.Module, targets: list[str] | None) -> None:
 def add_lora(model: nn.Module, config: RecoveryConfig) -> nn.Module:
     """``model`` wrapped by peft with rank-``lora_r`` adapters on ``lora_targets`` (default every Linear layer but
     the output head); only the adapters train."""
-    peft = _peft()
+    peft = require_peft()
     check_lora_targets(model, config.lora_targets)
     lora = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                            target_modules=list(config.lora_targets) if config.lora_targets else "all-linear",
