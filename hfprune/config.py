@@ -125,6 +125,8 @@ class PruningConfig:
     reconstruction: str = _f("none", "After selection: 'none', or 'weights' (refit the kept weights of each layer by "
                              "least squares to the dense layer's output on the calibration inputs, block by block; "
                              "masks unchanged). See hfprune.reconstruction.")
+    reconstruction_cg_steps: int = _f(20, "Reconstruction of unstructured / N:M masks: conjugate-gradient steps after "
+                                      "the OBS sweep, toward the exact per-row least squares (0 = OBS alone).")
     reconstruction_damp: float = _f(0.01, "Reconstruction: dampening added to the input statistics' diagonal, as a "
                                     "fraction of its mean (keeps dead or duplicated inputs solvable).")
     protect: str = _f("none", "Before selection: 'none', or 'outliers' (never remove units whose activation peak is "
@@ -316,6 +318,7 @@ FIELD_RULES: dict[str, Rule] = {
     "distillation_temperature": number(0, open_low=True),
     "regularizer_weight": number(0),
     "reconstruction": choice("none", "weights"),
+    "reconstruction_cg_steps": integer(0),
     "reconstruction_damp": number(0, allowed="a number >= 0 (a fraction of the mean diagonal, e.g. 0.01)"),
     "protect": choice("none", "outliers"),
     "protect_threshold": number(1, open_low=True, allowed="a number > 1 (peak / median activation ratio, e.g. 20)"),
@@ -338,6 +341,7 @@ _ONLY_WITH: list[tuple[str, Callable[[PruningConfig], bool], str]] = [
     ("distillation_weight", lambda c: c.distillation, "with distillation=True"),
     ("ri_tau", lambda c: c.ri_threshold == "tau", "with ri_threshold='tau'"),
     ("reconstruction_damp", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
+    ("reconstruction_cg_steps", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
     ("protect_threshold", lambda c: c.protect != "none", "with protect='outliers'"),
 ]
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruningConfig)}

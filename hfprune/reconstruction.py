@@ -15,7 +15,9 @@ dampened second moment; with a bias in the fit the covariance ``S = H/n - mu mu^
   ``Ht_{K_i K_i} w'_{K_i} = (Ht w)_{K_i}`` per row (batched Cholesky solves; exact, about out x |K|^3 / 3 flops
   per layer against OBS's in^3: for small layers). OBS is the default because it is one to two orders of
   magnitude cheaper on wide layers (46x on a SmolLM2 block); the exact solve removes 1.3-1.8x as much of the
-  masking error (measured in docs/benchmarks.md).
+  masking error (measured in docs/benchmarks.md). ``cg_steps`` conjugate-gradient steps after OBS
+  (`refine_rows_cg`, all rows at once, one ``[out, in] x [in, in]`` product per step) reach the exact solve's error
+  within about 10-30 steps at a fraction of its cost (measured: docs/benchmarks.md).
 - A layer whose fit comes out worse on the calibration statistics than plain masking (possible for OBS, whose
   sequential updates are not the row optimum) keeps the masked weights; the report says so.
 
@@ -218,6 +220,38 @@ def refit_rows_obs(W: torch.Tensor, keep: torch.Tensor, f: Factor, blocksize: in
     return (Wf * M).double()
 
 
+def refine_rows_cg(W: torch.Tensor, Wn: torch.Tensor, keep: torch.Tensor, f: Factor, steps: int) -> torch.Tensor:
+    """Continue from ``Wn`` (e.g. OBS's solution) toward the exact per-row optimum by ``steps`` iterations of
+    Jacobi-preconditioned conjugate gradients on every row at once (hfprune extension).
+
+    Row i minimises ``(w'_i - w_i)^T Ht (w'_i - w_i)`` over its kept entries ``K_i``; the rows are independent,
+    so one ``[out, in] x [in, in]`` product per iteration serves them all, each row with its own step sizes.
+    CG never increases a row's objective, so the result is at least as good as ``Wn`` on the statistics, and
+    after ``max |K_i|`` steps it is the exact solve (in exact arithmetic): OBS's fixed-mask sweep cannot move a
+    weight to compensate for removed weights in *earlier* columns, these iterations can."""
+    Ht = f.Ht.float()
+    M = keep.to(Ht.device, torch.float32)
+    Wd = W.to(Ht.device, torch.float32)
+    X = Wn.to(Ht.device, torch.float32) * M
+    dinv = 1.0 / Ht.diagonal().clamp(min=1e-30)
+    R = ((Wd - X) @ Ht) * M  # minus the gradient, restricted to the kept entries
+    Z = R * dinv
+    P = Z.clone()
+    rz = (R * Z).sum(dim=1)
+    for _ in range(steps):
+        Q = (P @ Ht) * M
+        pq = (P * Q).sum(dim=1)
+        alpha = torch.where(pq > 0, rz / pq.clamp(min=1e-30), torch.zeros_like(pq))
+        X += alpha[:, None] * P
+        R -= alpha[:, None] * Q
+        Z = R * dinv
+        rz_new = (R * Z).sum(dim=1)
+        beta = torch.where(rz > 0, rz_new / rz.clamp(min=1e-30), torch.zeros_like(rz))
+        P = Z + beta[:, None] * P
+        rz = rz_new
+    return X.double() * keep.to(X.device, torch.float64)
+
+
 def output_error(D: torch.Tensor, delta: torch.Tensor | None, st_m: torch.Tensor, mu: torch.Tensor) -> float:
     """``E||D a - delta||^2`` from the second moment ``st_m = E[a a^T]`` (never the samples themselves)."""
     err = float(((D @ st_m) * D).sum())
@@ -277,8 +311,8 @@ def _plan(layers: dict[str, Layer], masks: dict[str, torch.Tensor], groups: list
     return plan
 
 
-def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramStats, method: str, bias: bool
-               ) -> tuple[torch.Tensor, torch.Tensor | None, LayerFit]:
+def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramStats, method: str, bias: bool,
+               cg_steps: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, LayerFit]:
     W = layer.weight_matrix().detach()
     Wd = W.double()
     keep_full = keep.expand(W.shape[0], -1) if how == "columns" else keep
@@ -288,6 +322,9 @@ def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramSt
         Wn = refit_rows_exact(W, keep_full, f)
     else:
         Wn = refit_rows_obs(W, keep_full, f)
+        if cg_steps:
+            Wn = refine_rows_cg(W, Wn, keep_full, f, cg_steps)
+            method = f"obs+cg{cg_steps}"
     m, mu = st.moments(False)
     D0 = Wd * (~keep_full).to(Wd.device)
     D1 = Wd - Wn
@@ -304,7 +341,7 @@ def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramSt
 
 def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, torch.Tensor],
                 batches: list[Any], *, groups: list[UnitGroup] | None = None, damp: float = 0.01,
-                sequential: bool = True, method: str = "obs", fit_bias: bool | set[str] = False,
+                sequential: bool = True, method: str = "obs", cg_steps: int = 0, fit_bias: bool | set[str] = False,
                 adapter: Any = None, progress: bool = False) -> ReconstructionReport:
     """Refit the kept weights of every masked layer in place (masks unchanged), block by block; see the module.
 
@@ -313,11 +350,15 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
     compaction only slices. ``fit_bias``: True, or a set of layer names, whose bias is fitted jointly (covariance
     instead of H; created, with the family's bias flag, where the layer has none: pass ``adapter``); layers that
     already have a bias always get it fitted. Use it in place of elimination-compensation's bias compensation.
+    ``cg_steps``: after OBS, that many conjugate-gradient steps toward the exact per-row optimum
+    (`refine_rows_cg`; unstructured and N:M only, 0 = OBS alone).
     """
     if method not in METHODS:
         raise ConfigError(f"reconstruction method {method!r} is not one of {', '.join(METHODS)}.")
     if not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp < 0:
         raise ConfigError(f"reconstruction damp={damp!r}: use a number >= 0 (a fraction of the mean diagonal).")
+    if not isinstance(cg_steps, int) or isinstance(cg_steps, bool) or cg_steps < 0:
+        raise ConfigError(f"reconstruction cg_steps={cg_steps!r}: use an integer >= 0 (0 = OBS alone).")
     if not batches:
         raise CalibrationError("Reconstruction needs calibration batches (the layer inputs it refits on).")
     t0 = time.perf_counter()
@@ -364,7 +405,7 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
                     if key not in factors:
                         factors[key] = make_factor(st, damp, bias)
                     how, keep = plan[n]
-                    fits[n] = _fit_layer(layers[n], how, keep, factors[key], st, method, bias)
+                    fits[n] = _fit_layer(layers[n], how, keep, factors[key], st, method, bias, cg_steps)
                 for n, (Wn, delta, fit) in fits.items():  # write only once the whole block fitted
                     _write(model, layers[n], Wn, delta, plan[n], adapter)
                     report.layers.append(fit)

@@ -1,7 +1,8 @@
 """Issue 11: SmolLM2-135M perplexity with and without weight reconstruction (and outlier protection) after each
 criterion's selection. Calibration on lee_background, perplexity on held-out lee.cor in 512-token windows.
 Each row is ``criterion:granularity:sparsity:variant[,variant...]``; variants: ``base`` (the criterion alone),
-``recon`` (+ reconstruction, OBS), ``exact`` (+ reconstruction, exact per-row solve), ``dense-in`` (+ reconstruction
+``recon`` (+ reconstruction, the default: OBS then conjugate-gradient steps), ``recon-obs`` (+ reconstruction,
+OBS alone), ``exact`` (+ reconstruction, exact per-row solve), ``dense-in`` (+ reconstruction
 on dense-model inputs), ``protect`` (+ outlier protection), ``protect+recon``; ``dense`` (no pruning) as a row.
 Results are appended one JSON line per row to ``--out`` as they finish.
 
@@ -39,7 +40,8 @@ def compare_solvers(model, tok, args) -> None:
     from hfprune.calibration.sequential import capture_block_inputs
     from hfprune.criteria import get_criterion
     from hfprune.scoring import compute_masks
-    from hfprune.reconstruction import InputStatistics, make_factor, output_error, refit_rows_exact, refit_rows_obs
+    from hfprune.reconstruction import (InputStatistics, make_factor, output_error, refine_rows_cg, refit_rows_exact,
+                                       refit_rows_obs)
     from hfprune.structure import target_layers
 
     for gran in ("weights", "2:4"):
@@ -65,11 +67,20 @@ def compare_solvers(model, tok, args) -> None:
             ref = float(((W @ m) * W).sum())
             row = {"layer": n, "granularity": gran, "tokens": st.n,
                    "masked": output_error(W * ~sel.masks[n], None, m, mu) / ref}
-            for name, fn in (("obs", refit_rows_obs), ("exact", refit_rows_exact)):
+            t = time.perf_counter()
+            Wobs = refit_rows_obs(W.float(), sel.masks[n], f)
+            row["obs_s"] = time.perf_counter() - t
+            row["obs"] = output_error(W - Wobs, None, m, mu) / ref
+            for steps in args.cg_steps:
                 t = time.perf_counter()
-                Wn = fn(W.float() if name == "obs" else W, sel.masks[n], f)
-                row[name + "_s"] = time.perf_counter() - t
-                row[name] = output_error(W - Wn, None, m, mu) / ref
+                Wn = refine_rows_cg(W, Wobs, sel.masks[n], f, steps)
+                row[f"obs+cg{steps}_s"] = row["obs_s"] + time.perf_counter() - t
+                row[f"obs+cg{steps}"] = output_error(W - Wn, None, m, mu) / ref
+            if not args.skip_exact:
+                t = time.perf_counter()
+                Wn = refit_rows_exact(W, sel.masks[n], f)
+                row["exact_s"] = time.perf_counter() - t
+                row["exact"] = output_error(W - Wn, None, m, mu) / ref
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -85,6 +96,9 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=[])
     ap.add_argument("--solvers", type=int, default=None, metavar="BLOCK",
                     help="compare the OBS and exact solvers on this block's layers instead of running rows")
+    ap.add_argument("--cg-steps", type=int, nargs="*", default=[10, 30, 100],
+                    help="--solvers: also OBS followed by this many conjugate-gradient steps")
+    ap.add_argument("--skip-exact", action="store_true", help="--solvers: leave out the (slow) exact solve")
     ap.add_argument("--out", default="bench_out/reconstruction.jsonl")
     args = ap.parse_args()
     set_threads(args.threads)
@@ -109,6 +123,7 @@ def main() -> None:
                     info = run(model, tok, cfg, lee_texts("background"),
                                reconstruction="recon" in variant or variant in ("exact", "dense-in"),
                                method="exact" if variant == "exact" else "obs", sequential=variant != "dense-in",
+                               cg_steps=0 if variant == "recon-obs" else None,
                                damp=args.damp, protect=args.protect if "protect" in variant else None)
                 except Exception as e:  # a failed row is a result too
                     r["error"] = f"{type(e).__name__}: {e}"[:300]

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from _common import device_line, lee_texts, load_smollm2, perplexity, save_json, set_threads  # noqa: E402
 
+from hfprune import load_pruned  # noqa: E402
 from hfprune.trainer.recovery import pack_texts  # noqa: E402
 
 METHODS = ("distillation", "finetune", "lora", "dense-finetune")
@@ -51,12 +52,14 @@ def prune_model(tok, args, folder: str) -> dict:
     model, _ = load_smollm2()
     texts = lee_texts("background")
     cfg = PruningConfig(criterion=args.criterion, granularity="neurons", sparsity=args.sparsity,
-                        num_samples=args.calib_samples, seq_len=args.calib_seq_len, batch_size=4)
+                        num_samples=args.calib_samples, seq_len=args.calib_seq_len, batch_size=4,
+                        scope=args.scope, reconstruction=args.reconstruction)
     t = time.perf_counter()
     result = prune(model, cfg, calibration_data=texts, tokenizer=tok, progress=False)
     seconds = time.perf_counter() - t
     result.save_pretrained(folder, overwrite=True, tokenizer=tok)
-    return {"criterion": args.criterion, "sparsity": args.sparsity, "prune_s": round(seconds, 1),
+    return {"criterion": args.criterion, "sparsity": args.sparsity, "scope": args.scope,
+            "reconstruction": args.reconstruction, "prune_s": round(seconds, 1),
             "params_before": result.report.params_before, "params_after": result.report.params_after,
             "loader": result.report.loader}
 
@@ -70,7 +73,7 @@ def train_one(method: str, tok, rows, curve_rows, args, pruned_dir: str) -> tupl
     if dense:
         model, _ = load_smollm2()
     else:
-        model = T.AutoModelForCausalLM.from_pretrained(pruned_dir, dtype=torch.float32)
+        model = load_pruned(pruned_dir, dtype=torch.float32)
     teacher = None
     if method == "distillation":
         teacher, _ = load_smollm2()
@@ -146,6 +149,10 @@ def main() -> None:
     ap.add_argument("--kd-weight", type=float, default=0.5)
     ap.add_argument("--criterion", default="elimination_compensation")
     ap.add_argument("--sparsity", type=float, default=0.3)
+    ap.add_argument("--scope", choices=["local", "global"], default="local",
+                    help="ranking of the pruning step (global: non-uniform widths)")
+    ap.add_argument("--reconstruction", choices=["none", "weights"], default="none",
+                    help="refit the kept weights after selection (hfprune extension)")
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=4096)
@@ -183,7 +190,7 @@ def main() -> None:
         results["pruning"] = prune_model(tok, args, pruned_dir)
         import transformers as T
 
-        pruned = T.AutoModelForCausalLM.from_pretrained(pruned_dir, dtype=torch.float32)
+        pruned = load_pruned(pruned_dir, dtype=torch.float32)
         results["pruned"] = evaluate(pruned, tok, args)
         results["pruned_curve"] = math.exp(_curve_loss(pruned, curve_rows))
         del pruned

@@ -51,6 +51,8 @@ def engine_stats(net: nn.Module, layer: Layer, crit, x: torch.Tensor, batches: i
                      for k in range(y.shape[1])]
         elif crit.grad_mode == "loss":
             grads = [torch.autograd.grad(y.square().sum(), seen["z"])[0]]
+        if grads is not None:  # the collector hands EC the sum of the squared gradients
+            grads = [sum(g.square() for g in grads)]
         crit.accumulate(layer, stats, seen["a"], grads)
         crit.after_backward(layer, stats)
     return stats

@@ -16,7 +16,7 @@ from hfprune.calibration.sequential import capture_block_inputs
 from hfprune.criteria import get_criterion
 from hfprune.errors import CalibrationError, ConfigError
 from hfprune.scoring import compute_masks
-from hfprune.reconstruction import (GramStats, make_factor, output_error, reconstruct, refit_columns,
+from hfprune.reconstruction import (GramStats, make_factor, output_error, reconstruct, refine_rows_cg, refit_columns,
                                     refit_rows_exact, refit_rows_obs)
 from hfprune.structure import find_groups, find_layers, target_layers
 
@@ -88,6 +88,29 @@ def test_obs_keeps_mask_and_never_beats_exact():
     assert e_exact <= e_obs * (1 + 1e-6) and e_obs < masked
 
 
+def test_cg_refinement_reaches_lstsq_and_never_worsens_obs():
+    """OBS + conjugate gradients: each step no worse than the last, the mask kept, and after |K| steps the
+    per-row least-squares solution of torch.linalg.lstsq on the stacked (damped) inputs."""
+    A, W, st = _data(d=16)
+    keep = torch.rand(W.shape, generator=torch.Generator().manual_seed(6)) > 0.5
+    f = make_factor(st, 0.01, centered=False)
+    m, mu = st.moments(False)
+    obs = refit_rows_obs(W.float(), keep, f, blocksize=4)
+    errors = [output_error(W - obs, None, m, mu)]
+    for steps in (1, 2, 4, 16):
+        got = refine_rows_cg(W, obs, keep, f, steps)
+        assert (got[~keep] == 0).all()
+        errors.append(output_error(W - got, None, m, mu))
+    assert all(b <= a * (1 + 1e-5) for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < errors[0]
+    s = (len(A) * f.lam) ** 0.5
+    Aug = torch.cat([A, s * torch.eye(16, dtype=A.dtype)])
+    for i in range(W.shape[0]):
+        K = keep[i]
+        ref = torch.linalg.lstsq(Aug[:, K], Aug @ W[i]).solution
+        assert torch.allclose(got[i, K], ref, atol=1e-3, rtol=1e-3)
+
+
 def test_rank_deficient_statistics_are_damped_and_reported():
     A, W, st0 = _data()
     A[:, 3] = 0  # dead input
@@ -130,6 +153,8 @@ def test_bad_arguments():
         reconstruct(model, layers, {}, _batches(model), method="gptq")
     with pytest.raises(ConfigError, match="damp"):
         reconstruct(model, layers, {}, _batches(model), damp=-1)
+    with pytest.raises(ConfigError, match="cg_steps"):
+        reconstruct(model, layers, {}, _batches(model), cg_steps=-2)
     with pytest.raises(CalibrationError, match="batches"):
         reconstruct(model, layers, {}, [])
 
@@ -152,7 +177,7 @@ def _first_block_inputs(model, batches, name):
 
 
 @pytest.mark.parametrize("granularity", ["weights", "2:4"])
-@pytest.mark.parametrize("method", ["obs", "exact"])
+@pytest.mark.parametrize("method", ["obs", "obs+cg", "exact"])
 def test_unstructured_masks_unchanged_and_error_not_larger(granularity, method):
     torch.manual_seed(0)
     model = tiny_model("llama")
@@ -162,7 +187,8 @@ def test_unstructured_masks_unchanged_and_error_not_larger(granularity, method):
     sel, _, _ = compute_masks(model, get_criterion(cfg), layers, None,
                               _batches(model), progress=False)
     dense = copy.deepcopy(model)
-    rep = reconstruct(model, layers, sel.masks, batches, method=method)
+    rep = reconstruct(model, layers, sel.masks, batches, method=method.split("+")[0],
+                      cg_steps=10 if "cg" in method else 0)
     assert {f.name for f in rep.layers} == set(layers) and not rep.skipped
     for n, l in layers.items():
         w = l.weight_matrix()

@@ -90,6 +90,18 @@ def _track_input(module: nn.Module, args: tuple) -> tuple | None:
     return None
 
 
+def _keep_grad(kept: list[torch.Tensor], g: torch.Tensor, squared: bool) -> None:
+    """Keep one backward pass's output gradient, or add its square to the running sum (one buffer per layer)."""
+    if not squared:
+        kept.append(g)
+        return
+    g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g  # squares summed in float32 at least
+    if kept:
+        kept[0].addcmul_(g, g)
+    else:
+        kept.append(g.square())
+
+
 def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], observed: list[str],
                        batches: list[Any], progress: bool = True) -> dict[str, Stats]:
     """Accumulate ``criterion``'s statistics for the ``observed`` layers over ``batches``; summed across ranks."""
@@ -113,7 +125,8 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
             entry = {"x": x.detach(), "grads": []}
             captured[name] = entry
             if output.requires_grad:
-                output.register_hook(lambda g: entry["grads"].append(layer.output_matrix(g.detach())))
+                output.register_hook(lambda g: _keep_grad(entry["grads"], layer.output_matrix(g.detach()),
+                                                          criterion.squared_output_grads))
         return fn
 
     handles = [layers[n].module.register_forward_hook(hook(n)) for n in observed]

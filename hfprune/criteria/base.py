@@ -53,6 +53,9 @@ class Criterion:
     #: the backward pass must fill ``weight.grad`` of the observed layers (read in `after_backward`); otherwise it
     #: computes only the gradients flowing into their outputs, skipping every weight gradient
     needs_weight_grads: ClassVar[bool] = False
+    #: the criterion reads only ``G = sum over backward passes of (dy/dz)^2``: the collector keeps that one running
+    #: ``[samples, out]`` sum per layer instead of every pass's gradient (``ec_projections`` times less memory)
+    squared_output_grads: ClassVar[bool] = False
     #: the sides of a unit whose weight scores are summed into the unit's score
     structured_sides: ClassVar[tuple[str, ...]] = ("out", "in")
     #: granularities this criterion can score
@@ -115,7 +118,8 @@ class Criterion:
     def accumulate(self, layer: Layer, stats: Stats, inputs: torch.Tensor,
                    grads: list[torch.Tensor] | None = None) -> None:
         """Add one batch. ``inputs``: the layer input in its own layout (use ``layer.input_matrix``).
-        ``grads``: gradients w.r.t. the layer output, one tensor per backward pass (``layer.output_matrix``)."""
+        ``grads``: gradients w.r.t. the layer output, one tensor per backward pass (``layer.output_matrix``); with
+        `squared_output_grads`, one tensor: the sum of their squares."""
 
     def after_backward(self, layer: Layer, stats: Stats) -> None:
         """Called after each batch's backward passes (e.g. to read ``weight.grad``)."""

@@ -47,6 +47,7 @@ class EliminationCompensation(Criterion):
 
     name = "elimination_compensation"
     needs_data = True
+    squared_output_grads = True
     structured_sides = ("in",)
 
     @property
@@ -80,7 +81,7 @@ class EliminationCompensation(Criterion):
         if not grads:
             raise CalibrationError(f"elimination_compensation needs gradients for {layer.name!r} "
                                    f"(grad_mode={self.grad_mode!r}) but got none")
-        g = sum(layer.output_matrix(d.detach()).to(a.dtype).square() for d in grads)  # [samples, out]: G per sample
+        g = grads[0].to(a.dtype)  # [samples, out]: G per sample (the collector sums the squared gradients)
         stats["g"] += g.sum(dim=0, dtype=torch.float64)
         stats["ga"] += g.T @ a
         stats["ga2"] += g.T @ a.square()

@@ -67,6 +67,10 @@ class Hybrid(Criterion):
     def needs_weight_grads(self) -> bool:  # type: ignore[override]
         return self.importance.needs_weight_grads
 
+    @property
+    def squared_output_grads(self) -> bool:  # type: ignore[override]
+        return self.importance.squared_output_grads
+
     def sequential_fix(self) -> tuple[str, str]:
         option, fix = self.importance.gradient_option()
         what = f"criterion 'hybrid' with hybrid_importance={self.importance.name!r}"
