@@ -59,7 +59,8 @@ class PruningConfig:
 
     # --- what is removed -------------------------------------------------------------------------------------
     criterion: str = _f("magnitude", "Scoring criterion: magnitude, random, taylor, wanda, expressiveness, hybrid, "
-                        "elimination_compensation, relative_importance.")
+                        "elimination_compensation, relative_importance; obs (structured OBS, needs "
+                        "reconstruction='weights').")
     granularity: str = _f("weights", "Unit removed: 'weights' (unstructured), an N:M pattern such as '2:4', "
                           "'neurons' (FFN), 'heads' (attention), 'channels' (conv), 'hidden' (residual-stream "
                           "channels), 'layers' (whole transformer blocks), or a '+'-joined combination such as "
@@ -129,9 +130,12 @@ class PruningConfig:
                                       "the OBS sweep, toward the exact per-row least squares (0 = OBS alone).")
     reconstruction_damp: float = _f(0.01, "Reconstruction: dampening added to the input statistics' diagonal, as a "
                                     "fraction of its mean (keeps dead or duplicated inputs solvable).")
-    protect: str = _f("none", "Before selection: 'none', or 'outliers' (never remove units whose activation peak is "
-                      "`protect_threshold` x their layer's median: massive activations). See hfprune.protection.")
-    protect_threshold: float = _f(20.0, "Protection: peak / median ratio above which a unit is protected (> 1).")
+    protect: str = _f("none", "Before selection: 'none'; 'outliers' (never remove units whose activation peak is "
+                      "`protect_threshold` x their layer's median: massive activations); 'energy' (never remove "
+                      "units whose output energy E[a^2] ||W_col||^2 is `protect_threshold` x the median). See "
+                      "hfprune.protection.")
+    protect_threshold: float = _f(20.0, "Protection: ratio to the group median (activation peak for 'outliers', "
+                                  "output energy for 'energy') above which a unit is protected (> 1).")
     # --- schedule (PruningTrainer) --------------------------------------------------------------------------
     schedule: str = _f("one_shot", "When PruningTrainer prunes: 'one_shot' (before training), 'iterative' "
                        "(`pruning_steps` equal steps between start and end), 'cubic' (Zhu & Gupta gradual).")
@@ -320,8 +324,8 @@ FIELD_RULES: dict[str, Rule] = {
     "reconstruction": choice("none", "weights"),
     "reconstruction_cg_steps": integer(0),
     "reconstruction_damp": number(0, allowed="a number >= 0 (a fraction of the mean diagonal, e.g. 0.01)"),
-    "protect": choice("none", "outliers"),
-    "protect_threshold": number(1, open_low=True, allowed="a number > 1 (peak / median activation ratio, e.g. 20)"),
+    "protect": choice("none", "outliers", "energy"),
+    "protect_threshold": number(1, open_low=True, allowed="a number > 1 (ratio to the group median, e.g. 20)"),
 }
 
 _HEADS = "when the granularity includes 'heads' (e.g. 'neurons+heads')"
@@ -342,7 +346,7 @@ _ONLY_WITH: list[tuple[str, Callable[[PruningConfig], bool], str]] = [
     ("ri_tau", lambda c: c.ri_threshold == "tau", "with ri_threshold='tau'"),
     ("reconstruction_damp", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
     ("reconstruction_cg_steps", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
-    ("protect_threshold", lambda c: c.protect != "none", "with protect='outliers'"),
+    ("protect_threshold", lambda c: c.protect != "none", "with protect='outliers' or 'energy'"),
 ]
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruningConfig)}
 

@@ -247,7 +247,7 @@ class Pruner:
         if self.protection is None:
             t = time.perf_counter()
             self.protection = detect_outliers(self.model, self.layers, self.groups, batches,
-                                              self.config.protect_threshold)
+                                              self.config.protect_threshold, self.config.protect)
             self.timings["protection"] = time.perf_counter() - t
             logger.info("protected %d outlier units", sum(len(v) for v in self.protection.to_report().values()))
         return self.protection.masks

@@ -1,4 +1,4 @@
-"""Protection of outlier units (hfprune extension): never remove a unit whose activation is massive.
+"""Protection of units a criterion cannot see the importance of (hfprune extension): keep them whatever their score.
 
 Large language models route a few "massive activations" (Sun et al. 2024; the "super weights" of Yu et al. 2024
 produce them) through a handful of FFN neurons and residual channels: values hundreds of times the typical
@@ -6,10 +6,13 @@ magnitude, on a few tokens, that act as attention sinks and biases. Removing one
 and criteria blind to activation size remove them (magnitude: small weights; expressiveness: an almost-always-on
 or almost-always-off neuron scores near 0 by definition). Measured on SmolLM2 in docs/criteria.md.
 
-Detection: the peak ``max_t |a_j(t)|`` of every input column of the layers that read the units (consumers:
-``down_proj`` for FFN neurons, ``o_proj`` for heads; for unstructured pruning every target layer's own inputs),
-over the calibration tokens, by forward hooks (one forward pass). A unit is an outlier when its peak (the largest
-over its columns and consumers) exceeds ``threshold`` x the median peak of its group (layer). Selection then
+Two measures, both per input column of the layers that read the units (consumers: ``down_proj`` for FFN neurons,
+``o_proj`` for heads; for unstructured pruning every target layer's own inputs), over the calibration tokens, by
+forward hooks (one forward pass):
+- ``"outliers"``: the activation peak ``max_t |a_j(t)|`` (a unit: the largest over its columns and consumers);
+- ``"energy"``: the output energy ``E[a_j^2] ||W_:,j||^2``, the output change of removing the unit alone, without
+  refit (a unit: the sum over its columns and consumers).
+A unit is protected when its measure exceeds ``threshold`` x the median of its group (layer). Selection then
 treats protected units as kept (score +inf; `hfprune.selection.protect_scores`), so the criterion ranks the rest
 exactly as it would, and the removed count stays the configured one.
 """
@@ -41,14 +44,22 @@ class Protection:
 
 
 @torch.no_grad()
-def input_peaks(model: nn.Module, layers: dict[str, Layer], batches: list[Any]) -> dict[str, torch.Tensor]:
-    """``max |a_j|`` over every calibration token of each input column of ``layers`` (float32, ``[in]``)."""
+def input_statistics(model: nn.Module, layers: dict[str, Layer], batches: list[Any]
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per input column of each of ``layers``: ``max |a_j|`` and ``E[a_j^2]`` over the calibration tokens
+    (float32 / float64, ``[in]``), from one forward pass."""
     peaks: dict[str, torch.Tensor] = {}
+    sq: dict[str, torch.Tensor] = {}
+    count: dict[str, int] = {}
 
     def hook(name: str):
         def fn(module: nn.Module, args: tuple, output: Any) -> None:
-            a = layers[name].input_matrix(args[0].detach()).abs().amax(dim=0).float()
+            x = layers[name].input_matrix(args[0].detach())
+            a = x.abs().amax(dim=0).float()
             peaks[name] = a if name not in peaks else torch.maximum(peaks[name], a)
+            s = x.double().square().sum(dim=0)
+            sq[name] = s if name not in sq else sq[name] + s
+            count[name] = count.get(name, 0) + x.shape[0]
         return fn
 
     handles = [l.module.register_forward_hook(hook(n)) for n, l in layers.items()]
@@ -66,7 +77,7 @@ def input_peaks(model: nn.Module, layers: dict[str, Layer], batches: list[Any]) 
         if not torch.isfinite(p).all():
             raise CalibrationError(f"Protection: non-finite activations at the input of {n}; check the weights and "
                                    "the calibration data.")
-    return peaks
+    return peaks, {n: v / max(count[n], 1) for n, v in sq.items()}
 
 
 def _outliers(peak: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,24 +86,35 @@ def _outliers(peak: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch
 
 
 def detect_outliers(model: nn.Module, layers: dict[str, Layer], groups: list[UnitGroup] | None, batches: list[Any],
-                    threshold: float) -> Protection:
-    """Outlier units of ``groups`` (or input columns of ``layers`` when ``groups`` is None); see the module."""
+                    threshold: float, mode: str = "outliers") -> Protection:
+    """Protected units of ``groups`` (or input columns of ``layers`` when ``groups`` is None); see the module.
+    ``mode``: "outliers" (activation peak) or "energy" (output energy ``E[a_j^2] ||W_:,j||^2``)."""
+    names = list(layers) if groups is None else sorted({c.layer for g in groups for c in g.consumers
+                                                        if c.layer in layers})
+    peaks, meansq = input_statistics(model, {n: layers[n] for n in names}, batches)
+
+    def measure(name: str) -> torch.Tensor:  # per input column
+        if mode == "outliers":
+            return peaks[name].cpu().double()
+        w = layers[name].weight_matrix().detach().double()
+        return (meansq[name].to(w.device) * w.square().sum(dim=0)).cpu()
+
+    out = Protection()
     if groups is None:
-        peaks = input_peaks(model, layers, batches)
-        out = Protection()
-        for n, p in peaks.items():
-            out.masks[n], r = _outliers(p, threshold)
+        for n in names:
+            out.masks[n], r = _outliers(measure(n), threshold)
             out.ratio[n] = r[out.masks[n]].tolist()
         return out
-    names = sorted({c.layer for g in groups for c in g.consumers if c.layer in layers})
-    peaks = input_peaks(model, {n: layers[n] for n in names}, batches)
-    out = Protection()
     for g in groups:
-        per = [peaks[c.layer].cpu()[_columns(layers[c.layer], c.index)].amax(dim=1) for c in g.consumers
-               if c.layer in peaks]
+        per = []
+        for c in g.consumers:
+            if c.layer in peaks:
+                cols = measure(c.layer)[_columns(layers[c.layer], c.index)]
+                per.append(cols.amax(dim=1) if mode == "outliers" else cols.sum(dim=1))
         if not per:
             continue
-        out.masks[g.name], r = _outliers(torch.stack(per).amax(dim=0), threshold)
+        unit = torch.stack(per).amax(dim=0) if mode == "outliers" else torch.stack(per).sum(dim=0)
+        out.masks[g.name], r = _outliers(unit, threshold)
         out.ratio[g.name] = r[out.masks[g.name]].tolist()
     return out
 

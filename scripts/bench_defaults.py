@@ -61,13 +61,17 @@ def one(row: str, threads: int, ppl_tokens: int) -> dict:
     r["timings"] = rep.timings
     r["params_after"] = rep.params_after
     r["warnings"] = rep.warnings
+    r["protected"] = sum(len(v) for v in rep.protected.values())
+    if rep.reconstruction:
+        fits = rep.reconstruction["layers"]
+        r["recon_error"] = [sum(f[k] for f in fits) / max(len(fits), 1) for k in ("error_before", "error_after")]
     r["ppl"] = perplexity(result.model, tok, lee_texts("test"), 512, ppl_tokens)
     return r
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", nargs="+", required=True)
+    ap.add_argument("--rows", nargs="+", default=[])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ppl-tokens", type=int, default=0, help="0: all of lee.cor")
     ap.add_argument("--out", default="bench_out/defaults.jsonl")

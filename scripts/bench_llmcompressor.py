@@ -65,7 +65,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--ppl-tokens", type=int, default=1024)
     ap.add_argument("--ppl-seq-len", type=int, default=256)
-    ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
+    ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"], help="wanda, sparsegpt; dense: the "
+                    "unpruned model, to check that both sides measure the same perplexity")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--structures", nargs="+", default=["0:0", "2:4"], help="0:0 = unstructured")
     args = ap.parse_args()
     if args.prepare:
@@ -76,12 +78,19 @@ def main() -> None:
     from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.model)
     calib = pack(tok, lee_path_texts("lee_background.cor", args.model), args.num_samples, args.seq_len)
     ds = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
     test = lee_path_texts("lee.cor", args.model)
     rows = []
-    for method in args.methods:
+    if "dense" in args.methods:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        r = {"method": "dense", "ppl": perplexity(model, tok, test, args.ppl_seq_len, args.ppl_tokens)}
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    for method in [m for m in args.methods if m != "dense"]:
         for structure in args.structures:
             model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
             cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import time
 
 import torch
@@ -165,9 +166,11 @@ def minilm(args) -> list[dict]:
     for c in args.minilm_criteria or available_criteria():
         if not supports(c, "neurons"):
             continue
-        for s in (0.3, 0.5):
+        for s, recon in itertools.product((0.3, 0.5), args.minilm_reconstruction):
+            if c == "obs" and recon == "none":  # obs needs the refit it assumes
+                continue
             cfg = PruningConfig(criterion=c, granularity="neurons", sparsity=s, num_samples=args.minilm_samples,
-                                seq_len=128, batch_size=8)
+                                seq_len=128, batch_size=8, reconstruction=recon)
             try:
                 res = prune(copy.deepcopy(model), cfg, calibration_data=lee_texts("background"), tokenizer=tok,
                             progress=False)
@@ -175,7 +178,7 @@ def minilm(args) -> list[dict]:
                 r = {"cosine": F.cosine_similarity(emb, dense, dim=-1).mean().item()}
             except Exception as e:
                 r = {"note": f"error {type(e).__name__}: {str(e)[:120]}"}
-            rows.append({"criterion": c, "FFN neurons removed": f"{s:.0%}", **r})
+            rows.append({"criterion": c, "FFN neurons removed": f"{s:.0%}", "reconstruction": recon, **r})
             print(rows[-1], flush=True)
     return rows
 
@@ -198,6 +201,8 @@ def main() -> None:
     ap.add_argument("--scopes", nargs="+", default=["local", "global"], choices=["local", "global"],
                     help="FFN-neuron rankings run for hfprune and Torch-Pruning: per layer, and across layers")
     ap.add_argument("--minilm-criteria", nargs="*", default=None, help="default: every registered criterion")
+    ap.add_argument("--minilm-reconstruction", nargs="+", default=["none"], choices=["none", "weights"],
+                    help="MiniLM rows without and/or with reconstruction='weights'")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     ap.add_argument("--only", choices=["smollm2", "minilm"], default=None)
     ap.add_argument("--json", default="/tmp/bench_quality.json")
@@ -216,7 +221,7 @@ def main() -> None:
         rows = minilm(args)
         print(f"\nMiniLM-L6: mean cosine(pruned, dense) of mean-pooled embeddings, {args.sentences} held-out Lee "
               f"sentences; calibration {args.minilm_samples} x 128 lee_background tokens\n")
-        print(table(rows, ["criterion", "FFN neurons removed", "cosine", "note"]))
+        print(table(rows, ["criterion", "FFN neurons removed", "reconstruction", "cosine", "note"]))
         out["minilm"] = rows
     save_json(args.json, out)
 

@@ -112,3 +112,38 @@ def test_through_prune_reported_and_off_is_faithful():
     assert on.report.protected == {group: [NEURON]} and on.masks[group][NEURON]
     assert "protection" in on.report.timings
     assert all(m.sum() == faithful.masks[n].sum() for n, m in on.masks.items())
+
+
+def test_protection_and_reconstruction_are_on_the_card(tmp_path):
+    from hfprune import prune
+
+    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4,
+                        protect="outliers", reconstruction="weights")
+    res = prune(_planted(), cfg, calibration("llama"), progress=False)
+    res.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    group = next(iter(res.report.protected))
+    assert "protection (hfprune extension)" in card and f"`{group}`: {NEURON}" in card
+    assert "weight reconstruction (hfprune extension)" in card and "mean relative output error" in card
+    plain = prune(_planted(), PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5),
+                  progress=False)
+    plain.save_pretrained(tmp_path / "plain")
+    assert "hfprune extension" not in (tmp_path / "plain" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("granularity", ["neurons", "weights"])
+def test_energy_protection_keeps_the_highest_output_energy(granularity):
+    """protect='energy': a unit (input column) is kept when E[a_j^2] ||W_:,j||^2 at its consumer exceeds the
+    threshold x the group's median, checked against the energies computed from the captured inputs."""
+    model, cfg, calib, layers, groups, crit, sel, scores = _setup(granularity)
+    down = "model.layers.0.mlp.down_proj"
+    seen = []
+    h = model.get_submodule(down).register_forward_hook(lambda m, a, o: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    prot = detect_outliers(model, layers, groups if granularity == "neurons" else None, calib.batches, threshold=2,
+                           mode="energy")
+    h.remove()
+    a = torch.cat(seen).double()
+    energy = a.square().mean(dim=0) * model.get_submodule(down).weight.detach().double().square().sum(dim=0)
+    expected = energy > 2 * energy.median()
+    key = next(n for n in prot.masks if n.startswith("model.layers.0.mlp")) if granularity == "neurons" else down
+    assert expected.any() and torch.equal(prot.masks[key].cpu(), expected)

@@ -87,6 +87,8 @@ def _dampened(m: torch.Tensor, damp: float) -> torch.Tensor:
 
 def _greedy(W: torch.Tensor, Hinv: torch.Tensor, index: torch.Tensor, steps: int) -> torch.Tensor:
     """Cumulative output error at each unit's greedy removal (see module); ``index`` ``[units, width]``."""
+    if index.shape[1] == 1:
+        return _greedy_columns(W, Hinv, index[:, 0], steps)
     units = index.shape[0]
     W, Hinv = W.clone(), Hinv.clone()
     scores = torch.empty(units, dtype=torch.float64)
@@ -115,4 +117,41 @@ def _greedy(W: torch.Tensor, Hinv: torch.Tensor, index: torch.Tensor, steps: int
         live = alive.nonzero().flatten()
         dE, _ = costs(index[live])
         scores[live] = total + dE.cpu() + 1e-12 * (abs(total) + 1)
+    return scores
+
+
+def _greedy_columns(W: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor, steps: int) -> torch.Tensor:
+    """`_greedy` for one column per unit (FFN neurons). The restricted inverse is kept in factored form,
+    ``Hinv_t = Hinv_0 - U U^T`` (one column of U per removal), so a step costs ``in x t`` for the row it needs and
+    ``out x in`` for the refit, instead of a full ``in x in`` downdate."""
+    W = W.clone()
+    units = cols.numel()
+    U = torch.zeros(Hinv.shape[0], max(steps, 1), dtype=Hinv.dtype, device=Hinv.device)
+    diag = Hinv.diagonal().clone()
+    scores = torch.empty(units, dtype=torch.float64)
+    alive = torch.ones(units, dtype=torch.bool, device=W.device)
+    total = 0.0
+
+    def costs() -> torch.Tensor:
+        Wc = W[:, cols]
+        dE = Wc.square().sum(dim=0) / diag[cols].clamp(min=1e-300)
+        return dE.clamp(min=0).masked_fill(~alive, math.inf)
+
+    for t in range(steps):
+        dE = costs()
+        u = int(dE.argmin())
+        total += float(dE[u])
+        scores[u] = total
+        alive[u] = False
+        j = int(cols[u])
+        row = Hinv[j] - U[j, :t] @ U[:, :t].T  # row j of the current restricted inverse
+        d = float(row[j])
+        W.addr_(W[:, j].clone(), row, alpha=-1.0 / d)
+        W[:, j] = 0
+        U[:, t] = row / math.sqrt(d)
+        diag -= U[:, t].square()
+    if bool(alive.any()):
+        dE = costs()
+        live = alive.nonzero().flatten()
+        scores[live.cpu()] = total + dE[live].cpu() + 1e-12 * (abs(total) + 1)
     return scores

@@ -52,6 +52,7 @@ CRITERION_OPTIONS = {
     "hybrid": ("alpha", "hybrid_importance", "hybrid_form", "norm", "head_pattern"),
     "elimination_compensation": ("ec_output", "ec_projections", "compensate"),
     "relative_importance": ("ri_k", "ri_threshold", "ri_tau"),
+    "obs": (),
 }
 SELECTION_OPTIONS = ("scope", "head_sparsity", "round_to", "min_units", "gqa_mode", "targets", "ignore")
 
@@ -211,7 +212,20 @@ def _render(folder: str | os.PathLike, saved: dict[str, Any], report: PruningRep
         has_tokenizer=has_tokenizer,
         plot_name=PLOT_NAME,
         forced=[lr.name for lr in report.layers if lr.forced_min],
+        recon=_reconstruction_summary(report.reconstruction),
+        protected_count=sum(len(v) for v in report.protected.values()),
     )
+
+
+def _reconstruction_summary(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """Layer count, mean relative output errors before / after the refit, damped and reverted layers."""
+    fits = rec.get("layers") or []
+    if not fits:
+        return None
+    return {"layers": len(fits), "before": sum(f["error_before"] for f in fits) / len(fits),
+            "after": sum(f["error_after"] for f in fits) / len(fits),
+            "rank_deficient": sum(bool(f["rank_deficient"]) for f in fits),
+            "reverted": sum(bool(f["reverted"]) for f in fits)}
 
 
 def write_model_card(folder: str | os.PathLike, license: str | None = None) -> None:
