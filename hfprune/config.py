@@ -123,19 +123,22 @@ class PruningConfig:
                            "'tau' (remove weights whose score is below tau / fan_in).")
     ri_tau: float = _f(1.0, "Relative importance: tau of the 'tau' threshold rule.")
     # --- after selection (hfprune extensions) ---------------------------------------------------------------------
-    reconstruction: str = _f("none", "After selection: 'none', or 'weights' (refit the kept weights of each layer by "
-                             "least squares to the dense layer's output on the calibration inputs, block by block; "
-                             "masks unchanged). See hfprune.reconstruction.")
+    reconstruction: str = _f("auto", "After selection: 'weights' (refit the kept weights of each layer by least "
+                             "squares to the dense layer's output on the calibration inputs, block by block; masks "
+                             "unchanged), 'none', or 'auto' (default: 'weights' when the run has calibration data and "
+                             "removes weights, neurons or heads; else 'none'). See hfprune.reconstruction.")
     reconstruction_cg_steps: int = _f(20, "Reconstruction of unstructured / N:M masks: conjugate-gradient steps after "
                                       "the OBS sweep, toward the exact per-row least squares (0 = OBS alone).")
     reconstruction_damp: float = _f(0.01, "Reconstruction: dampening added to the input statistics' diagonal, as a "
                                     "fraction of its mean (keeps dead or duplicated inputs solvable).")
-    protect: str = _f("none", "Before selection: 'none'; 'outliers' (never remove units whose activation peak is "
+    protect: str = _f("auto", "Before selection: 'none'; 'outliers' (never remove units whose activation peak is "
                       "`protect_threshold` x their layer's median: massive activations); 'energy' (never remove "
-                      "units whose output energy E[a^2] ||W_col||^2 is `protect_threshold` x the median). See "
-                      "hfprune.protection.")
-    protect_threshold: float = _f(20.0, "Protection: ratio to the group median (activation peak for 'outliers', "
-                                  "output energy for 'energy') above which a unit is protected (> 1).")
+                      "units whose output energy E[a^2] ||W_col||^2 is `protect_threshold` x the median); 'auto' "
+                      "(default: 'energy' for neurons and heads when the run has calibration data, else 'none'). "
+                      "See hfprune.protection.")
+    protect_threshold: float | None = _f(None, "Protection: ratio to the group median (activation peak for "
+                                         "'outliers', output energy for 'energy') above which a unit is protected "
+                                         "(> 1); default 20 for 'outliers', 2 for 'energy'.")
     # --- schedule (PruningTrainer) --------------------------------------------------------------------------
     schedule: str = _f("one_shot", "When PruningTrainer prunes: 'one_shot' (before training), 'iterative' "
                        "(`pruning_steps` equal steps between start and end), 'cubic' (Zhu & Gupta gradual).")
@@ -321,11 +324,11 @@ FIELD_RULES: dict[str, Rule] = {
     "ri_tau": number(0, open_low=True),
     "distillation_temperature": number(0, open_low=True),
     "regularizer_weight": number(0),
-    "reconstruction": choice("none", "weights"),
+    "reconstruction": choice("auto", "none", "weights"),
     "reconstruction_cg_steps": integer(0),
     "reconstruction_damp": number(0, allowed="a number >= 0 (a fraction of the mean diagonal, e.g. 0.01)"),
-    "protect": choice("none", "outliers", "energy"),
-    "protect_threshold": number(1, open_low=True, allowed="a number > 1 (ratio to the group median, e.g. 20)"),
+    "protect": choice("auto", "none", "outliers", "energy"),
+    "protect_threshold": optional(number(1, open_low=True, allowed="a number > 1 (ratio to the group median, e.g. 20)")),
 }
 
 _HEADS = "when the granularity includes 'heads' (e.g. 'neurons+heads')"
@@ -367,6 +370,33 @@ def _check_granularity(config: PruningConfig) -> None:
                       "of them")
         if len(set(parts)) != len(parts):
             raise bad("each unit kind at most once")
+
+
+PROTECT_THRESHOLDS = {"outliers": 20.0, "energy": 2.0}  # the default protect_threshold of each mode
+
+
+def resolve_defaults(config: PruningConfig, has_data: bool, has_blocks: bool = True) -> PruningConfig:
+    """The config with ``"auto"`` settled for this run (the engine calls it once it knows whether there is
+    calibration data and whether the model is a list of blocks, which reconstruction refits one by one):
+    reconstruction 'weights' and protection 'energy' (neurons / heads only) where they can run, else 'none'; the
+    protection threshold of the chosen mode. The defaults are measured (docs/criteria.md): with
+    them no criterion's default collapses SmolLM2; set both to 'none' for the criteria exactly as published."""
+    width_depth = any(p in WIDTH_DEPTH_AXES for p in config.parts) or config.target_params is not None
+    reconstruction, protect = config.reconstruction, config.protect
+    if reconstruction == "auto":
+        reconstruction = "weights" if has_data and has_blocks and not width_depth and "channels" not in config.parts \
+            else "none"
+    if protect == "auto":
+        protect = "energy" if has_data and config.structured and set(config.parts) <= {"neurons", "heads"} \
+            else "none"
+    threshold = config.protect_threshold
+    if protect != "none" and threshold is None:
+        threshold = PROTECT_THRESHOLDS[protect]
+    if protect == "none":
+        threshold = None
+    if (reconstruction, protect, threshold) == (config.reconstruction, config.protect, config.protect_threshold):
+        return config
+    return dataclasses.replace(config, reconstruction=reconstruction, protect=protect, protect_threshold=threshold)
 
 
 def read_pruning_file(directory: str | os.PathLike) -> dict[str, Any]:

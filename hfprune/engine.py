@@ -31,9 +31,10 @@ from torch import nn
 from .calibration.checks import check_batches, check_units, check_weights
 from .calibration.forward import lm_loss
 from .calibration.data import CalibrationSet, prepare_calibration
+from .calibration.sequential import has_blocks
 from .checkpoint import Loader, PruningInfo, auto_class_name
 from .compaction import add_bias, compact_units, rewrite_config
-from .config import PruningConfig
+from .config import PruningConfig, resolve_defaults
 from .criteria import Criterion, get_criterion, resolve_criterion
 from .distributed import broadcast_masks, gather_counts, my_share, process_state, rank_world
 from .errors import ConfigError
@@ -156,6 +157,12 @@ class Pruner:
             check_batches(calibration.batches, model, tokenizer, example_inputs)
         for w in self.calibration.warnings if self.calibration else []:
             logger.warning("calibration: %s", w)
+        blocks = has_blocks(model)
+        if config.reconstruction == "weights" and not blocks:
+            raise ConfigError(f"reconstruction='weights' refits block by block and needs a model built from a list of "
+                              f"blocks (an nn.ModuleList of transformer layers); {type(model).__name__} has none. "
+                              "Use reconstruction='none'.")
+        self.config = config = resolve_defaults(config, self.calibration is not None, blocks)  # "auto" settled
         if example_inputs is None and self.calibration is not None and self.calibration.batches:
             example_inputs = self.calibration.batches[0]
         self.groups: list[UnitGroup] | None = None
@@ -191,8 +198,8 @@ class Pruner:
     def needs_data(criterion: Criterion, config: PruningConfig) -> bool:
         """Whether this run needs calibration batches (the criterion reads activations, conv channels must be
         traced, or protection / reconstruction read layer inputs)."""
-        return criterion.needs_data or "channels" in config.parts or config.protect != "none" \
-            or config.reconstruction != "none"
+        return criterion.needs_data or "channels" in config.parts or config.protect not in ("none", "auto") \
+            or config.reconstruction not in ("none", "auto")
 
     # --- masks --------------------------------------------------------------------------------------------------
     def config_at(self, sparsity: float) -> PruningConfig:
@@ -247,9 +254,10 @@ class Pruner:
         if self.protection is None:
             t = time.perf_counter()
             self.protection = detect_outliers(self.model, self.layers, self.groups, batches,
-                                              self.config.protect_threshold, self.config.protect)
+                                              float(self.config.protect_threshold), self.config.protect)
             self.timings["protection"] = time.perf_counter() - t
-            logger.info("protected %d outlier units", sum(len(v) for v in self.protection.to_report().values()))
+            logger.info("protected %d units (protect=%r)", sum(len(v) for v in self.protection.to_report().values()),
+                        self.config.protect)
         return self.protection.masks
 
     def _reconstruct(self, masks: dict[str, torch.Tensor], batches: list) -> set[str]:
@@ -402,7 +410,7 @@ def _run_width_depth(model: nn.Module, config: PruningConfig, plan: Plan, target
 
 def _check_width_depth(config: PruningConfig) -> None:
     for name in ("reconstruction", "protect"):
-        if getattr(config, name) != "none":
+        if getattr(config, name) not in ("none", "auto"):
             raise ConfigError(f"PruningConfig.{name}={getattr(config, name)!r} is not built for granularity "
                               f"{config.granularity!r} (blocks / residual channels) yet; set {name}='none'.")
 

@@ -67,4 +67,4 @@ def prune(model: nn.Module, config: PruningConfig, calibration_data: Any = None,
     pruner.step()
     compaction = pruner.compact()
     report = pruner.report(compaction.loader, timings={"total": time.perf_counter() - pruner.started})
-    return PruningResult(model, report, config, pruner.masks, pruner.pruning_info(compaction.loader), tokenizer)
+    return PruningResult(model, report, pruner.config, pruner.masks, pruner.pruning_info(compaction.loader), tokenizer)

@@ -347,6 +347,6 @@ def test_prune_help_lists_the_configs_choices_and_refuses_others(capsys):
 
     assert main(["prune", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--scope {local,global}" in out and "--reconstruction {none,weights}" in out
+    assert "--scope {local,global}" in out and "--reconstruction {auto,none,weights}" in out
     assert main(["prune", "model", "--scope", "everywhere", "--output", "out"]) == 2
     assert "invalid choice: 'everywhere'" in capsys.readouterr().err

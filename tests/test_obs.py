@@ -52,8 +52,8 @@ def test_greedy_steps_are_the_least_squares_optimum(width):
 
 def test_needs_reconstruction_and_linear_units():
     with pytest.raises(ConfigError, match="reconstruction='weights'"):
-        prune(tiny_model("llama"), PruningConfig(criterion="obs", granularity="neurons", sparsity=0.25),
-              calibration("llama", 4))
+        prune(tiny_model("llama"), PruningConfig(criterion="obs", granularity="neurons", sparsity=0.25,
+                                                 reconstruction="none"), calibration("llama", 4))
     with pytest.raises(ConfigError, match="obs"):
         prune(tiny_model("llama"), PruningConfig(criterion="obs", granularity="weights", reconstruction="weights"),
               calibration("llama", 4))

@@ -86,7 +86,7 @@ def test_nothing_protected_gives_the_criterion_masks(criterion):
 
 
 def test_config_fields():
-    assert PruningConfig().protect == "none" and PruningConfig().reconstruction == "none"
+    assert PruningConfig().protect == "auto" and PruningConfig().reconstruction == "auto"
     with pytest.raises(ConfigError, match="protect"):
         PruningConfig(protect="massive")
     with pytest.raises(ConfigError, match="protect_threshold"):
@@ -97,11 +97,34 @@ def test_config_fields():
         PruningConfig(reconstruction="gptq")
 
 
+@pytest.mark.parametrize("granularity, data, blocks, expected", [
+    ("neurons", True, True, ("weights", "energy", 2.0)),
+    ("neurons+heads", True, True, ("weights", "energy", 2.0)),
+    ("weights", True, True, ("weights", "none", None)),
+    ("2:4", True, True, ("weights", "none", None)),
+    ("neurons", False, True, ("none", "none", None)),  # a data-free run stays data-free
+    ("neurons", True, False, ("none", "energy", 2.0)),  # no list of blocks to refit one by one
+    ("channels", True, True, ("none", "none", None)),
+    ("layers", True, True, ("none", "none", None)),
+])
+def test_auto_defaults_settle_per_run(granularity, data, blocks, expected):
+    from hfprune.config import resolve_defaults
+
+    extra = {"layer_sparsity": 0.25} if granularity == "layers" else {}
+    got = resolve_defaults(PruningConfig(granularity=granularity, **extra), data, blocks)
+    assert (got.reconstruction, got.protect, got.protect_threshold) == expected
+    explicit = PruningConfig(granularity="neurons", reconstruction="none", protect="outliers")
+    assert resolve_defaults(explicit, True).protect_threshold == 20.0
+    assert resolve_defaults(explicit, True).reconstruction == "none"
+
+
 def test_through_prune_reported_and_off_is_faithful():
     from hfprune import prune
 
-    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4)
-    faithful = prune(tiny_model("llama"), cfg, calibration("llama"), progress=False)
+    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4,
+                        reconstruction="none")
+    faithful = prune(tiny_model("llama"), cfg, progress=False)  # magnitude without data: the criterion's own masks
+    assert faithful.config.protect == "none"
     off = prune(tiny_model("llama"), PruningConfig(**{**cfg.to_dict(), "protect": "none"}), calibration("llama"),
                 progress=False)
     assert all(torch.equal(off.masks[n], m) for n, m in faithful.masks.items()) and off.report.protected == {}

@@ -257,7 +257,7 @@ def test_joint_bias_fit_creates_bias():
 def test_through_prune_masks_unchanged_and_reported():
     from hfprune import prune
 
-    cfg = PruningConfig(criterion="wanda", sparsity=0.5, num_samples=8, batch_size=4)
+    cfg = PruningConfig(criterion="wanda", sparsity=0.5, num_samples=8, batch_size=4, reconstruction="none")
     plain = prune(tiny_model("llama"), cfg, calibration("llama"), progress=False)
     res = prune(tiny_model("llama"), dataclasses.replace(cfg, reconstruction="weights"), calibration("llama"),
                 progress=False)

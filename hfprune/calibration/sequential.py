@@ -64,6 +64,16 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
 
 
+def has_blocks(model: nn.Module) -> bool:
+    """Whether `find_blocks` finds a list of callable blocks (block-by-block calibration and reconstruction can run;
+    a ModuleList of plain containers whose children the model calls itself does not count)."""
+    try:
+        _, blocks = find_blocks(model)
+    except ConfigError:
+        return False
+    return type(blocks[0]).forward is not nn.Module.forward
+
+
 def block_of(names: list[str], prefix: str, num_blocks: int) -> dict[str, int | None]:
     """Index of the block each module name lies in (None: outside every block)."""
     out: dict[str, int | None] = {}

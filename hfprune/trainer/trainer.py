@@ -74,6 +74,7 @@ class PruningTrainer(RecoveryMixin, Trainer):
         self.pruning_masks = TrainingMasks(Pruner(self.model, pruning_config, calibration=calib, criterion=criterion,
                                                   progress=False))
         self._callback.masks = self.pruning_masks
+        self.pruning_config = pruning_config = self.pruning_masks.config  # "auto" settled by the engine
         self._layer_inputs: LayerInputs | None = None
         if pruning_config.regularizer == "relative_importance":
             self._layer_inputs = LayerInputs(ri_layers(self.pruning_masks))
