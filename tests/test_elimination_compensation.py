@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from conftest import calibration, tiny_model
 from hfprune import PruningConfig
 from hfprune.criteria import get_criterion
 from hfprune.structure.groups import Coupling, UnitGroup
@@ -238,3 +239,32 @@ def test_compensation_lowers_output_error_on_a_trained_network():
         with_comp = expected_change(net, layer, removed, delta, test)
         without = expected_change(net, layer, removed, None, test)
         assert with_comp < 0.8 * without, (idx, with_comp, without)
+
+
+def test_output_gradients_in_pieces_give_the_same_statistics(monkeypatch):
+    """Network-output gradients run on pieces of each batch (memory: one piece's graph at a time); with exact G
+    (2 logits) the summed statistics equal the unsplit batch's, and the hook keeps one squared-gradient sum per
+    layer instead of one gradient per backward pass."""
+    from hfprune.calibration import collector
+    from hfprune.calibration.data import prepare_calibration
+    from hfprune.structure import target_layers
+
+    model = tiny_model("bert")
+    cfg = PruningConfig(criterion="elimination_compensation", sparsity=0.5, num_samples=8, batch_size=8)
+    batches = prepare_calibration(calibration("bert", 8), model, cfg).batches
+    layers = target_layers(model, cfg)
+    crit = get_criterion(cfg)
+    whole = collector.collect_statistics(model, crit, layers, list(layers), batches, progress=False)
+    kept: list[int] = []
+    keep = collector._keep_grad
+    def counting(k: list, g: torch.Tensor, squared: bool) -> None:
+        keep(k, g, squared)
+        kept.append(len(k))
+
+    monkeypatch.setattr(collector, "_keep_grad", counting)
+    monkeypatch.setattr(collector, "OUTPUT_GRAD_TOKENS", 24)  # 2 rows of 12 tokens per piece
+    pieces = collector.collect_statistics(model, crit, layers, list(layers), batches, progress=False)
+    assert max(kept) == 1  # one running sum, never a list of per-pass gradients
+    for n in layers:
+        for k in whole[n]:
+            torch.testing.assert_close(pieces[n][k], whole[n][k], rtol=1e-4, atol=1e-6)

@@ -17,13 +17,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..criteria import Criterion, Stats
-from .forward import no_kv_cache, primary_output, run_model, with_lm_labels
+from .forward import no_kv_cache, primary_output, row_chunks, run_model, with_lm_labels
 from ..distributed import all_reduce_sum, my_share, rank_world
 from ..errors import CalibrationError
 from ..logging import show_progress
 from ..structure import Layer
 
 EXACT_OUTPUTS = 16  # up to this many outputs per sample, G is computed exactly (one backward per output)
+#: network-output gradients (several backward passes through one retained graph) run on pieces of a batch of at most
+#: this many tokens: the graph, the output cotangents and the per-layer gradient sums of one piece are alive at a
+#: time. The statistics are sums over samples, so only the Hutchinson draws differ from an unsplit batch.
+OUTPUT_GRAD_TOKENS = 1024
 
 
 def _loss(out: Any) -> torch.Tensor:
@@ -102,6 +106,16 @@ def _keep_grad(kept: list[torch.Tensor], g: torch.Tensor, squared: bool) -> None
         kept.append(g.square())
 
 
+def _accumulate(criterion: Criterion, layers: dict[str, Layer], stats: dict[str, Stats],
+                captured: dict[str, dict[str, Any]], model: nn.Module) -> None:
+    """Hand the captured inputs (and output gradients) of one forward/backward to the criterion, then drop them."""
+    for name, entry in captured.items():
+        criterion.accumulate(layers[name], stats[name], entry["x"], entry["grads"])
+        criterion.after_backward(layers[name], stats[name])
+    captured.clear()
+    model.zero_grad(set_to_none=True)
+
+
 def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], observed: list[str],
                        batches: list[Any], progress: bool = True) -> dict[str, Stats]:
     """Accumulate ``criterion``'s statistics for the ``observed`` layers over ``batches``; summed across ranks."""
@@ -148,19 +162,19 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
             with ctx, no_kv_cache(model):
                 if grad_mode == "loss":
                     _loss(run_model(model, with_lm_labels(model, batch))).backward()
+                    _accumulate(criterion, layers, stats, captured, model)
+                elif grad_mode is None:
+                    run_model(model, batch)
+                    _accumulate(criterion, layers, stats, captured, model)
                 else:
-                    out = run_model(model, batch)
-                if grad_mode == "output":
-                    y = primary_output(out)
-                    last = _num_cotangents(y, criterion.config.ec_projections) - 1
-                    cots = _cotangents(y, criterion.config.ec_projections, criterion.config.seed + i * world + rank)
-                    for j, v in enumerate(cots):
-                        y.backward(v, retain_graph=j < last)
-            for name, entry in captured.items():
-                criterion.accumulate(layers[name], stats[name], entry["x"], entry["grads"])
-                criterion.after_backward(layers[name], stats[name])
-            captured.clear()
-            model.zero_grad(set_to_none=True)
+                    for k, piece in enumerate(row_chunks(batch, OUTPUT_GRAD_TOKENS)):
+                        y = primary_output(run_model(model, piece))
+                        last = _num_cotangents(y, criterion.config.ec_projections) - 1
+                        seed = criterion.config.seed + i * world + rank + 1_000_003 * k  # k = 0: unsplit draws
+                        for j, v in enumerate(_cotangents(y, criterion.config.ec_projections, seed)):
+                            y.backward(v, retain_graph=j < last)
+                        del y
+                        _accumulate(criterion, layers, stats, captured, model)
     finally:
         for h in handles:
             h.remove()

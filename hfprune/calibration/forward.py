@@ -17,6 +17,23 @@ def run_model(model: nn.Module, batch: Any) -> Any:
     return model(batch.to(device))
 
 
+def row_chunks(batch: Any, max_tokens: int) -> list[Any]:
+    """A batch of token sequences split along its rows into pieces of at most ``max_tokens`` tokens (at least one
+    row each), so that a backward pass keeps the graph of one piece at a time; other batches, and batches that
+    fit, are returned whole."""
+    ids = batch.get("input_ids") if isinstance(batch, dict) else batch
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point():
+        return [batch]
+    rows = ids.shape[0]
+    step = max(1, max_tokens // max(ids.shape[1], 1))
+    if step >= rows:
+        return [batch]
+    if isinstance(batch, dict):
+        return [{k: v[i:i + step] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == rows else v
+                 for k, v in batch.items()} for i in range(0, rows, step)]
+    return [batch[i:i + step] for i in range(0, rows, step)]
+
+
 def primary_output(out: Any) -> torch.Tensor:
     """The tensor a criterion treats as the network output y: logits, else the last hidden state."""
     if isinstance(out, torch.Tensor):
