@@ -23,6 +23,7 @@ their rows only feed the removed columns. ``lambda`` = ``reconstruction_damp`` x
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from ..errors import ConfigError
 from ..selection import kept_count
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
+
+if TYPE_CHECKING:
+    from ..config import PruningConfig
 
 
 @register_criterion
@@ -43,7 +47,7 @@ class StructuredOBS(Criterion):
     structured_sides = ("in",)
     supports = ("neurons", "heads")
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: "PruningConfig") -> None:
         super().__init__(config)
         if config.reconstruction == "none":
             raise ConfigError("criterion 'obs' ranks units by the output error left after the least-squares refit; "
