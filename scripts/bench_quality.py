@@ -169,8 +169,10 @@ def minilm(args) -> list[dict]:
         for s, recon in itertools.product((0.3, 0.5), args.minilm_reconstruction):
             if c == "obs" and recon == "none":  # obs needs the refit it assumes
                 continue
+            # "none": the criterion as published; "weights": the defaults (refit, energy protection)
             cfg = PruningConfig(criterion=c, granularity="neurons", sparsity=s, num_samples=args.minilm_samples,
-                                seq_len=128, batch_size=8, reconstruction=recon)
+                                seq_len=128, batch_size=8, reconstruction=recon,
+                                protect="none" if recon == "none" else "auto")
             try:
                 res = prune(copy.deepcopy(model), cfg, calibration_data=lee_texts("background"), tokenizer=tok,
                             progress=False)
@@ -202,7 +204,8 @@ def main() -> None:
                     help="FFN-neuron rankings run for hfprune and Torch-Pruning: per layer, and across layers")
     ap.add_argument("--minilm-criteria", nargs="*", default=None, help="default: every registered criterion")
     ap.add_argument("--minilm-reconstruction", nargs="+", default=["none"], choices=["none", "weights"],
-                    help="MiniLM rows without and/or with reconstruction='weights'")
+                    help="MiniLM rows: none (the criterion as published: no refit, no protection) and/or weights "
+                         "(the defaults: refit and energy protection)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     ap.add_argument("--only", choices=["smollm2", "minilm"], default=None)
     ap.add_argument("--json", default="/tmp/bench_quality.json")
