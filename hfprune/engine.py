@@ -96,19 +96,32 @@ def probe_loss(model: nn.Module, batches: list) -> float | None:
     return lm_loss(model, batches[:1])
 
 
-def add_probe(calibration: dict[str, Any], warnings: list[str], before: float | None, after: float | None) -> None:
-    """Record the probe's perplexities in the report's calibration section, and warn when the model broke."""
+def add_probe(calibration: dict[str, Any], warnings: list[str], before: float | None, after: float | None,
+              config: PruningConfig | None = None) -> None:
+    """Record the probe's perplexities in the report's calibration section, and warn when the model broke, with
+    the measured remedies that this run did not already use."""
     if before is None or after is None:
         return
     ppl_before, ppl_after = math.exp(min(before, 700)), math.exp(min(after, 700))
     calibration["probe_perplexity"] = {"before": ppl_before, "after": ppl_after}
     if ppl_after > BROKEN_RATIO * ppl_before:
-        message = (f"perplexity on the first calibration batch rose {ppl_after / ppl_before:.1f}x ({ppl_before:.1f}"
-                   f" -> {ppl_after:.1f}): the pruned model is probably broken. Measured remedies "
-                   "(docs/criteria.md): reconstruction='weights', criterion 'taylor' or 'wanda' (or "
-                   "'elimination_compensation' for neurons), or a lower sparsity.")
-        warnings.append(message)
+        warnings.append(message := f"perplexity on the first calibration batch rose {ppl_after / ppl_before:.1f}x "
+                        f"({ppl_before:.1f} -> {ppl_after:.1f}): the pruned model is probably broken. Measured "
+                        f"remedies (docs/criteria.md): {_remedies(config)}.")
         logger.warning(message)
+
+
+def _remedies(config: PruningConfig | None) -> str:
+    out = []
+    if config is None or config.reconstruction == "none":
+        out.append("reconstruction='weights'")
+    if config is not None and config.structured and config.protect == "none":
+        out.append("protect='energy'")
+    better = ["wanda", "obs"] if config is not None and config.structured else ["wanda"]
+    better = [c for c in better if config is None or c != config.criterion]
+    if better:
+        out.append("criterion " + " or ".join(repr(c) for c in better))
+    return ", ".join(out + ["or a lower sparsity"])
 
 
 def check_model(model: nn.Module, config: PruningConfig) -> None:
@@ -352,7 +365,8 @@ class Pruner:
         if self.batches_per_process:
             calibration["batches_per_process"] = list(self.batches_per_process)
         if base.probe_loss is not None:
-            add_probe(calibration, warnings, base.probe_loss, probe_loss(model, self.calibration.batches))
+            add_probe(calibration, warnings, base.probe_loss, probe_loss(model, self.calibration.batches),
+                      self.config)
         return PruningReport(
             base_model=getattr(cfg, "_name_or_path", None) or None,
             model_type=getattr(cfg, "model_type", type(model).__name__),

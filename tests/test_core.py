@@ -204,3 +204,7 @@ def test_every_causal_lm_run_probes_its_perplexity_and_flags_a_broken_model():
     assert warnings == []
     add_probe({}, warnings, math.log(10), math.log(31))
     assert len(warnings) == 1 and "probably broken" in warnings[0] and "reconstruction='weights'" in warnings[0]
+    applied = PruningConfig(criterion="wanda", granularity="neurons", reconstruction="weights", protect="energy")
+    add_probe({}, warnings, math.log(10), math.log(31), applied)  # remedies already in use are not suggested
+    assert "reconstruction=" not in warnings[1] and "protect=" not in warnings[1] and "'obs'" in warnings[1]
+    assert "'wanda'" not in warnings[1]
