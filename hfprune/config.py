@@ -157,6 +157,12 @@ class PruningConfig:
 
     # ----------------------------------------------------------------------------------------------------------
     @property
+    def width_depth(self) -> bool:
+        """Whether this config prunes blocks or residual channels, or asks for a parameter target (the one-step
+        width/depth runs of `hfprune.width_depth`)."""
+        return any(p in WIDTH_DEPTH_AXES for p in self.parts) or self.target_params is not None
+
+    @property
     def parts(self) -> list[str]:
         """The granularity split on '+', e.g. ['neurons', 'heads']."""
         return [p.strip() for p in str(self.granularity).split("+") if p.strip()]
@@ -381,7 +387,7 @@ def resolve_defaults(config: PruningConfig, has_data: bool, has_blocks: bool = T
     reconstruction 'weights' and protection 'energy' (neurons / heads only) where they can run, else 'none'; the
     protection threshold of the chosen mode. The defaults are measured (docs/criteria.md): with
     them no criterion's default collapses SmolLM2; set both to 'none' for the criteria exactly as published."""
-    width_depth = any(p in WIDTH_DEPTH_AXES for p in config.parts) or config.target_params is not None
+    width_depth = config.width_depth
     reconstruction, protect = config.reconstruction, config.protect
     if reconstruction == "auto":
         reconstruction = "weights" if has_data and has_blocks and not width_depth and "channels" not in config.parts \

@@ -44,21 +44,22 @@ class Protection:
 
 
 @torch.no_grad()
-def input_statistics(model: nn.Module, layers: dict[str, Layer], batches: list[Any]
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Per input column of each of ``layers``: ``max |a_j|`` and ``E[a_j^2]`` over the calibration tokens
-    (float32 / float64, ``[in]``), from one forward pass."""
-    peaks: dict[str, torch.Tensor] = {}
-    sq: dict[str, torch.Tensor] = {}
+def input_measure(model: nn.Module, layers: dict[str, Layer], batches: list[Any],
+                  mode: str) -> dict[str, torch.Tensor]:
+    """Per input column of each of ``layers``, over the calibration tokens (one forward pass): ``max |a_j|``
+    (``mode="outliers"``) or ``E[a_j^2]`` (``"energy"``), float64 ``[in]``."""
+    acc: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
 
     def hook(name: str):
         def fn(module: nn.Module, args: tuple, output: Any) -> None:
             x = layers[name].input_matrix(args[0].detach())
-            a = x.abs().amax(dim=0).float()
-            peaks[name] = a if name not in peaks else torch.maximum(peaks[name], a)
-            s = x.double().square().sum(dim=0)
-            sq[name] = s if name not in sq else sq[name] + s
+            if mode == "outliers":
+                v = x.abs().amax(dim=0).double()
+                acc[name] = v if name not in acc else torch.maximum(acc[name], v)
+            else:
+                v = x.double().square().sum(dim=0)
+                acc[name] = v if name not in acc else acc[name] + v
             count[name] = count.get(name, 0) + x.shape[0]
         return fn
 
@@ -73,15 +74,15 @@ def input_statistics(model: nn.Module, layers: dict[str, Layer], batches: list[A
         model.train(was_training)
         for h in handles:
             h.remove()
-    for n, p in peaks.items():
-        if not torch.isfinite(p).all():
+    for n, v in acc.items():
+        if not torch.isfinite(v).all():
             raise CalibrationError(f"Protection: non-finite activations at the input of {n}; check the weights and "
                                    "the calibration data.")
-    return peaks, {n: v / max(count[n], 1) for n, v in sq.items()}
+    return acc if mode == "outliers" else {n: v / max(count[n], 1) for n, v in acc.items()}
 
 
-def _outliers(peak: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    ratio = peak / peak.median().clamp(min=1e-12)
+def _above_median(measure: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    ratio = measure / measure.median().clamp(min=1e-12)
     return ratio > threshold, ratio
 
 
@@ -91,30 +92,30 @@ def detect_outliers(model: nn.Module, layers: dict[str, Layer], groups: list[Uni
     ``mode``: "outliers" (activation peak) or "energy" (output energy ``E[a_j^2] ||W_:,j||^2``)."""
     names = list(layers) if groups is None else sorted({c.layer for g in groups for c in g.consumers
                                                         if c.layer in layers})
-    peaks, meansq = input_statistics(model, {n: layers[n] for n in names}, batches)
+    stats = input_measure(model, {n: layers[n] for n in names}, batches, mode)
 
     def measure(name: str) -> torch.Tensor:  # per input column
         if mode == "outliers":
-            return peaks[name].cpu().double()
+            return stats[name].cpu()
         w = layers[name].weight_matrix().detach().double()
-        return (meansq[name].to(w.device) * w.square().sum(dim=0)).cpu()
+        return (stats[name].to(w.device) * w.square().sum(dim=0)).cpu()
 
     out = Protection()
     if groups is None:
         for n in names:
-            out.masks[n], r = _outliers(measure(n), threshold)
+            out.masks[n], r = _above_median(measure(n), threshold)
             out.ratio[n] = r[out.masks[n]].tolist()
         return out
     for g in groups:
         per = []
         for c in g.consumers:
-            if c.layer in peaks:
+            if c.layer in stats:
                 cols = measure(c.layer)[_columns(layers[c.layer], c.index)]
                 per.append(cols.amax(dim=1) if mode == "outliers" else cols.sum(dim=1))
         if not per:
             continue
         unit = torch.stack(per).amax(dim=0) if mode == "outliers" else torch.stack(per).sum(dim=0)
-        out.masks[g.name], r = _outliers(unit, threshold)
+        out.masks[g.name], r = _above_median(unit, threshold)
         out.ratio[g.name] = r[out.masks[g.name]].tolist()
     return out
 

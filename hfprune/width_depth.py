@@ -34,7 +34,7 @@ UNIT_AXES = ("neurons", "heads")
 
 def is_width_depth(config: PruningConfig) -> bool:
     """Whether ``config`` prunes blocks or residual channels, or asks for a parameter target (this module's runs)."""
-    return any(p in ("layers", "hidden") for p in config.parts) or config.target_params is not None
+    return config.width_depth
 
 
 @dataclass
