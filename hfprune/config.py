@@ -105,6 +105,8 @@ class PruningConfig:
                                "transformer block's inputs and statistics held at a time (forward-only criteria; "
                                "same masks as 'full' for them). See docs/scaling.md.")
     # --- criterion options ----------------------------------------------------------------------------------
+    taylor_form: str = _f("squared", "Taylor: 'squared' (mean over batches of (w * dL/dw)^2, Molchanov et al. 2019) "
+                          "or 'absolute' (|w * mean dL/dw|, Molchanov et al. 2017, as Torch-Pruning's Taylor).")
     norm: int = _f(1, "Norm of `magnitude` (and of hybrid's default importance): 1 or 2.")
     alpha: float = _f(0.5, "Hybrid: weight of expressiveness against importance, in [0, 1].")
     hybrid_importance: str = _f("magnitude", "Hybrid: the importance criterion mixed with expressiveness.")
@@ -129,6 +131,10 @@ class PruningConfig:
                              "removes weights, neurons or heads; else 'none'). See hfprune.reconstruction.")
     reconstruction_cg_steps: int = _f(20, "Reconstruction of unstructured / N:M masks: conjugate-gradient steps after "
                                       "the OBS sweep, toward the exact per-row least squares (0 = OBS alone).")
+    reconstruction_target: str = _f("dense", "Reconstruction: 'dense' (each layer refit on the pruned model's inputs "
+                                    "to the dense model's output, so that the errors of earlier blocks are "
+                                    "corrected too) or 'layer' (to the unpruned layer's output on the inputs it now "
+                                    "receives, as SparseGPT does).")
     reconstruction_damp: float = _f(0.01, "Reconstruction: dampening added to the input statistics' diagonal, as a "
                                     "fraction of its mean (keeps dead or duplicated inputs solvable).")
     protect: str = _f("auto", "Before selection: 'none'; 'outliers' (never remove units whose activation peak is "
@@ -322,6 +328,7 @@ FIELD_RULES: dict[str, Rule] = {
     "hybrid_form": choice("rank", "product"),
     "head_pattern": choice("output"),
     "ec_output": choice("network", "loss", "layer"),
+    "taylor_form": choice("squared", "absolute"),
     "ri_threshold": choice("sparsity", "tau"),
     "schedule": choice(*SCHEDULES),
     "regularizer": optional(choice("relative_importance", "group_lasso")),
@@ -332,6 +339,7 @@ FIELD_RULES: dict[str, Rule] = {
     "regularizer_weight": number(0),
     "reconstruction": choice("auto", "none", "weights"),
     "reconstruction_cg_steps": integer(0),
+    "reconstruction_target": choice("dense", "layer"),
     "reconstruction_damp": number(0, allowed="a number >= 0 (a fraction of the mean diagonal, e.g. 0.01)"),
     "protect": choice("auto", "none", "outliers", "energy"),
     "protect_threshold": optional(number(1, open_low=True, allowed="a number > 1 (ratio to the group median, e.g. 20)")),
@@ -355,6 +363,7 @@ _ONLY_WITH: list[tuple[str, Callable[[PruningConfig], bool], str]] = [
     ("ri_tau", lambda c: c.ri_threshold == "tau", "with ri_threshold='tau'"),
     ("reconstruction_damp", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
     ("reconstruction_cg_steps", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
+    ("reconstruction_target", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
     ("protect_threshold", lambda c: c.protect != "none", "with protect='outliers' or 'energy'"),
 ]
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruningConfig)}

@@ -283,6 +283,7 @@ class Pruner:
             type(self.criterion).bias_compensation is not Criterion.bias_compensation
         self.reconstruction = reconstruct(self.model, self.layers, masks, batches, groups=self.groups,
                                           damp=self.config.reconstruction_damp,
+                                          target=self.config.reconstruction_target,
                                           cg_steps=self.config.reconstruction_cg_steps, fit_bias=fit_bias,
                                           adapter=self.adapter, progress=self.progress)
         self.timings["reconstruction"] = self.timings.get("reconstruction", 0.0) + self.reconstruction.seconds

@@ -45,27 +45,46 @@ from .masks import apply_unit_masks, removed_columns
 from .structure import Layer, UnitGroup
 
 METHODS = ("obs", "exact")
+TARGETS = ("dense", "layer")
 
 
 # --- statistics -----------------------------------------------------------------------------------------------------
 class GramStats:
-    """``H = sum a a^T`` (float32, by matrix products), ``sum a`` (float64) and the sample count of one input."""
+    """``H = sum a a^T`` (float32, by matrix products), ``sum a`` (float64) and the sample count of one input.
 
-    def __init__(self, dim: int, device: torch.device) -> None:
+    Paired (``target="dense"``): ``a`` is the input the layer receives in the pruned model and ``d = a - a0`` its
+    difference from the dense model's input ``a0``; then also ``P = sum a d^T``, ``Q = sum d d^T`` and
+    ``sum d``, from which the dense target's fit and exact output errors follow (no cancellation: both vanish
+    when the inputs agree)."""
+
+    def __init__(self, dim: int, device: torch.device, paired: bool = False) -> None:
         self.H = torch.zeros(dim, dim, dtype=torch.float32, device=device)
         self.s = torch.zeros(dim, dtype=torch.float64, device=device)
         self.n = 0
+        self.P = torch.zeros(dim, dim, dtype=torch.float32, device=device) if paired else None
+        self.Q = torch.zeros(dim, dim, dtype=torch.float32, device=device) if paired else None
+        self.sd = torch.zeros(dim, dtype=torch.float64, device=device) if paired else None
 
-    def add(self, a: torch.Tensor) -> None:
+    @property
+    def paired(self) -> bool:
+        return self.P is not None
+
+    def add(self, a: torch.Tensor, dense: torch.Tensor | None = None) -> None:
         a = a.reshape(-1, a.shape[-1]).float()
         self.H.addmm_(a.T, a)
         self.s += a.sum(dim=0, dtype=torch.float64)
         self.n += a.shape[0]
+        if self.paired:
+            d = a - dense.reshape(-1, dense.shape[-1]).float()
+            self.P.addmm_(a.T, d)
+            self.Q.addmm_(d.T, d)
+            self.sd += d.sum(dim=0, dtype=torch.float64)
 
     def check(self, names: list[str]) -> None:
         if self.n == 0:
             raise CalibrationError(f"Reconstruction of {names}: no calibration input reached these layers.")
-        if not (torch.isfinite(self.H).all() and torch.isfinite(self.s).all()):
+        parts = [self.H, self.s] + ([self.P, self.Q, self.sd] if self.paired else [])
+        if not all(torch.isfinite(t).all() for t in parts):
             raise CalibrationError(f"Reconstruction of {names}: the input statistics hold NaN or inf (overflowing "
                                    "activations, or non-finite weights/data); nothing was written. Use float32 "
                                    "weights and check the calibration data.")
@@ -76,30 +95,49 @@ class GramStats:
         m = self.H.double() / self.n
         return (m - torch.outer(mu, mu) if centered else m), mu
 
+    def shift_moments(self, centered: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Paired only: (``E[a d^T]``, ``E[d d^T]``, mean of ``d``), float64; centred (covariances) if asked."""
+        mu, md = self.s / self.n, self.sd / self.n
+        P, Q = self.P.double() / self.n, self.Q.double() / self.n
+        if centered:
+            P, Q = P - torch.outer(mu, md), Q - torch.outer(md, md)
+        return P, Q, md
+
 
 class InputStatistics:
     """Forward hooks giving every layer one `GramStats` per distinct input tensor: layers fed the same tensor
-    object (q/k/v, gate/up) share it and it is accumulated once per forward call."""
+    object (q/k/v, gate/up) share it and it is accumulated once per forward call.
 
-    def __init__(self, layers: dict[str, Layer]) -> None:
+    Paired (dense target): before each pruned-model call, the block runs once on the dense model's input with
+    `recording` on; the hooks keep each layer's dense input of that call, and the next (pruned) call pairs with it.
+    """
+
+    def __init__(self, layers: dict[str, Layer], paired: bool = False) -> None:
         self.layers = layers
+        self.paired = paired
+        self.recording = False
         self.stats: dict[str, GramStats] = {}
         self._seen: list[tuple[torch.Tensor, GramStats]] = []  # this call's inputs, held so addresses stay unique
+        self._dense: dict[str, list[torch.Tensor]] = {}  # paired: the dense call's inputs, per layer
         self._handles = [l.module.register_forward_hook(self._hook(n)) for n, l in layers.items()]
 
     def _hook(self, name: str):
         def fn(module: nn.Module, args: tuple, output: Any) -> None:
             x = args[0]  # the object itself (``detach()`` would make a new one per call)
+            if self.recording:
+                self._dense.setdefault(name, []).append(self.layers[name].input_matrix(x.detach()))
+                return
+            dense = self._dense[name].pop(0) if self.paired else None
             for seen, st in self._seen:
                 if seen is x:
                     self.stats.setdefault(name, st)
                     return
             st = self.stats.get(name)
             if st is None:
-                st = self.stats[name] = GramStats(x.shape[-1], x.device)
+                st = self.stats[name] = GramStats(x.shape[-1], x.device, self.paired)
             if any(s is st for _, s in self._seen):  # shared with a layer already fed this call
                 return
-            st.add(self.layers[name].input_matrix(x.detach()))
+            st.add(self.layers[name].input_matrix(x.detach()), dense)
             self._seen.append((x, st))
         return fn
 
@@ -110,6 +148,7 @@ class InputStatistics:
         for h in self._handles:
             h.remove()
         self._seen.clear()
+        self._dense.clear()
 
 
 # --- solvers --------------------------------------------------------------------------------------------------------
@@ -122,13 +161,19 @@ class Factor:
     lam: float
     rank_deficient: bool
     dead: int  # inputs that are always zero (centered: constant)
+    _chol: torch.Tensor | None = None
     _hinv_u: torch.Tensor | None = None
+
+    def cholesky(self) -> torch.Tensor:
+        """Lower Cholesky factor of ``Ht``, computed once per input."""
+        if self._chol is None:
+            self._chol = _cholesky(self.Ht)
+        return self._chol
 
     def hinv_upper(self) -> torch.Tensor:
         """Upper Cholesky factor of ``Ht^-1`` (SparseGPT's ``Hinv``), computed once per input."""
         if self._hinv_u is None:
-            L = _cholesky(self.Ht)
-            self._hinv_u = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+            self._hinv_u = torch.linalg.cholesky(torch.cholesky_inverse(self.cholesky()), upper=True)
         return self._hinv_u
 
 
@@ -252,12 +297,40 @@ def refine_rows_cg(W: torch.Tensor, Wn: torch.Tensor, keep: torch.Tensor, f: Fac
     return X.double() * keep.to(X.device, torch.float64)
 
 
-def output_error(D: torch.Tensor, delta: torch.Tensor | None, st_m: torch.Tensor, mu: torch.Tensor) -> float:
-    """``E||D a - delta||^2`` from the second moment ``st_m = E[a a^T]`` (never the samples themselves)."""
-    err = float(((D @ st_m) * D).sum())
+def dense_target(W: torch.Tensor, f: Factor, st: GramStats, centered: bool) -> torch.Tensor:
+    """Paired statistics: the full-width weights ``W~`` whose output on the pruned model's input ``a`` best
+    reproduces the dense layer's output ``W a0`` (hfprune extension, in the manner of GPTAQ's asymmetric
+    calibration): ``W~ = W - W P^T Ht^-1`` with ``P = E[a d^T]``, ``d = a - a0`` (covariances when ``centered``).
+    Then ``E||W' a - W a0||^2 = tr((W' - W~) H (W' - W~)^T) + const``, so any masked solver given ``W~`` in place of
+    ``W`` minimises the error against the dense output; the damping still pulls toward ``W``."""
+    P, _, _ = st.shift_moments(centered)
+    Wd = W.double()
+    return Wd - torch.cholesky_solve(P @ Wd.T, f.cholesky()).T
+
+
+def output_error(D: torch.Tensor, delta: torch.Tensor | None, W: torch.Tensor, st: GramStats) -> float:
+    """``E||D a + W d + delta||^2`` from the statistics (never the samples themselves): the error of the refit
+    layer ``W + D`` (and bias change ``delta``) on the pruned model's inputs ``a`` against the dense layer on the
+    dense inputs ``a0 = a - d`` (``d = 0`` unless the statistics are paired)."""
+    m, mu = st.moments(False)
+    err = float(((D @ m) * D).sum())
+    shift = D.new_zeros(D.shape[0])
+    if st.paired:
+        P, Q, md = st.shift_moments(False)
+        err += 2 * float(((D @ P) * W).sum()) + float(((W @ Q) * W).sum())
+        shift = W @ md
     if delta is not None:
-        err += float(delta @ delta) - 2 * float(delta @ (D @ mu))
+        err += float(delta @ delta) + 2 * float(delta @ (D @ mu + shift))
     return max(err, 0.0)
+
+
+def output_energy(W: torch.Tensor, st: GramStats) -> float:
+    """``E||W a0||^2``, the dense layer's output energy (the reference of the relative errors)."""
+    m, _ = st.moments(False)
+    if st.paired:
+        P, Q, _ = st.shift_moments(False)
+        m = m - P - P.T + Q
+    return max(float(((W @ m) * W).sum()), 1e-30)
 
 
 # --- report ---------------------------------------------------------------------------------------------------------
@@ -282,6 +355,7 @@ class ReconstructionReport:
     sequential: bool
     damp: float
     method: str
+    target: str = "dense"  # "dense": the dense model's outputs; "layer": each layer's own on its pruned inputs
     seconds: float = 0.0
     layers: list[LayerFit] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # layers outside the blocks: masked, not refit
@@ -315,22 +389,25 @@ def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramSt
                cg_steps: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, LayerFit]:
     W = layer.weight_matrix().detach()
     Wd = W.double()
+    target = dense_target(Wd, f, st, bias) if st.paired else Wd
     keep_full = keep.expand(W.shape[0], -1) if how == "columns" else keep
     if how == "columns":
-        Wn = refit_columns(W, keep, f)
+        Wn = refit_columns(target, keep, f)
     elif method == "exact":
-        Wn = refit_rows_exact(W, keep_full, f)
+        Wn = refit_rows_exact(target, keep_full, f)
     else:
-        Wn = refit_rows_obs(W, keep_full, f)
+        Wn = refit_rows_obs(target, keep_full, f)
         if cg_steps:
-            Wn = refine_rows_cg(W, Wn, keep_full, f, cg_steps)
+            Wn = refine_rows_cg(target, Wn, keep_full, f, cg_steps)
             method = f"obs+cg{cg_steps}"
-    m, mu = st.moments(False)
-    D0 = Wd * (~keep_full).to(Wd.device)
-    D1 = Wd - Wn
-    delta = D1 @ mu if bias else None
-    before, after = output_error(D0, None, m, mu), output_error(D1, delta, m, mu)
-    ref = max(float(((Wd @ m) * Wd).sum()), 1e-30)
+    _, mu = st.moments(False)
+    D0 = -Wd * (~keep_full).to(Wd.device)  # plain masking
+    D1 = Wn - Wd
+    delta = None
+    if bias:  # the optimal bias change for these weights: minus the mean output difference
+        delta = -(D1 @ mu) - (Wd @ st.shift_moments(False)[2] if st.paired else 0)
+    before, after = output_error(D0, None, Wd, st), output_error(D1, delta, Wd, st)
+    ref = output_energy(Wd, st)
     fit = LayerFit(layer.name, how, "lstsq" if how == "columns" else method, before / ref, after / ref, f.lam,
                    f.rank_deficient, f.dead, bias)
     if after > before:
@@ -341,8 +418,8 @@ def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramSt
 
 def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, torch.Tensor],
                 batches: list[Any], *, groups: list[UnitGroup] | None = None, damp: float = 0.01,
-                sequential: bool = True, method: str = "obs", cg_steps: int = 0, fit_bias: bool | set[str] = False,
-                adapter: Any = None, progress: bool = False) -> ReconstructionReport:
+                sequential: bool = True, target: str = "dense", method: str = "obs", cg_steps: int = 0,
+                fit_bias: bool | set[str] = False, adapter: Any = None, progress: bool = False) -> ReconstructionReport:
     """Refit the kept weights of every masked layer in place (masks unchanged), block by block; see the module.
 
     ``masks``: per layer ``[out, in]`` keep masks (``groups=None``) or per group ``[units]`` keep masks. After the
@@ -351,7 +428,10 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
     instead of H; created, with the family's bias flag, where the layer has none: pass ``adapter``); layers that
     already have a bias always get it fitted. Use it in place of elimination-compensation's bias compensation.
     ``cg_steps``: after OBS, that many conjugate-gradient steps toward the exact per-row optimum
-    (`refine_rows_cg`; unstructured and N:M only, 0 = OBS alone).
+    (`refine_rows_cg`; unstructured and N:M only, 0 = OBS alone). ``target`` (with ``sequential``): "dense" fits
+    each layer on the pruned model's inputs to the *dense* model's output on the dense inputs (`dense_target`;
+    the errors of the blocks before are corrected too), "layer" to the unpruned layer's output on the inputs it
+    now receives (SparseGPT's choice).
     """
     if method not in METHODS:
         raise ConfigError(f"reconstruction method {method!r} is not one of {', '.join(METHODS)}.")
@@ -359,10 +439,13 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
         raise ConfigError(f"reconstruction damp={damp!r}: use a number >= 0 (a fraction of the mean diagonal).")
     if not isinstance(cg_steps, int) or isinstance(cg_steps, bool) or cg_steps < 0:
         raise ConfigError(f"reconstruction cg_steps={cg_steps!r}: use an integer >= 0 (0 = OBS alone).")
+    if target not in TARGETS:
+        raise ConfigError(f"reconstruction target {target!r} is not one of {', '.join(TARGETS)}.")
     if not batches:
         raise CalibrationError("Reconstruction needs calibration batches (the layer inputs it refits on).")
     t0 = time.perf_counter()
-    report = ReconstructionReport(sequential, float(damp), method)
+    paired = sequential and target == "dense"
+    report = ReconstructionReport(sequential, float(damp), method, target if sequential else "dense")
     plan = _plan(layers, masks, groups)
     prefix, blocks = find_blocks(model)
     where = block_of(list(plan), prefix, len(blocks))
@@ -378,13 +461,18 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
     try:
         with torch.no_grad():
             cache = capture_block_inputs(model, blocks[0], batches) if last >= 0 else []
+            dense = [[e[0].clone(), *e[1:]] for e in cache] if paired else None  # the dense model's block inputs
             for i in tqdm(range(last + 1), desc="reconstructing, block by block", disable=not progress, leave=False):
                 names = [n for n in plan if where[n] == i]
-                hooks = InputStatistics({n: layers[n] for n in names})
+                hooks = InputStatistics({n: layers[n] for n in names}, paired)
                 try:
-                    for entry in cache:
+                    for b, entry in enumerate(cache):
+                        if dense is not None:  # block i is still dense: its output is the next dense input
+                            hooks.recording = True
+                            _run_block(blocks[i], dense[b], write=True)
+                            hooks.recording = False
                         hooks.next_call()
-                        out = _run_block(blocks[i], entry, write=not sequential)
+                        _run_block(blocks[i], entry, write=not sequential)
                 finally:
                     hooks.remove()
                 seen = {}

@@ -66,21 +66,21 @@ def compare_solvers(model, tok, args) -> None:
             W = l.weight_matrix().detach().double()
             ref = float(((W @ m) * W).sum())
             row = {"layer": n, "granularity": gran, "tokens": st.n,
-                   "masked": output_error(W * ~sel.masks[n], None, m, mu) / ref}
+                   "masked": output_error(W * ~sel.masks[n], None, W, st) / ref}
             t = time.perf_counter()
             Wobs = refit_rows_obs(W.float(), sel.masks[n], f)
             row["obs_s"] = time.perf_counter() - t
-            row["obs"] = output_error(W - Wobs, None, m, mu) / ref
+            row["obs"] = output_error(W - Wobs, None, W, st) / ref
             for steps in args.cg_steps:
                 t = time.perf_counter()
                 Wn = refine_rows_cg(W, Wobs, sel.masks[n], f, steps)
                 row[f"obs+cg{steps}_s"] = row["obs_s"] + time.perf_counter() - t
-                row[f"obs+cg{steps}"] = output_error(W - Wn, None, m, mu) / ref
+                row[f"obs+cg{steps}"] = output_error(W - Wn, None, W, st) / ref
             if not args.skip_exact:
                 t = time.perf_counter()
                 Wn = refit_rows_exact(W, sel.masks[n], f)
                 row["exact_s"] = time.perf_counter() - t
-                row["exact"] = output_error(W - Wn, None, m, mu) / ref
+                row["exact"] = output_error(W - Wn, None, W, st) / ref
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")

@@ -16,8 +16,8 @@ from hfprune.calibration.sequential import capture_block_inputs
 from hfprune.criteria import get_criterion
 from hfprune.errors import CalibrationError, ConfigError
 from hfprune.scoring import compute_masks
-from hfprune.reconstruction import (GramStats, make_factor, output_error, reconstruct, refine_rows_cg, refit_columns,
-                                    refit_rows_exact, refit_rows_obs)
+from hfprune.reconstruction import (GramStats, dense_target, make_factor, output_error, reconstruct, refine_rows_cg,
+                                    refit_columns, refit_rows_exact, refit_rows_obs)
 from hfprune.structure import find_groups, find_layers, target_layers
 
 
@@ -47,6 +47,59 @@ def test_columns_equal_lstsq_without_and_with_bias():
     sol = torch.linalg.lstsq(X, A @ W.T + b).solution
     assert torch.allclose(got[:, keep], sol[:-1].T, atol=1e-4)
     assert torch.allclose(b + (W - got) @ f.mu, sol[-1], atol=1e-4)
+
+
+def _paired(seed: int = 1):
+    """Dense inputs A0 and the pruned model's inputs A = A0 + a perturbation correlated with A0."""
+    A0, W, _ = _data(seed=seed)
+    g = torch.Generator().manual_seed(seed + 10)
+    A = A0 @ (torch.eye(12, dtype=A0.dtype) + 0.2 * torch.randn(12, 12, generator=g, dtype=A0.dtype)) \
+        + 0.3 * torch.randn(A0.shape, generator=g, dtype=A0.dtype) + 0.1
+    st = GramStats(12, torch.device("cpu"), paired=True)
+    for i in range(0, len(A), 64):  # several batches, as in a calibration run
+        st.add(A[i:i + 64].float(), A0[i:i + 64].float())
+    return A0, A, W, st
+
+
+def test_dense_target_equals_lstsq_against_dense_outputs():
+    """Paired statistics: the refit on the pruned inputs A reproduces the dense layer on the dense inputs A0."""
+    A0, A, W, st = _paired()
+    keep = torch.ones(12, dtype=torch.bool)
+    keep[[0, 5, 9]] = False
+    f = make_factor(st, 0.0, centered=False)
+    got = refit_columns(dense_target(W, f, st, False), keep, f)
+    ref = torch.linalg.lstsq(A[:, keep], A0 @ W.T).solution.T
+    assert torch.allclose(got[:, keep], ref, atol=1e-4)
+    # per-row masks, exact solver
+    rows = torch.rand(W.shape, generator=torch.Generator().manual_seed(7)) > 0.4
+    got_rows = refit_rows_exact(dense_target(W, f, st, False), rows, f)
+    for i in range(W.shape[0]):
+        sol = torch.linalg.lstsq(A[:, rows[i]], A0 @ W[i]).solution
+        assert torch.allclose(got_rows[i, rows[i]], sol, atol=1e-4)
+    # with a bias: least squares on [A_K, 1] against A0 W^T + b; b' = b + W mu0 - W' mu
+    b = torch.randn(5, dtype=torch.float64)
+    fc = make_factor(st, 0.0, centered=True)
+    got = refit_columns(dense_target(W, fc, st, True), keep, fc)
+    X = torch.cat([A[:, keep], torch.ones(len(A), 1, dtype=A.dtype)], dim=1)
+    sol = torch.linalg.lstsq(X, A0 @ W.T + b).solution
+    assert torch.allclose(got[:, keep], sol[:-1].T, atol=1e-4)
+    assert torch.allclose(b + W @ A0.mean(0) - got @ A.mean(0), sol[-1], atol=1e-4)
+
+
+def test_paired_output_error_is_the_error_against_the_dense_output():
+    A0, A, W, st = _paired(seed=2)
+    Wn = W * (torch.rand(W.shape, generator=torch.Generator().manual_seed(8)) > 0.5) + 0.01
+    delta = torch.randn(5, dtype=torch.float64)
+    direct = float(((A @ Wn.T + delta - A0 @ W.T) ** 2).sum(dim=1).mean())
+    assert output_error(Wn - W, delta, W, st) == pytest.approx(direct, rel=1e-4)
+    assert output_error(Wn - W, None, W, st) == pytest.approx(float(((A @ Wn.T - A0 @ W.T) ** 2).sum(1).mean()),
+                                                              rel=1e-4)
+    same = GramStats(12, torch.device("cpu"), paired=True)  # identical inputs: the unpaired error
+    same.add(A0.float(), A0.float())
+    plain = GramStats(12, torch.device("cpu"))
+    plain.add(A0.float())
+    assert output_error(Wn - W, delta, W, same) == pytest.approx(output_error(Wn - W, delta, W, plain), rel=1e-6)
+    assert torch.allclose(dense_target(W, make_factor(same, 0.01, False), same, False), W)
 
 
 def test_exact_rows_equal_lstsq_per_row():
@@ -83,8 +136,8 @@ def test_obs_keeps_mask_and_never_beats_exact():
     exact = refit_rows_exact(W, keep, f)
     assert ((obs != 0) <= keep).all() and (obs[~keep] == 0).all()
     m, mu = st.moments(False)
-    masked = output_error(W * ~keep, None, m, mu)
-    e_obs, e_exact = output_error(W - obs, None, m, mu), output_error(W - exact, None, m, mu)
+    masked = output_error(W * ~keep, None, W, st)
+    e_obs, e_exact = output_error(W - obs, None, W, st), output_error(W - exact, None, W, st)
     assert e_exact <= e_obs * (1 + 1e-6) and e_obs < masked
 
 
@@ -96,11 +149,11 @@ def test_cg_refinement_reaches_lstsq_and_never_worsens_obs():
     f = make_factor(st, 0.01, centered=False)
     m, mu = st.moments(False)
     obs = refit_rows_obs(W.float(), keep, f, blocksize=4)
-    errors = [output_error(W - obs, None, m, mu)]
+    errors = [output_error(W - obs, None, W, st)]
     for steps in (1, 2, 4, 16):
         got = refine_rows_cg(W, obs, keep, f, steps)
         assert (got[~keep] == 0).all()
-        errors.append(output_error(W - got, None, m, mu))
+        errors.append(output_error(W - got, None, W, st))
     assert all(b <= a * (1 + 1e-5) for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < errors[0]
     s = (len(A) * f.lam) ** 0.5
@@ -125,7 +178,7 @@ def test_rank_deficient_statistics_are_damped_and_reported():
         got = refit_columns(W, keep, f)
         assert torch.isfinite(got).all()
         m, mu = st.moments(False)
-        assert output_error(W - got, None, m, mu) <= output_error(W * keep, None, m, mu)
+        assert output_error(W - got, None, W, st) <= output_error(W * keep, None, W, st)
 
 
 def test_nonfinite_statistics_raise_before_writing():
@@ -234,6 +287,45 @@ def test_structured_refit_then_compaction(sequential):
         masked = model(input_ids=ids).logits
         compact_units(model, groups, sel.masks, adapter_for(model))
         assert torch.allclose(model(input_ids=ids).logits, masked, atol=1e-5)  # compaction only slices
+
+
+def _layer_inputs(model, batches, name):
+    """Inputs of layer ``name`` over the calibration batches, whole-model forward passes."""
+    seen = []
+    h = model.get_submodule(name).register_forward_hook(lambda m, a, o: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for b in batches:
+            model(input_ids=b["input_ids"])
+    h.remove()
+    return torch.cat(seen).double()
+
+
+def test_dense_target_in_sequential_mode_reports_the_error_against_the_dense_model():
+    """Block 1 sees the refit block 0's outputs; with target='dense' its refit is judged (and reported) against the
+    dense model's down_proj output on the dense inputs, and block 0 (dense inputs) fits as with target='layer'."""
+    torch.manual_seed(0)
+    model = tiny_model("llama")
+    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4)
+    batches = _batches(model)
+    groups = find_groups(model, cfg, batches[0])
+    sel, _, _ = compute_masks(model, get_criterion(cfg), find_layers(model), groups, [], progress=False)
+    dense, by_layer = copy.deepcopy(model), copy.deepcopy(model)
+    rep = reconstruct(model, find_layers(model), sel.masks, batches, groups=groups, target="dense")
+    ref = reconstruct(by_layer, find_layers(by_layer), sel.masks, batches, groups=groups, target="layer")
+    assert rep.target == "dense" and ref.target == "layer"
+    first = "model.layers.0.mlp.down_proj"
+    f0, r0 = (next(f for f in r.layers if f.name == first) for r in (rep, ref))
+    assert f0.error_after == pytest.approx(r0.error_after, rel=1e-6)
+    name = "model.layers.1.mlp.down_proj"
+    a, a0 = _layer_inputs(model, batches, name), _layer_inputs(dense, batches, name)
+    W, Wn = (m.get_submodule(name).weight.detach().double() for m in (dense, model))
+    y0 = a0 @ W.T
+    direct = float(((a @ Wn.T - y0) ** 2).sum()) / float((y0 ** 2).sum())
+    fit = next(f for f in rep.layers if f.name == name)
+    assert fit.error_after == pytest.approx(direct, rel=1e-3)
+    Wl = by_layer.get_submodule(name).weight.detach().double()  # fitted to its own output instead: worse here
+    al = _layer_inputs(by_layer, batches, name)
+    assert direct < float(((al @ Wl.T - y0) ** 2).sum()) / float((y0 ** 2).sum())
 
 
 def test_joint_bias_fit_creates_bias():

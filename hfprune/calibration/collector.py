@@ -24,10 +24,27 @@ from ..logging import show_progress
 from ..structure import Layer
 
 EXACT_OUTPUTS = 16  # up to this many outputs per sample, G is computed exactly (one backward per output)
-#: network-output gradients (several backward passes through one retained graph) run on pieces of a batch of at most
-#: this many tokens: the graph, the output cotangents and the per-layer gradient sums of one piece are alive at a
-#: time. The statistics are sums over samples, so only the Hutchinson draws differ from an unsplit batch.
+#: backward passes run on pieces of a batch of at most this many tokens, so that the graph (and for network-output
+#: gradients the cotangents and per-layer gradient sums) of one piece is alive at a time. Network outputs: the
+#: statistics are sums over samples, so only the Hutchinson draws differ from an unsplit batch. Loss gradients
+#: (causal LMs only, `loss_pieces`): each piece's loss is weighted by its share of the batch's predicted tokens, so
+#: the gradients, weight gradients included, are the unsplit batch's exactly.
 OUTPUT_GRAD_TOKENS = 1024
+
+
+def loss_pieces(model: nn.Module, batch: Any) -> list[tuple[Any, float]]:
+    """``(piece, weight)`` pairs whose weighted losses sum to the batch's loss: a causal LM's next-token loss is the
+    mean over the labels that are not -100 after the shift, so a piece weighs its share of those; any other model
+    (whose loss hfprune cannot split exactly) runs its batch whole."""
+    labels = batch.get("labels") if isinstance(batch, dict) else None
+    if not type(model).__name__.endswith("ForCausalLM") or not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+        return [(batch, 1.0)]
+    pieces = row_chunks(batch, OUTPUT_GRAD_TOKENS)
+    counts = [float((p["labels"][:, 1:] != -100).sum()) for p in pieces]
+    total = sum(counts)
+    if len(pieces) == 1 or total == 0:
+        return [(batch, 1.0)]
+    return [(p, c / total) for p, c in zip(pieces, counts) if c > 0]
 
 
 def _loss(out: Any) -> torch.Tensor:
@@ -107,13 +124,16 @@ def _keep_grad(kept: list[torch.Tensor], g: torch.Tensor, squared: bool) -> None
 
 
 def _accumulate(criterion: Criterion, layers: dict[str, Layer], stats: dict[str, Stats],
-                captured: dict[str, dict[str, Any]], model: nn.Module) -> None:
-    """Hand the captured inputs (and output gradients) of one forward/backward to the criterion, then drop them."""
+                captured: dict[str, dict[str, Any]], model: nn.Module, end_of_batch: bool = True) -> None:
+    """Hand the captured inputs (and output gradients) of one forward/backward to the criterion, then drop them;
+    at the end of a batch let the criterion read the weight gradients (summed over the batch's pieces)."""
     for name, entry in captured.items():
         criterion.accumulate(layers[name], stats[name], entry["x"], entry["grads"])
-        criterion.after_backward(layers[name], stats[name])
     captured.clear()
-    model.zero_grad(set_to_none=True)
+    if end_of_batch:
+        for name in stats:
+            criterion.after_backward(layers[name], stats[name])
+        model.zero_grad(set_to_none=True)
 
 
 def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], observed: list[str],
@@ -161,8 +181,12 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
         for i, batch in enumerate(bar):
             with ctx, no_kv_cache(model):
                 if grad_mode == "loss":
-                    _loss(run_model(model, with_lm_labels(model, batch))).backward()
-                    _accumulate(criterion, layers, stats, captured, model)
+                    pieces = loss_pieces(model, with_lm_labels(model, batch))
+                    for k, (piece, weight) in enumerate(pieces):
+                        loss = _loss(run_model(model, piece))
+                        (loss * weight if weight != 1.0 else loss).backward()
+                        del loss
+                        _accumulate(criterion, layers, stats, captured, model, end_of_batch=k == len(pieces) - 1)
                 elif grad_mode is None:
                     run_model(model, batch)
                     _accumulate(criterion, layers, stats, captured, model)

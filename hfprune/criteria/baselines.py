@@ -43,7 +43,16 @@ class Random(Criterion):
 
 @register_criterion
 class Taylor(Criterion):
-    """First-order Taylor (Molchanov et al.): ``|w * dL/dw|`` with the loss gradient averaged over batches."""
+    """First-order Taylor estimate of the loss change from removing a weight, ``w * dL/dw``, in one of two
+    published forms (``config.taylor_form``):
+
+    - ``"squared"`` (default; Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning"):
+      ``mean over batches of (w * g_b)^2``, with ``g_b`` the batch's loss gradient;
+    - ``"absolute"`` (Molchanov et al. 2017; Torch-Pruning's ``GroupTaylorImportance``): ``|w * mean_b g_b|``.
+
+    On a trained model the mean gradient is close to zero and noisy, so the absolute form ranks single weights
+    almost at random (SmolLM2 at 50% unstructured: perplexity 8.3x dense with reconstruction); the squared form
+    keeps the size of each batch's contribution (docs/criteria.md)."""
 
     name = "taylor"
     needs_data = True
@@ -58,13 +67,17 @@ class Taylor(Criterion):
     def after_backward(self, layer: Layer, stats: Stats) -> None:
         g = layer.module.weight.grad
         if g is not None:
-            stats["grad"] += layer.weight_matrix(g).float()
+            g = layer.weight_matrix(g).float()
+            if self.config.taylor_form == "squared":
+                stats["grad"].addcmul_(g, g)
+            else:
+                stats["grad"] += g
             stats["batches"] += 1
 
     def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
         w = layer.weight_matrix().detach().float()
-        g = stats["grad"] / stats["batches"].clamp(min=1).float()
-        return (w * g).abs()
+        g = stats["grad"] / stats["batches"].clamp(min=1).float()  # mean of g_b^2, or mean of g_b
+        return w.square() * g if self.config.taylor_form == "squared" else (w * g).abs()
 
 
 @register_criterion

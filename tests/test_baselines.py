@@ -1,0 +1,62 @@
+"""Baseline criteria against independent computations of their definitions: Taylor in both published forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import calibration, tiny_model
+from hfprune import PruningConfig
+from hfprune.calibration.data import prepare_calibration
+from hfprune.criteria import get_criterion
+from hfprune.scoring import compute_masks
+from hfprune.structure import target_layers
+
+
+@pytest.mark.parametrize("form", ["squared", "absolute"])
+def test_taylor_scores_equal_per_batch_gradients(form):
+    """squared: mean over batches of (w * g_b)^2 (Molchanov et al. 2019); absolute: |w * mean_b g_b| (2017)."""
+    torch.manual_seed(0)
+    model = tiny_model("llama")
+    cfg = PruningConfig(criterion="taylor", sparsity=0.5, num_samples=8, batch_size=4, taylor_form=form)
+    batches = prepare_calibration(calibration("llama", 8), model, cfg).batches
+    layers = target_layers(model, cfg)
+    crit = get_criterion(cfg)
+    _, _, stats = compute_masks(model, crit, layers, None, batches, progress=False)
+    name = "model.layers.1.mlp.up_proj"
+    w = model.get_submodule(name).weight
+    grads = []
+    for b in batches:  # independent: autograd of each batch's mean next-token loss
+        ids = b["input_ids"]
+        loss = model(input_ids=ids, attention_mask=b.get("attention_mask"), labels=ids).loss
+        grads.append(torch.autograd.grad(loss, w)[0].detach())
+    g = torch.stack(grads)
+    ref = (w.detach() * g).square().mean(0) if form == "squared" else (w.detach() * g.mean(0)).abs()
+    got = crit.weight_scores(layers[name], stats[name])
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-12 + 1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("form", ["squared", "absolute"])
+def test_taylor_loss_backward_in_pieces_equals_the_whole_batch(form, monkeypatch):
+    """The loss backward runs on pieces of a batch (memory); each piece's loss weighs its share of the predicted
+    tokens, so the weight gradients, and Taylor's scores, are the unsplit batch's, padding included."""
+    from hfprune.calibration import collector
+
+    torch.manual_seed(0)
+    model = tiny_model("llama")
+    cfg = PruningConfig(criterion="taylor", sparsity=0.5, num_samples=8, batch_size=4, taylor_form=form)
+    ids = calibration("llama", 8)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # padded rows: pieces hold different numbers of predicted tokens
+    mask[6, 3:] = 0
+    batches = [{"input_ids": ids[i:i + 4], "attention_mask": mask[i:i + 4]} for i in (0, 4)]
+    layers = target_layers(model, cfg)
+    crit = get_criterion(cfg)
+    _, _, whole = compute_masks(model, crit, layers, None, batches, progress=False)
+    monkeypatch.setattr(collector, "OUTPUT_GRAD_TOKENS", 12)  # one row per piece
+    assert len(collector.loss_pieces(model, collector.with_lm_labels(model, batches[0]))) == 4
+    _, _, split = compute_masks(model, crit, layers, None, batches, progress=False)
+    for name in layers:
+        ref = whole[name]["grad"]
+        assert torch.allclose(split[name]["grad"], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+        assert float(split[name]["batches"]) == 2
