@@ -131,10 +131,10 @@ class PruningConfig:
                              "removes weights, neurons or heads; else 'none'). See hfprune.reconstruction.")
     reconstruction_cg_steps: int = _f(20, "Reconstruction of unstructured / N:M masks: conjugate-gradient steps after "
                                       "the OBS sweep, toward the exact per-row least squares (0 = OBS alone).")
-    reconstruction_target: str = _f("dense", "Reconstruction: 'dense' (each layer refit on the pruned model's inputs "
-                                    "to the dense model's output, so that the errors of earlier blocks are "
-                                    "corrected too) or 'layer' (to the unpruned layer's output on the inputs it now "
-                                    "receives, as SparseGPT does).")
+    reconstruction_target: str = _f("layer", "Reconstruction: 'layer' (each layer refit to the unpruned layer's output "
+                                    "on the inputs it now receives, as SparseGPT does) or 'dense' (to the dense "
+                                    "model's output on the dense inputs, which also corrects the errors of earlier "
+                                    "blocks; measured worse on SmolLM2 FFN neurons, docs/benchmarks.md).")
     reconstruction_damp: float = _f(0.01, "Reconstruction: dampening added to the input statistics' diagonal, as a "
                                     "fraction of its mean (keeps dead or duplicated inputs solvable).")
     protect: str = _f("auto", "Before selection: 'none'; 'outliers' (never remove units whose activation peak is "

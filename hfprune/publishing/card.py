@@ -46,10 +46,10 @@ PIPELINE_TAGS = {
 CRITERION_OPTIONS = {
     "magnitude": ("norm",),
     "random": ("seed",),
-    "taylor": (),
+    "taylor": ("taylor_form",),
     "wanda": (),
     "expressiveness": ("head_pattern",),
-    "hybrid": ("alpha", "hybrid_importance", "hybrid_form", "norm", "head_pattern"),
+    "hybrid": ("alpha", "hybrid_importance", "hybrid_form", "norm", "head_pattern", "taylor_form"),
     "elimination_compensation": ("ec_output", "ec_projections", "compensate"),
     "relative_importance": ("ri_k", "ri_threshold", "ri_tau"),
     "obs": (),
