@@ -105,8 +105,10 @@ class PruningConfig:
                                "transformer block's inputs and statistics held at a time (forward-only criteria; "
                                "same masks as 'full' for them). See docs/scaling.md.")
     # --- criterion options ----------------------------------------------------------------------------------
-    taylor_form: str = _f("squared", "Taylor: 'squared' (mean over batches of (w * dL/dw)^2, Molchanov et al. 2019) "
-                          "or 'absolute' (|w * mean dL/dw|, Molchanov et al. 2017, as Torch-Pruning's Taylor).")
+    taylor_form: str = _f("auto", "Taylor: 'squared' (mean over batches of (w * dL/dw)^2, Molchanov et al. 2019), "
+                          "'absolute' (|w * mean dL/dw|, Molchanov et al. 2017, as Torch-Pruning's Taylor), or 'auto' "
+                          "(default: 'squared' for single weights and N:M, 'absolute' for units; measured, "
+                          "docs/criteria.md).")
     norm: int = _f(1, "Norm of `magnitude` (and of hybrid's default importance): 1 or 2.")
     alpha: float = _f(0.5, "Hybrid: weight of expressiveness against importance, in [0, 1].")
     hybrid_importance: str = _f("magnitude", "Hybrid: the importance criterion mixed with expressiveness.")
@@ -328,7 +330,7 @@ FIELD_RULES: dict[str, Rule] = {
     "hybrid_form": choice("rank", "product"),
     "head_pattern": choice("output"),
     "ec_output": choice("network", "loss", "layer"),
-    "taylor_form": choice("squared", "absolute"),
+    "taylor_form": choice("auto", "squared", "absolute"),
     "ri_threshold": choice("sparsity", "tau"),
     "schedule": choice(*SCHEDULES),
     "regularizer": optional(choice("relative_importance", "group_lasso")),
@@ -394,7 +396,7 @@ def resolve_defaults(config: PruningConfig, has_data: bool, has_blocks: bool = T
     """The config with ``"auto"`` settled for this run (the engine calls it once it knows whether there is
     calibration data and whether the model is a list of blocks, which reconstruction refits one by one):
     reconstruction 'weights' and protection 'energy' (neurons / heads only) where they can run, else 'none'; the
-    protection threshold of the chosen mode. The defaults are measured (docs/criteria.md): with
+    protection threshold of the chosen mode; Taylor's form ('squared' for single weights, 'absolute' for units). The defaults are measured (docs/criteria.md): with
     them no criterion's default collapses SmolLM2; set both to 'none' for the criteria exactly as published."""
     width_depth = config.width_depth
     reconstruction, protect = config.reconstruction, config.protect
@@ -404,14 +406,20 @@ def resolve_defaults(config: PruningConfig, has_data: bool, has_blocks: bool = T
     if protect == "auto":
         protect = "energy" if has_data and config.structured and set(config.parts) <= {"neurons", "heads"} \
             else "none"
+    taylor_form = config.taylor_form
+    if taylor_form == "auto" and "taylor" in (config.criterion, config.hybrid_importance if config.criterion ==
+                                              "hybrid" else None):
+        taylor_form = "absolute" if config.structured else "squared"
     threshold = config.protect_threshold
     if protect != "none" and threshold is None:
         threshold = PROTECT_THRESHOLDS[protect]
     if protect == "none":
         threshold = None
-    if (reconstruction, protect, threshold) == (config.reconstruction, config.protect, config.protect_threshold):
+    settled = {"reconstruction": reconstruction, "protect": protect, "protect_threshold": threshold,
+               "taylor_form": taylor_form}
+    if all(getattr(config, k) == v for k, v in settled.items()):
         return config
-    return dataclasses.replace(config, reconstruction=reconstruction, protect=protect, protect_threshold=threshold)
+    return dataclasses.replace(config, **settled)
 
 
 def read_pruning_file(directory: str | os.PathLike) -> dict[str, Any]:

@@ -60,3 +60,13 @@ def test_taylor_loss_backward_in_pieces_equals_the_whole_batch(form, monkeypatch
         ref = whole[name]["grad"]
         assert torch.allclose(split[name]["grad"], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
         assert float(split[name]["batches"]) == 2
+
+
+def test_taylor_auto_form_is_squared_for_weights_and_absolute_for_units():
+    from hfprune.config import resolve_defaults
+
+    assert get_criterion(PruningConfig(criterion="taylor", sparsity=0.5)).form == "squared"
+    assert get_criterion(PruningConfig(criterion="taylor", granularity="2:4")).form == "squared"
+    assert get_criterion(PruningConfig(criterion="taylor", granularity="neurons", sparsity=0.5)).form == "absolute"
+    assert resolve_defaults(PruningConfig(criterion="taylor", sparsity=0.5), True).taylor_form == "squared"
+    assert resolve_defaults(PruningConfig(criterion="wanda", sparsity=0.5), True).taylor_form == "auto"  # unused

@@ -50,6 +50,9 @@ class Taylor(Criterion):
       ``mean over batches of (w * g_b)^2``, with ``g_b`` the batch's loss gradient;
     - ``"absolute"`` (Molchanov et al. 2017; Torch-Pruning's ``GroupTaylorImportance``): ``|w * mean_b g_b|``.
 
+    ``"auto"`` (the default) is squared for single weights and N:M, absolute for units (a unit sums its weights'
+    scores; with the squared form that sum ranked SmolLM2's FFN neurons worse: 57.7 against 53.7).
+
     On a trained model the mean gradient is close to zero and noisy, so the absolute form ranks single weights
     almost at random (SmolLM2 at 50% unstructured: perplexity 8.3x dense with reconstruction); the squared form
     keeps the size of each batch's contribution (docs/criteria.md)."""
@@ -58,6 +61,11 @@ class Taylor(Criterion):
     needs_data = True
     grad_mode = "loss"
     needs_weight_grads = True
+
+    @property
+    def form(self) -> str:
+        form = self.config.taylor_form
+        return form if form != "auto" else "absolute" if self.config.structured else "squared"
 
     def init_stats(self, layer: Layer) -> Stats:
         w = layer.weight_matrix()
@@ -68,7 +76,7 @@ class Taylor(Criterion):
         g = layer.module.weight.grad
         if g is not None:
             g = layer.weight_matrix(g).float()
-            if self.config.taylor_form == "squared":
+            if self.form == "squared":
                 stats["grad"].addcmul_(g, g)
             else:
                 stats["grad"] += g
@@ -77,7 +85,7 @@ class Taylor(Criterion):
     def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
         w = layer.weight_matrix().detach().float()
         g = stats["grad"] / stats["batches"].clamp(min=1).float()  # mean of g_b^2, or mean of g_b
-        return w.square() * g if self.config.taylor_form == "squared" else (w * g).abs()
+        return w.square() * g if self.form == "squared" else (w * g).abs()
 
 
 @register_criterion
