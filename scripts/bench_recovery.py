@@ -19,7 +19,6 @@ Results are written after every stage, so a cut run keeps what it measured; ``--
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -188,8 +187,6 @@ def main() -> None:
     del dense
     if "pruned" not in results or not os.path.isdir(pruned_dir):
         results["pruning"] = prune_model(tok, args, pruned_dir)
-        import transformers as T
-
         pruned = load_pruned(pruned_dir, dtype=torch.float32)
         results["pruned"] = evaluate(pruned, tok, args)
         results["pruned_curve"] = math.exp(_curve_loss(pruned, curve_rows))

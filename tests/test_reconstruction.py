@@ -16,8 +16,9 @@ from hfprune.calibration.sequential import capture_block_inputs
 from hfprune.criteria import get_criterion
 from hfprune.errors import CalibrationError, ConfigError
 from hfprune.scoring import compute_masks
-from hfprune.reconstruction import (GramStats, dense_target, make_factor, output_error, reconstruct, refine_rows_cg,
-                                    refit_columns, refit_rows_exact, refit_rows_obs)
+from hfprune.least_squares import (GramStats, dense_target, make_factor, output_error, refine_rows_cg, refit_columns,
+                                   refit_rows_exact, refit_rows_obs)
+from hfprune.reconstruction import reconstruct
 from hfprune.structure import find_groups, find_layers, target_layers
 
 
@@ -385,7 +386,7 @@ def test_through_prune_ec_bias_fitted_jointly_not_compensated_twice():
 
 
 def test_one_statistic_per_distinct_input():
-    from hfprune.reconstruction import InputStatistics
+    from hfprune.least_squares import InputStatistics
 
     model = tiny_model("llama")
     batches = _batches(model)

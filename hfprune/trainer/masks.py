@@ -8,7 +8,6 @@ optimizer step because weight decay, gradients through unstructured masks and ot
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
