@@ -84,6 +84,10 @@ class PruningConfig:
                                     "measured RMS change of its input (hfprune extension).")
     scope: str = _f("local", "'local': the same fraction in every layer (widths stay uniform, the result loads "
                     "with plain transformers); 'global': one ranking over all layers (non-uniform widths).")
+    compare_within: str = _f("auto", "Unstructured selection: remove the `sparsity` fraction of each 'layer' or of each "
+                             "output 'row' (Wanda's rule: no row is emptied); 'auto' (default): the criterion's "
+                             "own, 'row' for wanda and taylor (for taylor an hfprune choice, measured: "
+                             "docs/criteria.md), 'layer' for the others.")
     targets: list[str] | None = _f(None, "Glob patterns of module names to prune (e.g. '*.mlp.*'); all prunable "
                                    "modules when empty.")
     ignore: list[str] = _f(list(DEFAULT_IGNORE), "Glob patterns of module names never pruned (embeddings, "
@@ -331,6 +335,7 @@ FIELD_RULES: dict[str, Rule] = {
     "head_pattern": choice("output"),
     "ec_output": choice("network", "loss", "layer"),
     "taylor_form": choice("auto", "squared", "absolute"),
+    "compare_within": choice("auto", "layer", "row"),
     "ri_threshold": choice("sparsity", "tau"),
     "schedule": choice(*SCHEDULES),
     "regularizer": optional(choice("relative_importance", "group_lasso")),
@@ -363,6 +368,7 @@ _ONLY_WITH: list[tuple[str, Callable[[PruningConfig], bool], str]] = [
     ("distillation_temperature", lambda c: c.distillation, "with distillation=True"),
     ("distillation_weight", lambda c: c.distillation, "with distillation=True"),
     ("ri_tau", lambda c: c.ri_threshold == "tau", "with ri_threshold='tau'"),
+    ("compare_within", lambda c: c.parts == ["weights"] and c.nm is None, "with granularity='weights'"),
     ("reconstruction_damp", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
     ("reconstruction_cg_steps", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),
     ("reconstruction_target", lambda c: c.reconstruction != "none", "with reconstruction='weights'"),

@@ -176,6 +176,10 @@ class Pruner:
                               f"blocks (an nn.ModuleList of transformer layers); {type(model).__name__} has none. "
                               "Use reconstruction='none'.")
         self.config = config = resolve_defaults(config, self.calibration is not None, blocks)  # "auto" settled
+        if self.criterion is not None and config.compare_within == "auto" and config.parts == ["weights"] \
+                and config.nm is None:  # the criterion's own comparison group, saved as such
+            rows = self.criterion.compares_rows
+            self.config = config = dataclasses.replace(config, compare_within="row" if rows else "layer")
         if example_inputs is None and self.calibration is not None and self.calibration.batches:
             example_inputs = self.calibration.batches[0]
         self.groups: list[UnitGroup] | None = None

@@ -68,7 +68,7 @@ def select(criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGrou
     t = time.perf_counter()
     if groups is None:
         overrides = {n: m for n in layers if (m := criterion.removal_mask(layers[n], scores[n])) is not None}
-        selection = unstructured_masks(scores, config, criterion.per_row, overrides)
+        selection = unstructured_masks(scores, config, criterion.compares_rows, overrides)
     else:
         selection = structured_masks(scores, groups, config)
     for n in selection.masks.keys() & removed.keys():

@@ -70,3 +70,22 @@ def test_taylor_auto_form_is_squared_for_weights_and_absolute_for_units():
     assert get_criterion(PruningConfig(criterion="taylor", granularity="neurons", sparsity=0.5)).form == "absolute"
     assert resolve_defaults(PruningConfig(criterion="taylor", sparsity=0.5), True).taylor_form == "squared"
     assert resolve_defaults(PruningConfig(criterion="wanda", sparsity=0.5), True).taylor_form == "auto"  # unused
+
+
+def test_taylor_compares_within_rows_unless_told_otherwise():
+    """hfprune's choice for taylor (reported in the saved config); compare_within='layer' gives the papers' rule."""
+    from hfprune import prune
+
+    torch.manual_seed(0)
+    ids = calibration("llama", 8)
+    kept = {}
+    for within in ("auto", "layer"):
+        model = tiny_model("llama")
+        cfg = PruningConfig(criterion="taylor", sparsity=0.5, num_samples=8, batch_size=4, compare_within=within,
+                            reconstruction="none")
+        result = prune(model, cfg, ids, progress=False)
+        w = model.get_submodule("model.layers.0.self_attn.q_proj").weight
+        kept[within] = (w != 0).sum(dim=1)
+        assert result.config.compare_within == ("row" if within == "auto" else "layer")
+    assert (kept["auto"] == kept["auto"][0]).all()  # the same count in every row
+    assert not (kept["layer"] == kept["layer"][0]).all()

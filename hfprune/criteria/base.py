@@ -60,7 +60,8 @@ class Criterion:
     structured_sides: ClassVar[tuple[str, ...]] = ("out", "in")
     #: granularities this criterion can score
     supports: ClassVar[tuple[str, ...]] = ("weights", "neurons", "heads", "channels")
-    #: unstructured selection compares weights within each output row (Wanda) instead of within the layer
+    #: unstructured selection compares weights within each output row (Wanda) instead of within the layer, unless
+    #: ``config.compare_within`` says otherwise (`compares_rows`)
     per_row: ClassVar[bool] = False
 
     def __init__(self, config: "PruningConfig") -> None:
@@ -86,11 +87,16 @@ class Criterion:
             what, fix = self.sequential_fix()
             return (f"{what} needs {self._GRADIENTS[self.grad_mode]}, which layer-by-layer calibration cannot "
                     f"compute (it runs one block at a time, forward only); {fix}")
-        if config.scope == "global" and not config.structured and config.nm is None and not self.per_row:
+        if config.scope == "global" and not config.structured and config.nm is None and not self.compares_rows:
             return ("scope='global' with unstructured weights ranks every weight of the network at once, which "
                     "needs all per-weight scores (as large as the model) together; use scope='local' or "
                     "calibration_mode='full' (structured units such as neurons and heads support global scope)")
         return None
+
+    @property
+    def compares_rows(self) -> bool:
+        """Unstructured selection ranks within each output row (else within the layer, or globally)."""
+        return {"row": True, "layer": False}.get(self.config.compare_within, self.per_row)
 
     def sequential_fix(self) -> tuple[str, str]:
         """(what needs gradients, how to fix it) for `sequential_problem`'s message."""

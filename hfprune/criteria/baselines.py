@@ -61,6 +61,9 @@ class Taylor(Criterion):
     needs_data = True
     grad_mode = "loss"
     needs_weight_grads = True
+    #: hfprune's choice (the papers rank a layer's weights together): compared within output rows, the refit
+    #: SmolLM2 at 50% keeps 98.4 perplexity, against 506 within layers; ``compare_within="layer"`` for the latter
+    per_row = True
 
     @property
     def form(self) -> str:

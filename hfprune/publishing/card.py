@@ -54,7 +54,7 @@ CRITERION_OPTIONS = {
     "relative_importance": ("ri_k", "ri_threshold", "ri_tau"),
     "obs": (),
 }
-SELECTION_OPTIONS = ("scope", "head_sparsity", "round_to", "min_units", "gqa_mode", "targets", "ignore")
+SELECTION_OPTIONS = ("scope", "compare_within", "head_sparsity", "round_to", "min_units", "gqa_mode", "targets", "ignore")
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -203,7 +203,7 @@ def _render(folder: str | os.PathLike, saved: dict[str, Any], report: PruningRep
         base_link=_hub_id(report.base_model),
         granularity_text=_granularity_text(report.granularity),
         criterion_options={k: cfg[k] for k in CRITERION_OPTIONS.get(criterion, ()) if k in cfg},
-        selection_options={k: cfg[k] for k in SELECTION_OPTIONS if cfg.get(k) not in (None, [])
+        selection_options={k: cfg[k] for k in SELECTION_OPTIONS if cfg.get(k) not in (None, [], "auto")
                            and (k != "gqa_mode" or "heads" in report.granularity)},
         auto_class=auto_class,
         recipe=recipe,
