@@ -87,7 +87,7 @@ class PruningConfig:
     compare_within: str = _f("auto", "Unstructured selection: remove the `sparsity` fraction of each 'layer' or of each "
                              "output 'row' (Wanda's rule: no row is emptied); 'auto' (default): the criterion's "
                              "own, 'row' for wanda and taylor (for taylor an hfprune choice, measured: "
-                             "docs/criteria.md), 'layer' for the others.")
+                             "docs/criteria.md; with scope='global', taylor ranks globally), 'layer' for the others.")
     targets: list[str] | None = _f(None, "Glob patterns of module names to prune (e.g. '*.mlp.*'); all prunable "
                                    "modules when empty.")
     ignore: list[str] = _f(list(DEFAULT_IGNORE), "Glob patterns of module names never pruned (embeddings, "

@@ -89,3 +89,10 @@ def test_taylor_compares_within_rows_unless_told_otherwise():
         assert result.config.compare_within == ("row" if within == "auto" else "layer")
     assert (kept["auto"] == kept["auto"][0]).all()  # the same count in every row
     assert not (kept["layer"] == kept["layer"][0]).all()
+
+
+def test_taylor_global_scope_still_ranks_globally():
+    cfg = PruningConfig(criterion="taylor", sparsity=0.5, scope="global")
+    assert not get_criterion(cfg).compares_rows
+    assert get_criterion(PruningConfig(criterion="taylor", sparsity=0.5)).compares_rows
+    assert get_criterion(PruningConfig(criterion="wanda", sparsity=0.5, compare_within="layer")).compares_rows is False

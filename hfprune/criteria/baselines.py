@@ -66,6 +66,12 @@ class Taylor(Criterion):
     per_row = True
 
     @property
+    def compares_rows(self) -> bool:
+        if self.config.compare_within == "auto" and self.config.scope == "global":
+            return False  # an explicit global ranking wins over the per-row default
+        return super().compares_rows
+
+    @property
     def form(self) -> str:
         form = self.config.taylor_form
         return form if form != "auto" else "absolute" if self.config.structured else "squared"
