@@ -395,39 +395,6 @@ def _check_granularity(config: PruningConfig) -> None:
             raise bad("each unit kind at most once")
 
 
-PROTECT_THRESHOLDS = {"outliers": 20.0, "energy": 2.0}  # the default protect_threshold of each mode
-
-
-def resolve_defaults(config: PruningConfig, has_data: bool, has_blocks: bool = True) -> PruningConfig:
-    """The config with ``"auto"`` settled for this run (the engine calls it once it knows whether there is
-    calibration data and whether the model is a list of blocks, which reconstruction refits one by one):
-    reconstruction 'weights' and protection 'energy' (neurons / heads only) where they can run, else 'none'; the
-    protection threshold of the chosen mode; Taylor's form ('squared' for single weights, 'absolute' for units). The defaults are measured (docs/criteria.md): with
-    them no criterion's default collapses SmolLM2; set both to 'none' for the criteria exactly as published."""
-    width_depth = config.width_depth
-    reconstruction, protect = config.reconstruction, config.protect
-    if reconstruction == "auto":
-        reconstruction = "weights" if has_data and has_blocks and not width_depth and "channels" not in config.parts \
-            else "none"
-    if protect == "auto":
-        protect = "energy" if has_data and config.structured and set(config.parts) <= {"neurons", "heads"} \
-            else "none"
-    taylor_form = config.taylor_form
-    if taylor_form == "auto" and "taylor" in (config.criterion, config.hybrid_importance if config.criterion ==
-                                              "hybrid" else None):
-        taylor_form = "absolute" if config.structured else "squared"
-    threshold = config.protect_threshold
-    if protect != "none" and threshold is None:
-        threshold = PROTECT_THRESHOLDS[protect]
-    if protect == "none":
-        threshold = None
-    settled = {"reconstruction": reconstruction, "protect": protect, "protect_threshold": threshold,
-               "taylor_form": taylor_form}
-    if all(getattr(config, k) == v for k, v in settled.items()):
-        return config
-    return dataclasses.replace(config, **settled)
-
-
 def read_pruning_file(directory: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``pruning_config.json`` of a pruned checkpoint folder."""
     path = os.path.join(directory, CONFIG_NAME)

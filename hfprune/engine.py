@@ -34,7 +34,8 @@ from .calibration.data import CalibrationSet, prepare_calibration
 from .calibration.sequential import has_blocks
 from .checkpoint import Loader, PruningInfo, auto_class_name
 from .compaction import add_bias, compact_units, rewrite_config
-from .config import PruningConfig, resolve_defaults
+from .config import PruningConfig
+from .defaults import resolve_defaults
 from .criteria import Criterion, get_criterion, resolve_criterion
 from .distributed import broadcast_masks, gather_counts, my_share, process_state, rank_world
 from .errors import ConfigError

@@ -63,7 +63,7 @@ def test_taylor_loss_backward_in_pieces_equals_the_whole_batch(form, monkeypatch
 
 
 def test_taylor_auto_form_is_squared_for_weights_and_absolute_for_units():
-    from hfprune.config import resolve_defaults
+    from hfprune.defaults import resolve_defaults
 
     assert get_criterion(PruningConfig(criterion="taylor", sparsity=0.5)).form == "squared"
     assert get_criterion(PruningConfig(criterion="taylor", granularity="2:4")).form == "squared"

@@ -108,7 +108,7 @@ def test_config_fields():
     ("layers", True, True, ("none", "none", None)),
 ])
 def test_auto_defaults_settle_per_run(granularity, data, blocks, expected):
-    from hfprune.config import resolve_defaults
+    from hfprune.defaults import resolve_defaults
 
     extra = {"layer_sparsity": 0.25} if granularity == "layers" else {}
     got = resolve_defaults(PruningConfig(granularity=granularity, **extra), data, blocks)

@@ -8,6 +8,7 @@ import torch
 
 from .registry import register_criterion
 from .base import Criterion, Stats
+from ..defaults import taylor_form_for
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
@@ -46,7 +47,7 @@ class Taylor(Criterion):
     """First-order Taylor estimate of the loss change from removing a weight, ``w * dL/dw``, in one of two
     published forms (``config.taylor_form``):
 
-    - ``"squared"`` (default; Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning"):
+    - ``"squared"`` (Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning"):
       ``mean over batches of (w * g_b)^2``, with ``g_b`` the batch's loss gradient;
     - ``"absolute"`` (Molchanov et al. 2017; Torch-Pruning's ``GroupTaylorImportance``): ``|w * mean_b g_b|``.
 
@@ -73,8 +74,7 @@ class Taylor(Criterion):
 
     @property
     def form(self) -> str:
-        form = self.config.taylor_form
-        return form if form != "auto" else "absolute" if self.config.structured else "squared"
+        return taylor_form_for(self.config)
 
     def init_stats(self, layer: Layer) -> Stats:
         w = layer.weight_matrix()
