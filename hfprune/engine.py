@@ -36,7 +36,7 @@ from .checkpoint import Loader, PruningInfo, auto_class_name
 from .compaction import add_bias, compact_units, rewrite_config
 from .config import PruningConfig
 from .defaults import resolve_defaults
-from .criteria import Criterion, get_criterion, resolve_criterion
+from .criteria import Criterion, resolve_criterion
 from .distributed import broadcast_masks, gather_counts, my_share, process_state, rank_world
 from .errors import ConfigError
 from .logging import get_logger
@@ -48,9 +48,8 @@ from .reconstruction import ReconstructionReport, reconstruct
 from .scoring import compute_masks
 from .selection import Selection, check_head_ratio
 from .structure import UnitGroup, adapter_for, find_groups, find_layers, target_layers
-from .search import check_target, search_target
-from .width_depth import Plan, apply_plan, axis_criterion, compute_scores, criterion_label, initial_plan, \
-    is_width_depth, unit_config
+from .width_depth import criterion_label, is_width_depth
+from .width_depth_step import WidthDepthStep
 
 logger = get_logger(__name__)
 
@@ -152,9 +151,10 @@ class Pruner:
         self.model, self.config, self.progress = model, config, progress
         #: whole blocks, residual channels or a parameter target (`hfprune.width_depth`): scored once, one step
         self.width_depth = is_width_depth(config)
+        self.wd_step: WidthDepthStep | None = None
         if self.width_depth:
-            _check_width_depth(config)
-            self.plan, self.target, needs = _prepare_width_depth(model, config)  # every axis checked before work
+            self.wd_step = WidthDepthStep.prepare(model, config)  # every axis checked before work
+            needs = self.wd_step.needs_data
             self.criterion = criterion  # each axis resolves its own criterion
         else:
             self.criterion = criterion or resolve_criterion(config)
@@ -259,8 +259,7 @@ class Pruner:
     def _width_depth_step(self, batches: list) -> Selection:
         """Blocks, residual channels (and neurons/heads with them) scored once and removed in one step."""
         params_before = self.baseline.params
-        self._loader, self.kept_axes = _run_width_depth(self.model, self.config, self.plan, self.target, batches,
-                                                       self.progress, self.timings)
+        self._loader, self.kept_axes = self.wd_step.run(self.model, self.config, batches, self.progress, self.timings)
         # the fractions differ per axis: the run's sparsity is the share of parameters removed
         self.sparsity = round(1 - count_params(self.model)[0] / params_before, 4)
         return Selection({})
@@ -363,8 +362,9 @@ class Pruner:
         warnings += [f"{n} would have lost every unit; kept {config.min_units}" for n in sorted(self.forced_min)]
         if base.warning:
             warnings.append(base.warning)
-        if self.width_depth and self.target is not None and params_after < 0.99 * self.target:
-            warnings.append(f"target_params={self.target:,}: the closest architecture found has {params_after:,} "
+        target = self.wd_step.target if self.wd_step else None
+        if target is not None and params_after < 0.99 * target:
+            warnings.append(f"target_params={target:,}: the closest architecture found has {params_after:,} "
                             "parameters (more than 1% below the target)")
         calibration = self.calibration.describe(config.seq_len) if self.calibration else {"source": "none"}
         calibration["processes"] = self.world_size
@@ -391,48 +391,6 @@ class Pruner:
         base = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
         return PruningInfo(base_model=base, loader=loader, auto_class=auto_class_name(self.model),
                            groups=self.kept_units(), compacted=compacted, training=training)
-
-
-def _prepare_width_depth(model: nn.Module, config: PruningConfig) -> tuple[Plan, int | None, bool]:
-    """Everything checked before any work, for the engine: (the plan the fractions ask for, the parameter target,
-    whether calibration data is needed)."""
-    plan = initial_plan(model, config)
-    target = config.target_params_count
-    if target is not None:
-        check_target(model, config, target)
-    needs_data = any(axis_criterion(config, a).needs_data for a in ("layers", "hidden") if a in config.parts) \
-        or target is not None or ("hidden" in config.parts and config.hidden_rescale_norms)
-    ucfg = unit_config(config, plan)
-    return plan, target, needs_data or (ucfg is not None and get_criterion(ucfg).needs_data)
-
-
-def _run_width_depth(model: nn.Module, config: PruningConfig, plan: Plan, target: int | None, batches: list,
-                    progress: bool, timings: dict[str, float]) -> tuple[Loader, dict[str, Any]]:
-    """Score every axis once, search the plan for ``target`` (if any), and remove: (loader, kept per axis; the
-    search's candidates and choice under ``"target_params"``)."""
-    t = time.perf_counter()
-    scores = compute_scores(model, config, batches, progress)
-    timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t
-    search = None
-    if target is not None:
-        t = time.perf_counter()
-        plan, candidates = search_target(model, config, target, scores, batches)
-        search = {"target": target, "chosen": plan.describe(), "candidates": [c.describe() for c in candidates]}
-        timings["search"] = time.perf_counter() - t
-    t = time.perf_counter()
-    done = apply_plan(model, config, plan, scores)
-    timings["compaction"] = time.perf_counter() - t
-    kept = done["kept"]
-    if search is not None:
-        kept["target_params"] = search
-    return done["loader"], kept
-
-
-def _check_width_depth(config: PruningConfig) -> None:
-    for name in ("reconstruction", "protect"):
-        if getattr(config, name) not in ("none", "auto"):
-            raise ConfigError(f"PruningConfig.{name}={getattr(config, name)!r} is not built for granularity "
-                              f"{config.granularity!r} (blocks / residual channels) yet; set {name}='none'.")
 
 
 def _to_process_device(model: nn.Module, device: torch.device) -> None:
