@@ -77,7 +77,7 @@ def test_every_field_has_a_real_rule():
     from dataclasses import fields
     from typing import get_type_hints
 
-    from hfprune.config import FIELD_RULES
+    from hfprune.config_rules import FIELD_RULES
     from hfprune.rules import ANYTHING, rule_for_hint
 
     hints = get_type_hints(PruningConfig)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..config import FIELD_RULES, PruningConfig
+from ..config import PruningConfig
+from ..config_rules import FIELD_RULES
 from . import commands
 from .options import add_dataclass_options
 from .sources import TASKS

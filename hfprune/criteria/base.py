@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..config import WIDTH_DEPTH_AXES
+from ..config_rules import WIDTH_DEPTH_AXES
 from ..errors import ConfigError
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
