@@ -1,8 +1,8 @@
 """The engine's width/depth step: whole blocks, residual channels (with FFN neurons and heads beside them) or a
 parameter target, checked before any work, then scored once, searched and removed in one step.
 
-It sits between `hfprune.width_depth` (scores and removals) and `hfprune.search` (the `target_params` search,
-which itself uses `hfprune.width_depth`), so that neither imports the other's driver.
+Moved out of `hfprune.engine` to keep the engine short; it drives `hfprune.width_depth` (scores and removals) and
+`hfprune.search` (the `target_params` search), neither of which imports it.
 """
 
 from __future__ import annotations

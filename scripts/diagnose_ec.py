@@ -56,7 +56,8 @@ def main() -> None:
                 acc[k] += g.reshape(acc[k].shape).square()
         for k in keys:
             G[k].append(acc[k])
-        del logits, zs
+        del logits
+        zs.clear()
     res = {"calibration": f"{args.num_samples} x {args.seq_len}", "projections": args.projections, "layers": []}
     for b, p in names:
         a, g = torch.cat(A[(b, p)]).double(), torch.cat(G[(b, p)]).double()
