@@ -43,8 +43,9 @@ FIELD_RULES: dict[str, Rule] = {
     "head_sparsity": optional(_FRACTION),
     "hidden_sparsity": optional(_FRACTION),
     "layer_sparsity": optional(_FRACTION),
-    "target_params": optional(Rule(lambda v: (is_int(v) and v > 0) or (isinstance(v, str) and bool(SIZE_PATTERN.match(v))
-                                                                     and float(SIZE_PATTERN.match(v).group(1)) > 0),
+    "target_params": optional(Rule(lambda v: (is_int(v) and v > 0)
+                                   or (isinstance(v, str) and bool(SIZE_PATTERN.match(v))
+                                       and float(SIZE_PATTERN.match(v).group(1)) > 0),
                                    "a positive integer or a size such as '100M' or '1.5B'")),
     "layer_criterion": optional(choice(*LAYER_CRITERIA)),
     "hidden_criterion": optional(choice(*HIDDEN_CRITERIA)),
@@ -78,7 +79,8 @@ FIELD_RULES: dict[str, Rule] = {
     "reconstruction_target": choice("dense", "layer"),
     "reconstruction_damp": number(0, allowed="a number >= 0 (a fraction of the mean diagonal, e.g. 0.01)"),
     "protect": choice("auto", "none", "outliers", "energy"),
-    "protect_threshold": optional(number(1, open_low=True, allowed="a number > 1 (ratio to the group median, e.g. 20)")),
+    "protect_threshold": optional(number(1, open_low=True,
+                                         allowed="a number > 1 (ratio to the group median, e.g. 20)")),
 }
 
 _HEADS = "when the granularity includes 'heads' (e.g. 'neurons+heads')"

@@ -150,9 +150,8 @@ class Pruner:
         check_model(model, config)
         self.model, self.config, self.progress = model, config, progress
         #: whole blocks, residual channels or a parameter target (`hfprune.width_depth`): scored once, one step
-        self.width_depth = is_width_depth(config)
         self.wd_step: WidthDepthStep | None = None
-        if self.width_depth:
+        if is_width_depth(config):
             self.wd_step = WidthDepthStep.prepare(model, config)  # every axis checked before work
             needs = self.wd_step.needs_data
             self.criterion = criterion  # each axis resolves its own criterion
@@ -212,6 +211,11 @@ class Pruner:
         logger.info("pruning %s with %s (%s, sparsity %g) on %d process(es)", type(model).__name__, config.criterion,
                     config.granularity, config.sparsity, self.world_size)
 
+    @property
+    def width_depth(self) -> bool:
+        """Whether this run prunes blocks or residual channels, or searches a parameter target (one step)."""
+        return self.wd_step is not None
+
     @staticmethod
     def needs_data(criterion: Criterion, config: PruningConfig) -> bool:
         """Whether this run needs calibration batches (the criterion reads activations, conv channels must be
@@ -259,7 +263,8 @@ class Pruner:
     def _width_depth_step(self, batches: list) -> Selection:
         """Blocks, residual channels (and neurons/heads with them) scored once and removed in one step."""
         params_before = self.baseline.params
-        self._loader, self.kept_axes = self.wd_step.run(self.model, self.config, batches, self.progress, self.timings)
+        self._loader, self.kept_axes = self.wd_step.run(self.model, self.config, batches, self.progress,
+                                                        self.timings)
         # the fractions differ per axis: the run's sparsity is the share of parameters removed
         self.sparsity = round(1 - count_params(self.model)[0] / params_before, 4)
         return Selection({})
