@@ -1,13 +1,13 @@
 """hfprune: prune Hugging Face models with research criteria, fine-tune with Trainer, publish with model cards."""
 
-from .config import PruningConfig
+from .config.pruning_config import PruningConfig
 from .criteria import Criterion, available_criteria, register_criterion
 from .structure import Adapter, AttentionSpec, FFNSpec, register_adapter
-from .loading import load_pruned
+from .checkpoint.loading import load_pruned
 from .prune import PruningResult, prune
 from .publishing import push_to_hub, render_model_card, write_model_card
 from .trainer import PruningTrainer
-from .report import PruningReport
+from .report.pruning_report import PruningReport
 from .errors import (
     CalibrationError,
     CheckpointError,

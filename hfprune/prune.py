@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import PruningInfo, save_checkpoint
-from .config import PruningConfig
-from .distributed import main_process_writes
-from .engine import Pruner
-from .report import PruningReport
+from .checkpoint.record import PruningInfo, save_checkpoint
+from .config.pruning_config import PruningConfig
+from .utils.distributed import main_process_writes
+from .engine.pruner import Pruner
+from .report.pruning_report import PruningReport
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from hfprune.calibration.data import prepare_calibration
-from hfprune.config import PruningConfig
+from hfprune.config.pruning_config import PruningConfig
 from hfprune.examples import lee_texts, load_minilm, load_smollm2  # noqa: F401  (re-exported)
 
 

@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from hfprune import prune
-from hfprune.config import PruningConfig
-from hfprune.engine import Pruner
-from hfprune.reconstruction import reconstruct
+from hfprune.config.pruning_config import PruningConfig
+from hfprune.engine.pruner import Pruner
+from hfprune.reconstruction.refit import reconstruct
 
 
 def run(model: Any, tok: Any, cfg: PruningConfig, texts: list[str], *, reconstruction: bool = False,

@@ -21,7 +21,7 @@ from _common import (device_line, lee_sentences, lee_texts, load_minilm, load_sm
                      sentence_embeddings, set_threads, supports, table, token_batches)
 from hfprune import PruningConfig, prune
 from hfprune.criteria import available_criteria
-from hfprune.measure import count_params
+from hfprune.report.measure import count_params
 
 UNSTRUCTURED = ["magnitude", "wanda", "elimination_compensation", "relative_importance"]
 STRUCTURED = ["magnitude", "taylor", "expressiveness", "hybrid", "elimination_compensation"]

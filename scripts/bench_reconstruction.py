@@ -39,8 +39,8 @@ def compare_solvers(model, tok, args) -> None:
     from hfprune.calibration.data import prepare_calibration
     from hfprune.calibration.sequential import capture_block_inputs
     from hfprune.criteria import get_criterion
-    from hfprune.scoring import compute_masks
-    from hfprune.least_squares import (InputStatistics, make_factor, output_error, refine_rows_cg, refit_rows_exact,
+    from hfprune.steps.scoring import compute_masks
+    from hfprune.reconstruction.least_squares import (InputStatistics, make_factor, output_error, refine_rows_cg, refit_rows_exact,
                                        refit_rows_obs)
     from hfprune.structure import target_layers
 

@@ -54,7 +54,7 @@ def child_memory(args) -> dict:
     from hfprune import PruningConfig, prune
     from hfprune.calibration.data import CalibrationSet, prepare_calibration
     from hfprune.criteria import get_criterion
-    from hfprune.scoring import compute_masks
+    from hfprune.steps.scoring import compute_masks
     from hfprune.structure import target_layers
 
     import gguf  # noqa: F401  (imported by the GGUF loader: part of the runtime, not of the model)

@@ -25,10 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import bench_parser, device_line, lee_texts, load_smollm2, median_time, perplexity, save_json, \
     token_batches  # noqa: E402
 
-from hfprune.config import PruningConfig  # noqa: E402
-from hfprune.measure import count_macs, count_params, dummy_input  # noqa: E402
+from hfprune.config.pruning_config import PruningConfig  # noqa: E402
+from hfprune.report.measure import count_macs, count_params, dummy_input  # noqa: E402
 from hfprune.prune import prune  # noqa: E402
-from hfprune.width_depth import Plan, apply_plan, compute_scores, hidden_keep_count, hidden_multiple  # noqa: E402
+from hfprune.width_depth.plan import Plan, apply_plan, compute_scores, hidden_keep_count, hidden_multiple  # noqa: E402
 
 
 # --- plain reference implementations (no hfprune) ---------------------------------------------------------------

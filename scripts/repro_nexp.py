@@ -31,7 +31,7 @@ from hfprune import PruningConfig
 from hfprune.calibration.data import prepare_calibration
 from hfprune.examples.vision import digits_cnn
 from hfprune.criteria import resolve_criterion
-from hfprune.scoring import compute_masks
+from hfprune.steps.scoring import compute_masks
 from hfprune.structure import find_groups, find_layers
 
 import _repro as R

@@ -13,10 +13,10 @@ import os
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from hfprune.config import PruningConfig
-from hfprune.io import atomic_output_dir
+from hfprune.config.pruning_config import PruningConfig
+from hfprune.checkpoint.io import atomic_output_dir
 from hfprune.publishing import write_model_card
-from hfprune.report import LayerReport, PruningReport
+from hfprune.report.pruning_report import LayerReport, PruningReport
 
 BASE_MODEL = "google-bert/bert-base-uncased"
 AUTO_CLASS = "AutoModelForSequenceClassification"

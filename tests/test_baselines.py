@@ -9,7 +9,7 @@ from conftest import calibration, tiny_model
 from hfprune import PruningConfig
 from hfprune.calibration.data import prepare_calibration
 from hfprune.criteria import get_criterion
-from hfprune.scoring import compute_masks
+from hfprune.steps.scoring import compute_masks
 from hfprune.structure import target_layers
 
 
@@ -63,7 +63,7 @@ def test_taylor_loss_backward_in_pieces_equals_the_whole_batch(form, monkeypatch
 
 
 def test_taylor_auto_form_is_squared_for_weights_and_absolute_for_units():
-    from hfprune.defaults import resolve_defaults
+    from hfprune.config.settle import resolve_defaults
 
     assert get_criterion(PruningConfig(criterion="taylor", sparsity=0.5)).form == "squared"
     assert get_criterion(PruningConfig(criterion="taylor", granularity="2:4")).form == "squared"

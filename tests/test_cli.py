@@ -314,7 +314,7 @@ def test_bad_push_repo_id_fails_before_any_work(tiny_llama: Path, tmp_path: Path
 
 def test_report_with_only_an_after_evaluation() -> None:
     from hfprune.cli.commands import format_report
-    from hfprune.report import PruningReport
+    from hfprune.report.pruning_report import PruningReport
 
     report = PruningReport(None, "bert", "wanda", "neurons", 0.5, "local", 10, 5, 5, 100, 50, [1, 8], "transformers",
                            evaluation={"eval_loss": {"after": 0.25}, "accuracy": {"before": 0.9, "after": 0.8}})

@@ -13,8 +13,8 @@ from torch import nn
 
 from conftest import FAMILIES, calibration, model_inputs, output_tensor, tiny_model
 from hfprune import PruningConfig, load_pruned, prune
-from hfprune.config import read_pruning_file
-from hfprune.masks import apply_unit_masks, apply_weight_masks
+from hfprune.config.pruning_config import read_pruning_file
+from hfprune.steps.masks import apply_unit_masks, apply_weight_masks
 from hfprune.structure import find_groups, target_layers
 
 GRANULARITIES = ["weights", "2:4", "neurons", "heads", "neurons+heads"]
@@ -184,7 +184,7 @@ def test_every_causal_lm_run_probes_its_perplexity_and_flags_a_broken_model():
     pruning (checked here against an independent computation) and warns past 3x."""
     import math
 
-    from hfprune.engine import add_probe
+    from hfprune.engine.pruner import add_probe
 
     config = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=4, seq_len=12)
     model = tiny_model("llama")

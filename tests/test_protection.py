@@ -12,9 +12,9 @@ from hfprune import PruningConfig
 from hfprune.calibration.data import prepare_calibration
 from hfprune.criteria import get_criterion
 from hfprune.errors import ConfigError
-from hfprune.scoring import compute_masks, select
-from hfprune.protection import Protection, detect_outliers
-from hfprune.selection import protect_scores
+from hfprune.steps.scoring import compute_masks, select
+from hfprune.steps.protection import Protection, detect_outliers
+from hfprune.steps.selection import protect_scores
 from hfprune.structure import find_groups, find_layers, target_layers
 
 NEURON = 5
@@ -108,7 +108,7 @@ def test_config_fields():
     ("layers", True, True, ("none", "none", None)),
 ])
 def test_auto_defaults_settle_per_run(granularity, data, blocks, expected):
-    from hfprune.defaults import resolve_defaults
+    from hfprune.config.settle import resolve_defaults
 
     extra = {"layer_sparsity": 0.25} if granularity == "layers" else {}
     got = resolve_defaults(PruningConfig(granularity=granularity, **extra), data, blocks)

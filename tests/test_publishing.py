@@ -23,7 +23,7 @@ import hfprune
 from hfprune.errors import CheckpointError, PublishError
 from hfprune.publishing import push_to_hub, render_model_card, write_model_card
 from hfprune.publishing.card import PLACEHOLDER_ID, TEMPLATE_PATH
-from hfprune.report import PruningReport
+from hfprune.report.pruning_report import PruningReport
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import HUB_TOKEN as TOKEN  # noqa: E402  (the `hub` fixture lives in conftest.py)
@@ -335,7 +335,7 @@ _WRITER = textwrap.dedent("""
     pkg = types.ModuleType("hfprune")
     pkg.__path__ = [os.path.join(os.getcwd(), "hfprune")]
     sys.modules["hfprune"] = pkg
-    from hfprune.io import atomic_output_dir
+    from hfprune.checkpoint.io import atomic_output_dir
     with atomic_output_dir(sys.argv[1], overwrite=True) as tmp:
         for i in range(20):
             with open(os.path.join(tmp, f"shard-{i}.bin"), "wb") as f:

@@ -15,10 +15,10 @@ from hfprune.calibration.data import prepare_calibration
 from hfprune.calibration.sequential import capture_block_inputs
 from hfprune.criteria import get_criterion
 from hfprune.errors import CalibrationError, ConfigError
-from hfprune.scoring import compute_masks
-from hfprune.least_squares import (GramStats, dense_target, make_factor, output_error, refine_rows_cg, refit_columns,
+from hfprune.steps.scoring import compute_masks
+from hfprune.reconstruction.least_squares import (GramStats, dense_target, make_factor, output_error, refine_rows_cg, refit_columns,
                                    refit_rows_exact, refit_rows_obs)
-from hfprune.reconstruction import reconstruct
+from hfprune.reconstruction.refit import reconstruct
 from hfprune.structure import find_groups, find_layers, target_layers
 
 
@@ -259,7 +259,7 @@ def test_unstructured_masks_unchanged_and_error_not_larger(granularity, method):
 
 @pytest.mark.parametrize("sequential", [True, False])
 def test_structured_refit_then_compaction(sequential):
-    from hfprune.compaction import compact_units
+    from hfprune.steps.compaction import compact_units
     from hfprune.structure import adapter_for
 
     torch.manual_seed(0)
@@ -386,7 +386,7 @@ def test_through_prune_ec_bias_fitted_jointly_not_compensated_twice():
 
 
 def test_one_statistic_per_distinct_input():
-    from hfprune.least_squares import InputStatistics
+    from hfprune.reconstruction.least_squares import InputStatistics
 
     model = tiny_model("llama")
     batches = _batches(model)
@@ -412,7 +412,7 @@ def test_smollm2_first_block_refit_lowers_calibration_loss():
     the calibration tokens lower than with the same masks applied without refitting."""
     from hfprune import prune
     from hfprune.examples import lee_texts, load_smollm2
-    from hfprune.masks import apply_weight_masks
+    from hfprune.steps.masks import apply_weight_masks
 
     torch.manual_seed(0)
     cfg = PruningConfig(criterion="wanda", sparsity=0.5, num_samples=2, seq_len=128, batch_size=2,

@@ -22,7 +22,7 @@ from hfprune.calibration.checks import check_config_for_model, check_units, chec
 from hfprune.calibration.data import prepare_calibration
 from hfprune.cli import main
 from hfprune.errors import EvaluationError, OutputPathError
-from hfprune.io import atomic_output_dir, check_output_dir
+from hfprune.checkpoint.io import atomic_output_dir, check_output_dir
 from test_cli import _texts, tiny_llama  # noqa: F401  (tiny_llama is a fixture)
 
 
@@ -77,8 +77,8 @@ def test_every_field_has_a_real_rule():
     from dataclasses import fields
     from typing import get_type_hints
 
-    from hfprune.config_rules import FIELD_RULES
-    from hfprune.rules import ANYTHING, rule_for_hint
+    from hfprune.config.checks import FIELD_RULES
+    from hfprune.config.rules import ANYTHING, rule_for_hint
 
     hints = get_type_hints(PruningConfig)
     for f in fields(PruningConfig):
@@ -503,7 +503,7 @@ SECRET = "plainSecretWithoutPrefix42"
 def test_scrub_knows_env_and_token_files(tmp_path, monkeypatch):
     import huggingface_hub.constants as constants
 
-    from hfprune.redact import scrub
+    from hfprune.utils.redact import scrub
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     file_token, stored = "fileTokenNoPrefix77", "storedTokenNoPrefix88"
@@ -561,7 +561,7 @@ def test_cli_scrubs_messages_and_logs(monkeypatch, capsys, tmp_path):
 
 # --- 7. evaluation refuses empty data ----------------------------------------------------------------------
 def test_perplexity_and_accuracy_refuse_empty_data():
-    from hfprune.cli.evaluation import perplexity, text_accuracy
+    from hfprune.evaluation.quality import perplexity, text_accuracy
 
     class WordTokenizer:
         def __call__(self, text, add_special_tokens=False, **kw):

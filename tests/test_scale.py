@@ -14,7 +14,7 @@ from hfprune import ConfigError, PruningConfig, prune
 from hfprune.calibration.data import prepare_calibration
 from hfprune.calibration.sequential import find_blocks
 from hfprune.criteria import get_criterion, resolve_criterion
-from hfprune.scoring import compute_masks
+from hfprune.steps.scoring import compute_masks
 from hfprune.structure import target_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,7 +2,7 @@
 
 import torch
 
-from hfprune.selection import _keep_top_rows, keep_top
+from hfprune.steps.selection import _keep_top_rows, keep_top
 
 
 def _stable_reference(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -28,7 +28,7 @@ def test_keep_top_rows_matches_a_stable_sort_with_ties_and_minus_inf():
 
 def test_global_ranking_removes_exactly_the_fraction_despite_ties():
     from hfprune import PruningConfig
-    from hfprune.selection import unstructured_masks
+    from hfprune.steps.selection import unstructured_masks
 
     scores = {"a": torch.tensor([[0.0, 0.0, 0.0, 0.0]]), "b": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
     masks = unstructured_masks(scores, PruningConfig(sparsity=0.25, scope="global"), per_row=False).masks

@@ -338,7 +338,7 @@ def test_default_calibration_slice_through_data_collator_with_padding(tmp_path, 
 # --- saving and pushing ---------------------------------------------------------------------------------------------
 def test_evaluation_goes_into_report_and_card(tmp_path):
     from huggingface_hub import ModelCard
-    from hfprune.report import PruningReport
+    from hfprune.report.pruning_report import PruningReport
 
     trainer = make_trainer(str(tmp_path / "run"), {"schedule": "one_shot"}, max_steps=4)
     held_out = Rows(32, seed=1)
@@ -360,8 +360,8 @@ def test_save_model_writes_config_report_and_card(tmp_path, scope):
 
     import hfprune
     from huggingface_hub import ModelCard
-    from hfprune.measure import count_params
-    from hfprune.report import PruningReport
+    from hfprune.report.measure import count_params
+    from hfprune.report.pruning_report import PruningReport
 
     trainer = make_trainer(str(tmp_path / "run"), {"schedule": "iterative", "end_step": 3, "pruning_steps": 2,
                                                    "scope": scope}, max_steps=4)

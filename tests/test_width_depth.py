@@ -19,14 +19,14 @@ import hfprune
 from conftest import calibration as calib
 from conftest import model_inputs as inputs
 from conftest import output_tensor
-from hfprune.config import PruningConfig
-from hfprune.criteria.width_depth import bypassed
+from hfprune.config.pruning_config import PruningConfig
+from hfprune.width_depth.scores import bypassed
 from hfprune.errors import CalibrationError, ConfigError, StructureError
 from hfprune.structure.residual import compact_hidden, residual_stream
 from hfprune.calibration.forward import lm_loss
-from hfprune.width_depth import apply_plan, compute_scores
-from hfprune.depth import block_list, remove_blocks
-from hfprune.search import plan_params
+from hfprune.width_depth.plan import apply_plan, compute_scores
+from hfprune.width_depth.blocks import block_list, remove_blocks
+from hfprune.width_depth.search import plan_params
 
 FAMILIES = {
     "llama": (lambda: T.LlamaConfig(hidden_size=48, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=3,
@@ -269,7 +269,7 @@ def test_combination_with_neurons_and_heads(tmp_path):
 
 
 def _plan_of(res):
-    from hfprune.width_depth import Plan
+    from hfprune.width_depth.plan import Plan
 
     k = res.info.groups
     return Plan(layers=k["layers"]["total"] - k["layers"]["kept"], hidden=k["hidden"]["kept"],
@@ -286,7 +286,7 @@ def test_combination_equals_step_by_step():
     hfprune.prune(a, config, None)
     b = copy.deepcopy(base)
     scores = compute_scores(b, config, [])
-    from hfprune.width_depth import initial_plan
+    from hfprune.width_depth.plan import initial_plan
 
     apply_plan(b, config, initial_plan(b, config), scores)
     torch.testing.assert_close(out(a, "llama"), out(b, "llama"), atol=0, rtol=0)

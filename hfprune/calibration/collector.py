@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from ..criteria import Criterion, Stats
 from .forward import no_kv_cache, primary_output, row_chunks, run_model, with_lm_labels
-from ..distributed import all_reduce_sum, my_share, rank_world
+from ..utils.distributed import all_reduce_sum, my_share, rank_world
 from ..errors import CalibrationError
-from ..logging import show_progress
+from ..utils.logging import show_progress
 from ..structure import Layer
 
 EXACT_OUTPUTS = 16  # up to this many outputs per sample, G is computed exactly (one backward per output)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import PruningConfig
+from ..config.pruning_config import PruningConfig
 from ..errors import CalibrationError
 from .checks import check_batches, check_config_for_model, is_vision
 

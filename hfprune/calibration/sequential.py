@@ -26,9 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..criteria import Criterion, Stats
-from ..distributed import my_share
+from ..utils.distributed import my_share
 from ..errors import CalibrationError, ConfigError
-from ..logging import show_progress
+from ..utils.logging import show_progress
 from ..structure import Layer, adapter_for
 from .collector import all_reduce_stats, forward_stats_hook
 from .forward import no_kv_cache, run_model

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from ..distributed import launched_with_processes, process_state
+from ..utils.distributed import launched_with_processes, process_state
 from ..errors import PruningError, shorten
-from ..redact import register_secret, scrub, scrub_logs
+from ..utils.redact import register_secret, scrub, scrub_logs
 from .common import EXIT_BUG, EXIT_FAILURE, EXIT_INTERRUPTED, Console, exit_code
 
 MAX_MESSAGE = 2000  # characters of an error message printed; the rest of a long value is elided

@@ -7,10 +7,10 @@ import os
 import shlex
 import sys
 
-from ..config import read_pruning_file
+from ..config.pruning_config import read_pruning_file
 from ..criteria import available_criteria
 from ..errors import CheckpointError, reason
-from ..report import REPORT_NAME, PruningReport
+from ..report.pruning_report import REPORT_NAME, PruningReport
 from .common import EXIT_OK, Console, UsageError
 from .options import picked
 from .recipe import load_recipe, parse_recipe
@@ -88,7 +88,7 @@ def cmd_push(args: argparse.Namespace, console: Console) -> int:
 def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     import transformers
 
-    from ..loading import load_pruned
+    from ..checkpoint.loading import load_pruned
     from .recipe import EvaluationSection
 
     info = _checkpoint(args.dir)

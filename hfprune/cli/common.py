@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from ..distributed import is_main_process
+from ..utils.distributed import is_main_process
 from ..errors import ConfigError, OutputExistsError, OutputPathError, PruningError
-from ..logging import show_progress
+from ..utils.logging import show_progress
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

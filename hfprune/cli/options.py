@@ -40,7 +40,7 @@ def _typed(kind: type, alternative: type | None = None) -> Any:
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str,
                           rules: dict[str, Any] | None = None) -> list[str]:
     """Add ``--field-name`` (and ``--field_name``) for every field of ``cls``; return the field names. A field
-    whose rule in ``rules`` (e.g. `hfprune.config_rules.FIELD_RULES`) is a fixed set of values gets argparse
+    whose rule in ``rules`` (e.g. `hfprune.config.checks.FIELD_RULES`) is a fixed set of values gets argparse
     ``choices``: the choices are declared once, for validation and the command line alike."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..config import PruningConfig
-from ..config_rules import FIELD_RULES
+from ..config.pruning_config import PruningConfig
+from ..config.checks import FIELD_RULES
 from . import commands
 from .options import add_dataclass_options
 from .sources import TASKS

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from ..config import PruningConfig
-from ..rules import NAME, Rule, check_fields, integer, number, optional
+from ..config.pruning_config import PruningConfig
+from ..config.rules import NAME, Rule, check_fields, integer, number, optional
 from ..errors import ConfigError, reason, shown
 from .common import UsageError
 from .sources import check_data_arg, check_model_arg

@@ -12,16 +12,17 @@ from typing import Any
 from torch import nn
 
 from ..calibration.checks import check_config_for_model, check_weights
-from ..checkpoint import Loader, PruningInfo, save_checkpoint
+from ..steps.compaction import Loader
+from ..checkpoint.record import PruningInfo, save_checkpoint
 from ..criteria import resolve_criterion
-from ..distributed import main_process_writes
-from ..engine import Pruner
+from ..utils.distributed import main_process_writes
+from ..engine.pruner import Pruner
 from ..errors import ConfigError, PruningError, shorten
-from ..io import atomic_output_dir, check_output_dir
+from ..checkpoint.io import atomic_output_dir, check_output_dir
 from ..prune import PruningResult, prune
-from ..report import PruningReport
+from ..report.pruning_report import PruningReport
 from .common import Console, UsageError
-from .evaluation import embeddings, mean_cosine, perplexity, text_accuracy
+from ..evaluation.quality import embeddings, mean_cosine, perplexity, text_accuracy
 from .recipe import EvaluationSection, Recipe, TrainingSection
 from .sources import LoadedModel, calibration_input, load_model, load_rows
 

@@ -67,7 +67,7 @@ def _from_pretrained(name: str, task: str | None, allow_pickle: bool = False) ->
 
     pickled = False
     if os.path.isdir(name):  # every file checked before transformers reads any (raw errors name no fix)
-        from ..loading import check_model_folder
+        from ..checkpoint.loading import check_model_folder
 
         config, _, pickled, _ = check_model_folder(name, allow_pickle)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import Criterion, Stats
 from .registry import available_criteria, criterion_class, get_criterion, register_criterion, resolve_criterion
 from . import baselines, elimination_compensation, expressiveness, hybrid, obs, relative_importance  # noqa: F401,E402
-from . import width_depth  # noqa: F401,E402  (block_influence, skip_loss, minitron)
+
 from .hybrid import rank_norm
 from .relative_importance import ri_regularizer
 

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..config_rules import WIDTH_DEPTH_AXES
+from ..config.checks import WIDTH_DEPTH_AXES
 from ..errors import ConfigError
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
 if TYPE_CHECKING:
-    from ..config import PruningConfig
+    from ..config.pruning_config import PruningConfig
 
 Stats = dict[str, torch.Tensor]
 

@@ -8,7 +8,7 @@ import torch
 
 from .registry import register_criterion
 from .base import Criterion, Stats
-from ..defaults import taylor_form_for
+from ..config.settle import taylor_form_for
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
@@ -24,7 +24,8 @@ class Magnitude(Criterion):
         return w.abs() if self.config.norm == 1 else w.square()
 
 
-def _generator(seed: int, key: str) -> torch.Generator:
+def seeded_generator(seed: int, key: str) -> torch.Generator:
+    """A generator seeded by the run seed and a name, so the same seed gives the same scores per layer."""
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
 
 
@@ -36,10 +37,10 @@ class Random(Criterion):
 
     def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
         shape = layer.weight_matrix().shape
-        return torch.rand(shape, generator=_generator(self.config.seed, layer.name))
+        return torch.rand(shape, generator=seeded_generator(self.config.seed, layer.name))
 
     def unit_scores(self, group: UnitGroup, stats: dict[str, Stats], layers: dict[str, Layer]) -> torch.Tensor:
-        return torch.rand(group.num_units, generator=_generator(self.config.seed, group.name)).double()
+        return torch.rand(group.num_units, generator=seeded_generator(self.config.seed, group.name)).double()
 
 
 @register_criterion

@@ -27,7 +27,7 @@ from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
 if TYPE_CHECKING:
-    from ..config import PruningConfig
+    from ..config.pruning_config import PruningConfig
 
 
 def rank_norm(x: torch.Tensor) -> torch.Tensor:

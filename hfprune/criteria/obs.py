@@ -30,12 +30,12 @@ import torch
 from .base import Criterion, Stats
 from .registry import register_criterion
 from ..errors import ConfigError
-from ..selection import kept_count
+from ..steps.selection import kept_count
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
 if TYPE_CHECKING:
-    from ..config import PruningConfig
+    from ..config.pruning_config import PruningConfig
 
 
 @register_criterion

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..config import PruningConfig
+    from ..config.pruning_config import PruningConfig
     from .base import Criterion
 
 _REGISTRY: dict[str, type["Criterion"]] = {}

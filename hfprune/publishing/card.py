@@ -14,9 +14,9 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..config import PruningConfig, read_pruning_file
+from ..config.pruning_config import PruningConfig, read_pruning_file
 from ..errors import CheckpointError
-from ..report import REPORT_NAME, PruningReport
+from ..report.pruning_report import REPORT_NAME, PruningReport
 from .plot import PLOT_NAME, plot_kept_units
 
 CARD_NAME = "README.md"

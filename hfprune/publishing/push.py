@@ -15,9 +15,9 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub import errors as hub_errors
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..config import read_pruning_file
+from ..config.pruning_config import read_pruning_file
 from ..errors import CheckpointError, PublishError, shown
-from ..redact import register_secret, scrub, scrub_logs
+from ..utils.redact import register_secret, scrub, scrub_logs
 from .card import CARD_NAME, PLACEHOLDER_ID
 
 # The transport library's base error (httpx2 in huggingface_hub 2.x, requests before), plus OSError for sockets.

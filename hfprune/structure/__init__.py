@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import PruningConfig
+from ..config.pruning_config import PruningConfig
 from ..errors import StructureError
 from .adapters import Adapter, AttentionSpec, FFNSpec, adapter_for, known_model_types, register_adapter
 from .groups import Coupling, UnitGroup

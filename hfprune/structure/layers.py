@@ -92,3 +92,35 @@ class Layer:
 def find_layers(model: nn.Module) -> dict[str, Layer]:
     """Every scorable layer of ``model`` by module name."""
     return {n: Layer(n, m) for n, m in model.named_modules() if is_scorable(m)}
+
+
+def _new_param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(t.contiguous().clone(), requires_grad=like.requires_grad)
+
+
+@torch.no_grad()
+def slice_layer(module: nn.Module, side: str, keep: torch.Tensor) -> None:
+    """Keep only the output rows (``side="out"``) or input features (``"in"``) listed in ``keep``."""
+    layer = Layer("", module)
+    keep = keep.to(module.weight.device)
+    if layer.kind == "conv1d":  # weight [in, out]
+        dim = 1 if side == "out" else 0
+        module.weight = _new_param(module.weight.index_select(dim, keep), module.weight)
+        if side == "out":
+            module.bias = _new_param(module.bias.index_select(0, keep), module.bias)
+            module.nf = len(keep)
+        return
+    dim = 0 if side == "out" else 1
+    module.weight = _new_param(module.weight.index_select(dim, keep), module.weight)
+    if side == "out" and module.bias is not None:
+        module.bias = _new_param(module.bias.index_select(0, keep), module.bias)
+    if isinstance(module, nn.Linear):
+        if side == "out":
+            module.out_features = len(keep)
+        else:
+            module.in_features = len(keep)
+    elif isinstance(module, nn.Conv2d):
+        if side == "out":
+            module.out_channels = len(keep)
+        else:
+            module.in_channels = len(keep)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import StructureError
 from .adapters import _ADAPTERS, ResidualSpec, adapter_for
-from .layers import Layer, is_scorable
+from .layers import Layer, is_scorable, slice_layer
 
 
 def _last(name: str) -> str:
@@ -74,7 +74,6 @@ def residual_stream(model: nn.Module) -> ResidualStream:
 def compact_hidden(model: nn.Module, keep: torch.Tensor, norm_scale: dict[str, float] | None = None) -> None:
     """Keep only the residual channels where ``keep`` (bool ``[hidden]``) is True, in every module of the stream;
     multiply each norm's weight by ``norm_scale[name]`` (RMS compensation) where given; rewrite ``hidden_size``."""
-    from ..compaction import slice_layer  # late: compaction imports this package
 
     rs = residual_stream(model)
     idx = keep.nonzero().flatten()

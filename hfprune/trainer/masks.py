@@ -1,4 +1,4 @@
-"""Masks while training: chosen by the engine (`hfprune.engine.Pruner`), as in `prune()`, applied without
+"""Masks while training: chosen by the engine (`hfprune.engine.pruner.Pruner`), as in `prune()`, applied without
 changing shapes, kept monotone, saved in checkpoints, and turned into a compacted model at the end.
 
 Each mask update also zeroes the optimizer state (momentum, Adam moments) of the removed entries, so no stale
@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..engine import Compaction, Pruner
-from ..masks import apply_unit_masks
+from ..engine.pruner import Compaction, Pruner
+from ..steps.masks import apply_unit_masks
 from ..structure import Layer, UnitGroup
 
 MASKS_FILE = "hfprune_masks.safetensors"

@@ -18,10 +18,10 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..config import PruningConfig, read_pruning_file
+from ..config.pruning_config import PruningConfig, read_pruning_file
 from ..errors import ConfigError
 from ..publishing import write_model_card
-from ..report import PruningReport
+from ..report.pruning_report import PruningReport
 from .distilling import RecoveryMixin
 from .lora import add_lora, merge_lora
 from .recovery import RecoveryConfig

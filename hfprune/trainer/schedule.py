@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import PruningConfig
+from ..config.pruning_config import PruningConfig
 from ..errors import ConfigError
 
 

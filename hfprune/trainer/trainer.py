@@ -21,14 +21,15 @@ from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..calibration.data import CalibrationSet, prepare_calibration
-from ..checkpoint import Loader, PruningInfo, write_pruning_files
-from ..config import PruningConfig
+from ..steps.compaction import Loader
+from ..checkpoint.record import PruningInfo, write_pruning_files
+from ..config.pruning_config import PruningConfig
 from ..criteria import Criterion, resolve_criterion
-from ..engine import Pruner
+from ..engine.pruner import Pruner
 from ..errors import CalibrationError, ConfigError
 from ..publishing.card import CARD_NAME, PLACEHOLDER_ID
-from ..report import PruningReport
-from ..width_depth import is_width_depth
+from ..report.pruning_report import PruningReport
+from ..width_depth.plan import is_width_depth
 from .callback import PruningCallback
 from .distilling import RecoveryMixin
 from .losses import LayerInputs, group_lasso, relative_importance, ri_layers

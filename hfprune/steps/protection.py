@@ -13,7 +13,7 @@ forward hooks (one forward pass):
 - ``"energy"``: the output energy ``E[a_j^2] ||W_:,j||^2``, the output change of removing the unit alone, without
   refit (a unit: the sum over its columns and consumers).
 A unit is protected when its measure exceeds ``threshold`` x the median of its group (layer). Selection then
-treats protected units as kept (score +inf; `hfprune.selection.protect_scores`), so the criterion ranks the rest
+treats protected units as kept (score +inf; `hfprune.steps.selection.protect_scores`), so the criterion ranks the rest
 exactly as it would, and the removed count stays the configured one.
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibration.forward import no_kv_cache, run_model
-from .errors import CalibrationError
-from .structure import Layer, UnitGroup
+from ..calibration.forward import no_kv_cache, run_model
+from ..errors import CalibrationError
+from ..structure import Layer, UnitGroup
 
 
 @dataclass

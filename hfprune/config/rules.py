@@ -1,7 +1,7 @@
 """Validation rules for dataclass fields: a predicate and the words an error message uses, one per field.
 
 `rule_for_hint` derives a rule from a field's type hint (booleans must be booleans, numbers finite); tables such as
-`hfprune.config_rules.FIELD_RULES` add ranges and fixed choices (which the CLI also passes to argparse). Used by
+`hfprune.config.checks.FIELD_RULES` add ranges and fixed choices (which the CLI also passes to argparse). Used by
 `PruningConfig` and the recipe sections.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .errors import ConfigError, shown
+from ..errors import ConfigError, shown
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CheckpointError, reason
+from ..errors import CheckpointError, reason
 
 REPORT_NAME = "pruning_report.json"
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .structure import Layer, UnitGroup
+from ..structure import Layer, UnitGroup
 
 
 class PackedMasks(MutableMapping):

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from .errors import OutputExistsError, OutputPathError, shown
+from ..errors import OutputExistsError, OutputPathError, shown
 
 # errno values that mean "this output path cannot be written", as opposed to a bug.
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,

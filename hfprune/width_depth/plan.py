@@ -3,9 +3,9 @@ FFN neurons and attention heads, each axis with its own fraction.
 
 Every score is computed once on the unpruned model (as Minitron does for width and depth), then the removals are
 applied: neurons/heads, residual channels, blocks. Because the scores do not depend on the fractions, the
-`target_params` search (`hfprune.search`) evaluates candidate architectures with exactly the procedure that
-produces the final model. The engine (`hfprune.engine.Pruner`) runs them: it checks the plan before any work, then scores, searches
-(`hfprune.search`) and applies it in one step; `Scores` / `apply_plan` are the parts.
+`target_params` search (`hfprune.width_depth.search`) evaluates candidate architectures with exactly the procedure that
+produces the final model. The engine (`hfprune.engine.pruner.Pruner`) runs them: it checks the plan before any work, then scores, searches
+(`hfprune.width_depth.search`) and applies it in one step; `Scores` / `apply_plan` are the parts.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import Loader
-from .config import PruningConfig
-from .criteria import get_criterion
-from .criteria.width_depth import hidden_statistics, magnitude_block_scores, random_scores
-from .depth import block_list, check_layers, remove_blocks
-from .errors import ConfigError
-from .scoring import compute_masks
-from .selection import keep_top
-from .structure.layers import Layer
-from .structure.residual import compact_hidden, residual_stream, rms_scales
+from ..steps.compaction import Loader
+from ..config.pruning_config import PruningConfig
+from ..criteria import get_criterion
+from .scores import hidden_statistics, magnitude_block_scores, random_scores
+from .blocks import block_list, check_layers, remove_blocks
+from ..errors import ConfigError
+from ..steps.scoring import compute_masks
+from ..steps.selection import keep_top
+from ..structure.layers import Layer
+from ..structure.residual import compact_hidden, residual_stream, rms_scales
 
 UNIT_AXES = ("neurons", "heads")
 
@@ -139,7 +139,7 @@ def initial_plan(model: nn.Module, config: PruningConfig) -> Plan:
 
 def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progress: bool = False) -> Scores:
     """Block, residual-channel and neuron/head scores of the (unpruned) model."""
-    from .structure import find_groups, find_layers
+    from ..structure import find_groups, find_layers
 
     scores = Scores()
     parts = config.parts
@@ -193,9 +193,9 @@ def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
 def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scores | None) -> dict[str, Any]:
     """Remove what ``plan`` says, choosing by ``scores`` (None: the first units, for counting parameters on a
     meta-device skeleton). Returns the loader and the kept counts per axis."""
-    from .compaction import compact_units, rewrite_config
-    from .selection import structured_masks
-    from .structure import adapter_for, find_groups
+    from ..steps.compaction import compact_units, rewrite_config
+    from ..steps.selection import structured_masks
+    from ..structure import adapter_for, find_groups
 
     kept: dict[str, dict[str, Any]] = {}
     loader = Loader.TRANSFORMERS

@@ -8,45 +8,22 @@ Everything else is recorded (per-group kept counts) so that `hfprune.load_pruned
 from __future__ import annotations
 
 import copy
+import enum
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import Loader
-from .structure import Adapter, Layer, UnitGroup
+from ..structure import Adapter, Layer, UnitGroup
+from ..structure.layers import slice_layer
 
 
-def _new_param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
-    return nn.Parameter(t.contiguous().clone(), requires_grad=like.requires_grad)
+class Loader(str, enum.Enum):
+    """What reads a pruned folder back, decided once at compaction."""
 
-
-@torch.no_grad()
-def slice_layer(module: nn.Module, side: str, keep: torch.Tensor) -> None:
-    """Keep only the output rows (``side="out"``) or input features (``"in"``) listed in ``keep``."""
-    layer = Layer("", module)
-    keep = keep.to(module.weight.device)
-    if layer.kind == "conv1d":  # weight [in, out]
-        dim = 1 if side == "out" else 0
-        module.weight = _new_param(module.weight.index_select(dim, keep), module.weight)
-        if side == "out":
-            module.bias = _new_param(module.bias.index_select(0, keep), module.bias)
-            module.nf = len(keep)
-        return
-    dim = 0 if side == "out" else 1
-    module.weight = _new_param(module.weight.index_select(dim, keep), module.weight)
-    if side == "out" and module.bias is not None:
-        module.bias = _new_param(module.bias.index_select(0, keep), module.bias)
-    if isinstance(module, nn.Linear):
-        if side == "out":
-            module.out_features = len(keep)
-        else:
-            module.in_features = len(keep)
-    elif isinstance(module, nn.Conv2d):
-        if side == "out":
-            module.out_channels = len(keep)
-        else:
-            module.in_channels = len(keep)
+    TRANSFORMERS = "transformers"  # plain `from_pretrained` (the config expresses every width)
+    HFPRUNE = "hfprune"  # `hfprune.load_pruned` (non-uniform widths, heads the config cannot express)
+    STATE_DICT = "state_dict"  # a plain torch module: a safetensors state dict for its own class
 
 
 def _compact_channels(group: UnitGroup, keep: torch.Tensor) -> None:

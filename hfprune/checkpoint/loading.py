@@ -23,10 +23,10 @@ import transformers
 from safetensors import safe_open
 from torch import nn
 
-from .config import PruningConfig, read_pruning_file
-from .errors import CheckpointError, ConfigError, PruningError, reason, shorten, shown
-from .structure import adapter_for, find_groups
-from .structure.layers import Conv1D
+from ..config.pruning_config import PruningConfig, read_pruning_file
+from ..errors import CheckpointError, ConfigError, PruningError, reason, shorten, shown
+from ..structure import adapter_for, find_groups
+from ..structure.layers import Conv1D
 
 SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLE_WEIGHTS, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -70,7 +70,7 @@ def resolve_checkpoint(path: str | os.PathLike, revision: str | None = None, tok
     try:
         return snapshot_download(path, revision=revision, token=token)
     except Exception as e:  # offline, unknown repo, auth: huggingface_hub raises many types
-        from .redact import scrub
+        from ..utils.redact import scrub
 
         raise CheckpointError(scrub(f"{path} is not a local folder, and downloading it from the Hub failed "
                                     f"({type(e).__name__}: {reason(e)}). "

@@ -23,9 +23,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .registry import register_criterion as register
-from .base import Criterion
-from .baselines import _generator
+from ..criteria.registry import register_criterion as register
+from ..criteria.base import Criterion
+from ..criteria.baselines import seeded_generator
 from ..calibration.forward import no_kv_cache, primary_output, run_model, with_lm_labels
 from ..structure.layers import find_layers
 
@@ -147,7 +147,7 @@ def magnitude_block_scores(blocks: nn.ModuleList, norm: int) -> torch.Tensor:
 
 
 def random_scores(n: int, seed: int, key: str) -> torch.Tensor:
-    return torch.rand(n, generator=_generator(seed, key)).double()
+    return torch.rand(n, generator=seeded_generator(seed, key)).double()
 
 
 @register

@@ -23,12 +23,12 @@ import math
 import torch
 from torch import nn
 
-from .config import PruningConfig
-from .depth import block_list
-from .errors import ConfigError
-from .structure.residual import residual_stream
-from .calibration.forward import lm_loss
-from .width_depth import Plan, Scores, apply_plan, hidden_multiple
+from ..config.pruning_config import PruningConfig
+from .blocks import block_list
+from ..errors import ConfigError
+from ..structure.residual import residual_stream
+from ..calibration.forward import lm_loss
+from .plan import Plan, Scores, apply_plan, hidden_multiple
 
 _MIXES = ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0))
 _BISECTION_STEPS = 12

@@ -8,7 +8,6 @@ model card, in a temporary folder moved into place.
 
 from __future__ import annotations
 
-import enum
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,22 +16,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .io import atomic_output_dir
-from .publishing import write_model_card
+from ..steps.compaction import Loader
+from ..publishing import write_model_card
 
 if TYPE_CHECKING:
-    from .config import PruningConfig
-    from .report import PruningReport
+    from ..config.pruning_config import PruningConfig
+    from ..report.pruning_report import PruningReport
 
 _AUTO_CLASSES = ("CAUSAL_LM", "SEQUENCE_CLASSIFICATION", "IMAGE_CLASSIFICATION", "MASKED_LM",
                  "TOKEN_CLASSIFICATION", "QUESTION_ANSWERING")
 
 
-class Loader(str, enum.Enum):
-    """What reads a pruned folder back, decided once at compaction."""
-
-    TRANSFORMERS = "transformers"  # plain `from_pretrained` (the config expresses every width)
-    HFPRUNE = "hfprune"  # `hfprune.load_pruned` (non-uniform widths, heads the config cannot express)
-    STATE_DICT = "state_dict"  # a plain torch module: a safetensors state dict for its own class
 
 
 def auto_class_name(model: nn.Module) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from .calibration.sequential import find_blocks
-from .config import PruningConfig
-from .errors import ConfigError, StructureError
-from .structure import adapter_for
-from .structure.adapters import known_model_types
+from ..calibration.sequential import find_blocks
+from ..config.pruning_config import PruningConfig
+from ..errors import ConfigError, StructureError
+from ..structure import adapter_for
+from ..structure.adapters import known_model_types
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import PruningConfig
+from .pruning_config import PruningConfig
 
 
 def taylor_form_for(config: PruningConfig) -> str:

@@ -1,8 +1,8 @@
 """The engine's width/depth step: whole blocks, residual channels (with FFN neurons and heads beside them) or a
 parameter target, checked before any work, then scored once, searched and removed in one step.
 
-Moved out of `hfprune.engine` to keep the engine short; it drives `hfprune.width_depth` (scores and removals) and
-`hfprune.search` (the `target_params` search), neither of which imports it.
+Moved out of `hfprune.engine.pruner` to keep the engine short; it drives `hfprune.width_depth.plan` (scores and removals) and
+`hfprune.width_depth.search` (the `target_params` search), neither of which imports it.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import Loader
-from .config import PruningConfig
-from .criteria import get_criterion
-from .errors import ConfigError
+from ..steps.compaction import Loader
+from ..config.pruning_config import PruningConfig
+from ..criteria import get_criterion
+from ..errors import ConfigError
 from .search import check_target, search_target
-from .width_depth import Plan, apply_plan, axis_criterion, compute_scores, initial_plan, unit_config
+from .plan import Plan, apply_plan, axis_criterion, compute_scores, initial_plan, unit_config
 
 
 @dataclass

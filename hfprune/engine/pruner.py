@@ -13,7 +13,7 @@ the target layers and the unit groups once, measures the dense baseline once, an
 ========================  ===============================================================================
 
 A new step (weight reconstruction, new unit kinds) goes here, between `step`'s selection and `compact`.
-Under Accelerate (`hfprune.distributed`) every process calibrates its share of the batches, statistics are summed
+Under Accelerate (`hfprune.utils.distributed`) every process calibrates its share of the batches, statistics are summed
 before scoring and every process holds the same masks.
 """
 
@@ -28,28 +28,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibration.checks import check_batches, check_units, check_weights
-from .calibration.forward import lm_loss
-from .calibration.data import CalibrationSet, prepare_calibration
-from .calibration.sequential import has_blocks
-from .checkpoint import Loader, PruningInfo, auto_class_name
-from .compaction import add_bias, compact_units, rewrite_config
-from .config import PruningConfig
-from .defaults import resolve_defaults
-from .criteria import Criterion, resolve_criterion
-from .distributed import broadcast_masks, gather_counts, my_share, process_state, rank_world
-from .errors import ConfigError
-from .logging import get_logger
-from .masks import apply_weight_masks, removed_columns
-from .measure import count_macs, count_params, dummy_input
-from .report import LayerReport, PruningReport
-from .protection import Protection, detect_outliers
-from .reconstruction import ReconstructionReport, reconstruct
-from .scoring import compute_masks
-from .selection import Selection, check_head_ratio
-from .structure import UnitGroup, adapter_for, find_groups, find_layers, target_layers
-from .width_depth import criterion_label, is_width_depth
-from .width_depth_step import WidthDepthStep
+from ..calibration.checks import check_batches, check_units, check_weights
+from ..calibration.forward import lm_loss
+from ..calibration.data import CalibrationSet, prepare_calibration
+from ..calibration.sequential import has_blocks
+from ..steps.compaction import Loader
+from ..checkpoint.record import PruningInfo, auto_class_name
+from ..steps.compaction import add_bias, compact_units, rewrite_config
+from ..config.pruning_config import PruningConfig
+from ..config.settle import resolve_defaults
+from ..criteria import Criterion, resolve_criterion
+from ..utils.distributed import broadcast_masks, gather_counts, my_share, process_state, rank_world
+from ..errors import ConfigError
+from ..utils.logging import get_logger
+from ..steps.masks import apply_weight_masks, removed_columns
+from ..report.measure import count_macs, count_params, dummy_input
+from ..report.pruning_report import LayerReport, PruningReport
+from ..steps.protection import Protection, detect_outliers
+from ..reconstruction.refit import ReconstructionReport, reconstruct
+from ..steps.scoring import compute_masks
+from ..steps.selection import Selection, check_head_ratio
+from ..structure import UnitGroup, adapter_for, find_groups, find_layers, target_layers
+from ..width_depth.plan import criterion_label, is_width_depth
+from ..width_depth.step import WidthDepthStep
 
 logger = get_logger(__name__)
 
@@ -149,7 +150,7 @@ class Pruner:
         t = self.started = time.perf_counter()
         check_model(model, config)
         self.model, self.config, self.progress = model, config, progress
-        #: whole blocks, residual channels or a parameter target (`hfprune.width_depth`): scored once, one step
+        #: whole blocks, residual channels or a parameter target (`hfprune.width_depth.plan`): scored once, one step
         self.wd_step: WidthDepthStep | None = None
         if is_width_depth(config):
             self.wd_step = WidthDepthStep.prepare(model, config)  # every axis checked before work
@@ -270,7 +271,7 @@ class Pruner:
         return Selection({})
 
     def _protect(self, batches: list) -> dict[str, torch.Tensor] | None:
-        """Outlier units to keep (hfprune extension, `hfprune.protection`), detected once on the dense model."""
+        """Outlier units to keep (hfprune extension, `hfprune.steps.protection`), detected once on the dense model."""
         if self.config.protect == "none":
             return None
         if self.protection is None:
@@ -283,7 +284,7 @@ class Pruner:
         return self.protection.masks
 
     def _reconstruct(self, masks: dict[str, torch.Tensor], batches: list) -> set[str]:
-        """Refit the kept weights (hfprune extension, `hfprune.reconstruction`); the names of the refit layers,
+        """Refit the kept weights (hfprune extension, `hfprune.reconstruction.refit`); the names of the refit layers,
         whose bias (elimination-compensation with ``compensate``) is fitted jointly instead of compensated. Every
         process refits on all batches (the same result everywhere)."""
         if self.config.reconstruction == "none":

@@ -1,8 +1,8 @@
-"""What each `PruningConfig` field accepts: one rule per field (`hfprune.rules`), the fields checked against each
+"""What each `PruningConfig` field accepts: one rule per field (`hfprune.config.rules`), the fields checked against each
 other, and the names of the granularities and width/depth criteria. A leaf: functions take the config as
-``Any`` (a `PruningConfig`), so `hfprune.config` imports this module and not the other way round.
+``Any`` (a `PruningConfig`), so `hfprune.config.pruning_config` imports this module and not the other way round.
 
-Kept apart from `hfprune.config` (the dataclass, its help strings and serialisation) so each stays readable; the CLI
+Kept apart from `hfprune.config.pruning_config` (the dataclass, its help strings and serialisation) so each stays readable; the CLI
 reads `FIELD_RULES` to give argparse the fixed choices.
 """
 
@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .errors import ConfigError, shown
+from ..errors import ConfigError, shown
 from .rules import NAME, PATTERNS, Rule, check_fields, choice, integer, is_int, number, optional
 
 STRUCTURED_GRANULARITIES = ("neurons", "heads", "channels", "hidden", "layers")
@@ -26,7 +26,7 @@ NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 SCHEDULES = ("one_shot", "iterative", "cubic")
 
-# --- validation: one rule per field (hfprune.rules), derived from its type hint unless this table says more ---
+# --- validation: one rule per field (hfprune.config.rules), derived from its type hint unless this table says more ---
 _FRACTION = number(0, 1, open_high=True, allowed="a number in [0, 1) (the fraction removed)")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _CRITERION = Rule(lambda v: isinstance(v, str) and bool(_NAME_RE.fullmatch(v)),

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from .errors import CheckpointError, ConfigError, reason, shorten, shown
-from .config_rules import HIDDEN_CRITERIA, LAYER_CRITERIA, NM_PATTERN, SIZE_PATTERN, STRUCTURED_GRANULARITIES, \
+from ..errors import CheckpointError, ConfigError, reason, shorten, shown
+from .checks import HIDDEN_CRITERIA, LAYER_CRITERIA, NM_PATTERN, SIZE_PATTERN, STRUCTURED_GRANULARITIES, \
     WIDTH_DEPTH_AXES, check_config
 
 CONFIG_NAME = "pruning_config.json"
@@ -124,7 +124,7 @@ class PruningConfig:
     reconstruction: str = _f("auto", "After selection: 'weights' (refit the kept weights of each layer by least "
                              "squares to the dense layer's output on the calibration inputs, block by block; masks "
                              "unchanged), 'none', or 'auto' (default: 'weights' when the run has calibration data and "
-                             "removes weights, neurons or heads; else 'none'). See hfprune.reconstruction.")
+                             "removes weights, neurons or heads; else 'none'). See hfprune.reconstruction.refit.")
     reconstruction_cg_steps: int = _f(20, "Reconstruction of unstructured / N:M masks: conjugate-gradient steps after "
                                       "the OBS sweep, toward the exact per-row least squares (0 = OBS alone).")
     reconstruction_target: str = _f("layer", "Reconstruction: 'layer' (each layer refit to the unpruned layer's output "
@@ -137,7 +137,7 @@ class PruningConfig:
                       "`protect_threshold` x their layer's median: massive activations); 'energy' (never remove "
                       "units whose output energy E[a^2] ||W_col||^2 is `protect_threshold` x the median); 'auto' "
                       "(default: 'energy' for neurons and heads when the run has calibration data, else 'none'). "
-                      "See hfprune.protection.")
+                      "See hfprune.steps.protection.")
     protect_threshold: float | None = _f(None, "Protection: ratio to the group median (activation peak for "
                                          "'outliers', output energy for 'energy') above which a unit is protected "
                                          "(> 1); default 20 for 'outliers', 2 for 'energy'.")
@@ -161,7 +161,7 @@ class PruningConfig:
     @property
     def width_depth(self) -> bool:
         """Whether this config prunes blocks or residual channels, or asks for a parameter target (the one-step
-        width/depth runs of `hfprune.width_depth`)."""
+        width/depth runs of `hfprune.width_depth.plan`)."""
         return any(p in WIDTH_DEPTH_AXES for p in self.parts) or self.target_params is not None
 
     @property

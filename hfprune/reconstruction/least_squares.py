@@ -1,4 +1,4 @@
-"""The least-squares pieces of weight reconstruction (`hfprune.reconstruction`, which holds the method's
+"""The least-squares pieces of weight reconstruction (`hfprune.reconstruction.refit`, which holds the method's
 description): input statistics accumulated by matrix products (Gram matrices, paired with the dense model's
 inputs for the dense target), their dampened factors, the refit solvers, and the output errors the fits are
 judged by. Nothing here touches a model."""
@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CalibrationError
-from .structure import Layer
+from ..errors import CalibrationError
+from ..structure import Layer
 
 
 # --- statistics -----------------------------------------------------------------------------------------------------

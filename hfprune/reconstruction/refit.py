@@ -40,13 +40,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration.sequential import block_of, capture_block_inputs, find_blocks, release_memory
-from .compaction import add_bias
-from .errors import CalibrationError, ConfigError
+from ..calibration.sequential import block_of, capture_block_inputs, find_blocks, release_memory
+from ..steps.compaction import add_bias
+from ..errors import CalibrationError, ConfigError
 from .least_squares import (Factor, GramStats, InputStatistics, dense_target, make_factor, output_energy, output_error,
                             refine_rows_cg, refit_columns, refit_rows_exact, refit_rows_obs)
-from .masks import apply_unit_masks, removed_columns
-from .structure import Layer, UnitGroup
+from ..steps.masks import apply_unit_masks, removed_columns
+from ..structure import Layer, UnitGroup
 
 METHODS = ("obs", "exact")
 TARGETS = ("dense", "layer")

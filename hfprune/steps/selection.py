@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import PruningConfig
-from .errors import ConfigError
-from .structure import UnitGroup
+from ..config.pruning_config import PruningConfig
+from ..errors import ConfigError
+from ..structure import UnitGroup
 
 
 @dataclass
@@ -132,7 +132,7 @@ def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], c
 
 def protect_scores(scores: dict[str, torch.Tensor], protected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Scores with protected units set to +inf, so that every selection rule keeps them (hfprune extension,
-    `hfprune.protection`): ``protected[name]`` is ``[units]`` for a group's scores, ``[in]`` (input columns) for a
+    `hfprune.steps.protection`): ``protected[name]`` is ``[units]`` for a group's scores, ``[in]`` (input columns) for a
     layer's ``[out, in]`` scores. Names without protection keep their scores object unchanged."""
     out = dict(scores)
     for n, p in protected.items():

@@ -1,5 +1,5 @@
 """Calibrate, score and select: the engine's masking step, either for the whole model at once (full calibration)
-or block by block (sequential). Used by `hfprune.engine.Pruner.step` and the width/depth unit scores."""
+or block by block (sequential). Used by `hfprune.engine.pruner.Pruner.step` and the width/depth unit scores."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import time
 import torch
 from torch import nn
 
-from .calibration.collector import collect_statistics
-from .calibration.sequential import block_of, block_statistics, find_blocks
-from .config import PruningConfig
-from .criteria import Criterion
-from .errors import ConfigError
+from ..calibration.collector import collect_statistics
+from ..calibration.sequential import block_of, block_statistics, find_blocks
+from ..config.pruning_config import PruningConfig
+from ..criteria import Criterion
+from ..errors import ConfigError
 from .masks import PackedMasks
 from .selection import Selection, protect_scores, structured_masks, unstructured_masks
-from .structure import Layer, UnitGroup
+from ..structure import Layer, UnitGroup
 
 
 def compute_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], groups: list[UnitGroup] | None,
@@ -26,7 +26,7 @@ def compute_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Laye
     """Calibrate, score and select on the current weights: (selection, scores, statistics).
 
     ``removed`` (True = already removed, per layer or group) stays removed; ``protected`` (True = keep: per group
-    ``[units]``, per layer ``[in]`` columns) is kept unless already removed (`hfprune.protection`). ``config`` (default: the criterion's)
+    ``[units]``, per layer ``[in]`` columns) is kept unless already removed (`hfprune.steps.protection`). ``config`` (default: the criterion's)
     sets the sparsity of the selection. ``timings`` accumulates the seconds of each phase.
     """
     timings = {} if timings is None else timings

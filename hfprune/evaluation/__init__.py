@@ -1,0 +1,1 @@
+"""Quality of a model before and after pruning: perplexity, accuracy, embedding fidelity."""

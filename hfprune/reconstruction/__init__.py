@@ -1,0 +1,1 @@
+"""Weight reconstruction (hfprune extension): refit the kept weights to the dense layers' outputs by least squares."""

@@ -1,0 +1,1 @@
+"""What one pruning step chains: scoring, protection, selection, masks and compaction."""

@@ -1,0 +1,1 @@
+"""Cross-cutting helpers: processes and devices (Accelerate), loggers and progress bars, token redaction."""
