@@ -58,7 +58,8 @@ def device_line() -> str:
 def token_batches(tok: Any, model: Any, num_samples: int, seq_len: int, batch_size: int,
                   split: str = "background") -> list[dict[str, torch.Tensor]]:
     """Packed Lee-news token batches, built exactly as `prune()` builds its calibration set."""
-    cfg = PruningConfig(criterion="wanda", num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    cfg = PruningConfig(criterion="wanda",
+                        calibration={"num_samples": num_samples, "seq_len": seq_len, "batch_size": batch_size})
     return prepare_calibration(lee_texts(split), model, cfg, tok).batches
 
 

@@ -18,18 +18,20 @@ def run(model: Any, tok: Any, cfg: PruningConfig, texts: list[str], *, reconstru
         protect: float | None = None) -> dict:
     """Prune ``model`` in place; returns timings (s), the reconstruction report (dict) and the protected units.
     ``cg_steps``: the reconstruction's conjugate-gradient steps after OBS (None: the config's default)."""
-    cfg = dataclasses.replace(cfg, reconstruction="weights" if reconstruction else "none", reconstruction_damp=damp,
-                              protect="outliers" if protect else "none", protect_threshold=protect or 20.0)
+    cfg = dataclasses.replace(cfg,
+                              reconstruction=dataclasses.replace(cfg.reconstruction, method="weights" if reconstruction else "none", damp=damp),
+                              protection=dataclasses.replace(cfg.protection, mode="outliers" if protect else "none", threshold=protect or 20.0))
     if reconstruction and cg_steps is not None:
-        cfg = dataclasses.replace(cfg, reconstruction_cg_steps=cg_steps)
+        cfg = dataclasses.replace(cfg, reconstruction=dataclasses.replace(cfg.reconstruction, cg_steps=cg_steps))
     if method == "obs" and sequential:
         report = prune(model, cfg, texts, tok, progress=False).report
         return {"timings": report.timings, "reconstruction": report.reconstruction, "protected": report.protected}
     t = time.perf_counter()
-    pruner = Pruner(model, dataclasses.replace(cfg, reconstruction="none"), texts, tok, progress=False)
+    pruner = Pruner(model, dataclasses.replace(cfg,
+                                               reconstruction=dataclasses.replace(cfg.reconstruction, method="none")), texts, tok, progress=False)
     pruner.step()
     rep = reconstruct(model, pruner.layers, pruner.masks, pruner.calibration.batches, groups=pruner.groups,
-                      damp=damp, method=method, cg_steps=cfg.reconstruction_cg_steps if method == "obs" else 0,
+                      damp=damp, method=method, cg_steps=cfg.reconstruction.cg_steps if method == "obs" else 0,
                       sequential=sequential, adapter=pruner.adapter)
     pruner.compact()
     timings = {**pruner.timings, "reconstruction": rep.seconds, "total": time.perf_counter() - t}

@@ -36,8 +36,8 @@ def calibration(model, batches, criterion, layers, observed) -> tuple[float, flo
 
 def overhead(model, tok, args) -> list[dict]:
     batches = token_batches(tok, model, args.num_samples, args.seq_len, args.batch_size)
-    config = PruningConfig(criterion="wanda", num_samples=args.num_samples, seq_len=args.seq_len,
-                           batch_size=args.batch_size)
+    config = PruningConfig(criterion="wanda",
+                           calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size})
     criterion = get_criterion(config)
     layers = target_layers(model, config)
     observed = criterion.observed_layers(layers, None)

@@ -32,11 +32,10 @@ from hfprune.structure import find_groups, target_layers
 CASES: dict[str, dict[str, Any]] = {
     "expressiveness": {"criterion": "expressiveness", "granularity": "neurons"},
     "relative_importance": {"criterion": "relative_importance", "granularity": "weights"},
-    "ec layer": {"criterion": "elimination_compensation", "granularity": "weights", "ec_output": "layer"},
-    "ec network": {"criterion": "elimination_compensation", "granularity": "weights", "ec_output": "network"},
-    "ec network, 4 projections": {"criterion": "elimination_compensation", "granularity": "weights",
-                                  "ec_output": "network", "ec_projections": 4},
-    "ec loss": {"criterion": "elimination_compensation", "granularity": "weights", "ec_output": "loss"},
+    "ec layer": {"criterion": "elimination_compensation", "granularity": "weights", "options": {"output": "layer"}},
+    "ec network": {"criterion": "elimination_compensation", "granularity": "weights", "options": {"output": "network"}},
+    "ec network, 4 projections": {"criterion": "elimination_compensation", "granularity": "weights", "options": {"output": "network", "projections": 4}},
+    "ec loss": {"criterion": "elimination_compensation", "granularity": "weights", "options": {"output": "loss"}},
     "taylor": {"criterion": "taylor", "granularity": "weights"},
     "wanda (reference)": {"criterion": "wanda", "granularity": "weights"},
 }
@@ -70,7 +69,7 @@ def batches_for(model: Any, data: str, num_samples: int, seq_len: int, batch_siz
         from hfprune.examples import SMOLLM2_GGUF, lee_texts, smollm2_dir
 
         tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
-        cfg = PruningConfig(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+        cfg = PruningConfig(calibration={"num_samples": num_samples, "seq_len": seq_len, "batch_size": batch_size})
         ids = torch.cat([b["input_ids"] for b in prepare_calibration(lee_texts("background"), model, cfg, tok).batches])
     return [{"input_ids": ids[i:i + batch_size].to(device)} for i in range(0, len(ids), batch_size)]
 

@@ -57,7 +57,7 @@ def one(row: str, threads: int, ppl_tokens: int) -> dict:
     r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r["rss_after_load_mb"] = rss_loaded
     rep = result.report
-    r["calibration"] = f"{cfg.num_samples} x {cfg.seq_len}, batch {cfg.batch_size}"
+    r["calibration"] = f"{cfg.calibration.num_samples} x {cfg.calibration.seq_len}, batch {cfg.calibration.batch_size}"
     r["timings"] = rep.timings
     r["params_after"] = rep.params_after
     r["warnings"] = rep.warnings

@@ -45,9 +45,9 @@ def compare_solvers(model, tok, args) -> None:
     from hfprune.structure import target_layers
 
     for gran in ("weights", "2:4"):
-        cfg = PruningConfig(criterion="wanda", granularity=gran, sparsity=0.5, num_samples=args.num_samples,
-                            seq_len=args.seq_len, batch_size=args.batch_size,
-                            targets=[f"model.layers.{args.solvers}.*"])
+        cfg = PruningConfig(criterion="wanda", granularity=gran, sparsity=0.5,
+                            targets=[f"model.layers.{args.solvers}.*"],
+                            calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size})
         calib = prepare_calibration(lee_texts("background"), model, cfg, tok)
         layers = target_layers(model, cfg)
         sel, _, _ = compute_masks(model, get_criterion(cfg), layers, None, calib.batches, False)
@@ -115,9 +115,9 @@ def main() -> None:
                  "calibration": f"{args.num_samples} x {args.seq_len}", "ppl_tokens": args.ppl_tokens}
             model = copy.deepcopy(base)
             if crit != "dense":
-                cfg = PruningConfig(criterion=crit, granularity=gran, sparsity=sp, num_samples=args.num_samples,
-                                    seq_len=args.seq_len, batch_size=args.batch_size,
-                                    compensate=args.compensate == "1")
+                cfg = PruningConfig(criterion=crit, granularity=gran, sparsity=sp,
+                                    options={"compensate": args.compensate == "1"},
+                                    calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size})
                 t = time.perf_counter()
                 try:
                     info = run(model, tok, cfg, lee_texts("background"),

@@ -70,8 +70,8 @@ def child_memory(args) -> dict:
     _trim()
     rss_model = _status("VmRSS")
     param_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / MB
-    config = PruningConfig(criterion="wanda", sparsity=0.5, num_samples=args.num_samples, seq_len=args.seq_len,
-                           batch_size=args.batch_size, calibration_mode=args.mode)
+    config = PruningConfig(criterion="wanda", sparsity=0.5,
+                           calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size, "mode": args.mode})
     batches = prepare_calibration(lee_texts(), model, config, tok).batches
     crit, layers = get_criterion(config), target_layers(model, config)
     calib = CalibrationSet(batches, "data")
@@ -113,8 +113,8 @@ def child_ddp(args) -> dict:
     set_threads(args.threads)
     model, tok = load_smollm2()
     batches = token_batches(tok, model, args.ddp_samples, args.ddp_seq_len, args.ddp_batch_size)
-    config = PruningConfig(criterion="wanda", num_samples=args.ddp_samples, seq_len=args.ddp_seq_len,
-                           batch_size=args.ddp_batch_size)
+    config = PruningConfig(criterion="wanda",
+                           calibration={"num_samples": args.ddp_samples, "seq_len": args.ddp_seq_len, "batch_size": args.ddp_batch_size})
     crit, layers = get_criterion(config), target_layers(model, config)
     with torch.no_grad():
         run_model(model, batches[0])  # warm-up

@@ -55,8 +55,8 @@ def child_prune(model_name: str, criterion: str, granularity: str, num_samples: 
     """Runs in a fresh process: load, prune once, print JSON with time and peak RSS."""
     model, tok = load_smollm2() if model_name == "smollm2" else load_minilm()
     rss_loaded = max_rss_mb()
-    cfg = PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.3, num_samples=num_samples,
-                        seq_len=seq_len, batch_size=4)
+    cfg = PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.3,
+                        calibration={"num_samples": num_samples, "seq_len": seq_len, "batch_size": 4})
     t = time.perf_counter()
     res = prune(model, cfg, calibration_data=lee_texts("background"), tokenizer=tok, progress=False)
     total = time.perf_counter() - t

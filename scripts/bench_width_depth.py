@@ -126,7 +126,7 @@ def depth_part(base, tok, batches, args) -> list[dict]:
         print(rows[-1], flush=True)
     skip_batches = [{k: v[: args.skip_loss_samples] for k, v in batches[0].items()}]
     for crit, data in (("block_influence", batches), ("skip_loss", skip_batches)):
-        cfg = PruningConfig(granularity="layers", layer_criterion=crit)
+        cfg = PruningConfig(granularity="layers", width_depth={"block_score": crit})
         t = time.perf_counter()
         scores = compute_scores(base, cfg, data)  # the fractions do not change the scores: computed once
         score_s = time.perf_counter() - t
@@ -147,7 +147,8 @@ def width_part(base, tok, batches, args) -> list[dict]:
     width = base.config.hidden_size
     cfg = PruningConfig(granularity="hidden")
     mini = compute_scores(base, cfg, batches)  # Minitron score + each norm's input second moments
-    mag = compute_scores(base, dataclasses.replace(cfg, hidden_criterion="magnitude"), [])
+    mag = compute_scores(base, dataclasses.replace(cfg,
+                                                   width_depth=dataclasses.replace(cfg.width_depth, channel_score="magnitude")), [])
     no_rescale = dataclasses.replace(mini, norm_sq={})
     for frac in args.hidden:
         exact = width - int(round(frac * width))
@@ -185,8 +186,9 @@ print(json.dumps({"hfprune_imported": "hfprune" in sys.modules, "layers": m.conf
 def target_part(base, tok, batches, args) -> list[dict]:
     batches = batches[: max(1, args.target_samples // args.batch_size)]
     m = copy.deepcopy(base)
-    cfg = PruningConfig(granularity=args.target_granularity, criterion="wanda", target_params=args.target,
-                        num_samples=len(batches) * args.batch_size, seq_len=args.seq_len, batch_size=args.batch_size)
+    cfg = PruningConfig(granularity=args.target_granularity, criterion="wanda",
+                        width_depth={"target_params": args.target},
+                        calibration={"num_samples": len(batches) * args.batch_size, "seq_len": args.seq_len, "batch_size": args.batch_size})
     t = time.perf_counter()
     res = prune(m, cfg, batches, progress=False)
     secs = time.perf_counter() - t

@@ -99,10 +99,10 @@ def main() -> None:
     res["massive_set"] = sorted(massive)
     crit = {}
     for c in ("expressiveness", "hybrid", "magnitude", "taylor", "elimination_compensation"):
-        cfg = PruningConfig(criterion=c, granularity="neurons", sparsity=0.2, num_samples=args.num_samples,
-                            seq_len=args.seq_len, batch_size=args.batch_size)
+        cfg = PruningConfig(criterion=c, granularity="neurons", sparsity=0.2,
+                            calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size})
         if c in ("taylor", "elimination_compensation"):
-            cfg = PruningConfig(**{**cfg.to_dict(), "compensate": False}) if c == "elimination_compensation" else cfg
+            cfg = PruningConfig(**{**cfg.to_dict(), "options": {"compensate": False}}) if c == "elimination_compensation" else cfg
         r = prune(copy.deepcopy(model), cfg, calibration_data=lee_texts("background"), tokenizer=tok, progress=False)
         masks = {int(n.split(".")[2]): m for n, m in r.masks.items()}
         removed = sorted((b, j) for b, j in massive if not masks[b][j])

@@ -25,8 +25,8 @@ import _repro as R
 
 #: label -> PruningConfig fields; every method ranks all weights of the network together
 METHODS: dict[str, dict[str, Any]] = {
-    "EC": {"criterion": "elimination_compensation", "ec_output": "network", "compensate": True},
-    "EC, no bias shift": {"criterion": "elimination_compensation", "ec_output": "network", "compensate": False},
+    "EC": {"criterion": "elimination_compensation", "options": {"output": "network", "compensate": True}},
+    "EC, no bias shift": {"criterion": "elimination_compensation", "options": {"output": "network", "compensate": False}},
     "magnitude": {"criterion": "magnitude"},
     "Taylor (gradient)": {"criterion": "taylor"},
     "random": {"criterion": "random"},
@@ -50,7 +50,7 @@ def run_seed(seed: int, split: R.Split, settings: dict[str, Any]) -> list[dict[s
         for r in settings["ratios"]:
             model = copy.deepcopy(dense)
             config = PruningConfig(granularity="weights", sparsity=r, scope="global", seed=seed,
-                                   num_samples=settings["calib"], batch_size=128, **fields)
+                                   calibration={"num_samples": settings["calib"], "batch_size": 128}, **fields)
             result = R.prune_quietly(model, config, calib, example_inputs=train_x[:1])
             before = R.evaluate(model, test_x, test_y)
             R.train(model, train_x, train_y, settings["finetune_epochs"], seed + 1, lr=settings["finetune_lr"],

@@ -30,7 +30,7 @@ from torch import nn
 from hfprune import PruningConfig
 from hfprune.calibration.data import prepare_calibration
 from hfprune.examples.vision import digits_cnn
-from hfprune.criteria import resolve_criterion
+from hfprune.criteria import get_criterion
 from hfprune.steps.scoring import compute_masks
 from hfprune.structure import find_groups, find_layers
 
@@ -39,9 +39,9 @@ import _repro as R
 #: label -> PruningConfig fields
 METHODS: dict[str, dict[str, Any]] = {
     "expressiveness": {"criterion": "expressiveness"},
-    "expressiveness, Gaussian inputs": {"criterion": "expressiveness", "source": "random"},
-    "hybrid": {"criterion": "hybrid", "alpha": 0.5, "hybrid_importance": "magnitude"},
-    "magnitude": {"criterion": "magnitude", "norm": 1},
+    "expressiveness, Gaussian inputs": {"criterion": "expressiveness", "calibration": {"source": "random"}},
+    "hybrid": {"criterion": "hybrid", "options": {"alpha": 0.5, "importance": "magnitude"}},
+    "magnitude": {"criterion": "magnitude", "options": {"norm": 1}},
     "Taylor": {"criterion": "taylor"},
     "random": {"criterion": "random"},
 }
@@ -53,7 +53,7 @@ def channel_scores(model: nn.Module, config: PruningConfig, data: Any, example: 
     """Per-channel scores of every convolution, as `prune` computes them before selecting (no pruning)."""
     calib = prepare_calibration(data, model, config, example_inputs=example)
     groups = find_groups(model, config, example)
-    _, scores, _ = compute_masks(model, resolve_criterion(config), find_layers(model), groups, calib.batches, progress=False)
+    _, scores, _ = compute_masks(model, get_criterion(config), find_layers(model), groups, calib.batches, progress=False)
     return {name: s.tolist() for name, s in scores.items()}
 
 
@@ -66,8 +66,8 @@ def correlations(untrained: nn.Module, trained: nn.Module, split: R.Split, n: in
     images, example = split[0][:n], split[0][:1]
 
     def scores(model: nn.Module, criterion: str, source: str = "data", data: torch.Tensor = images) -> dict:
-        config = PruningConfig(criterion=criterion, granularity="channels", source=source, num_samples=len(data),
-                               batch_size=64)
+        config = PruningConfig(criterion=criterion, granularity="channels",
+                               calibration={"source": source, "num_samples": len(data), "batch_size": 64})
         return channel_scores(model, config, data, example)
 
     reference = scores(trained, "expressiveness")
@@ -92,8 +92,9 @@ def run_seed(seed: int, split: R.Split, settings: dict[str, Any]) -> tuple[list[
     for label, fields in METHODS.items():
         for fraction in settings["fractions"]:
             model = copy.deepcopy(dense)
+            calibration = {"num_samples": settings["calib"], "batch_size": 64, **fields.get("calibration", {})}
             config = PruningConfig(granularity="channels", sparsity=fraction, seed=seed,
-                                   num_samples=settings["calib"], batch_size=64, **fields)
+                                   **{**fields, "calibration": calibration})
             result = R.prune_quietly(model, config, calib, example_inputs=train_x[:1])
             pruned = R.evaluate(model, test_x, test_y)["acc"]
             R.train(model, train_x, train_y, settings["finetune_epochs"], seed + 1, lr=settings["finetune_lr"])

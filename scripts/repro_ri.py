@@ -78,8 +78,7 @@ def prune_and_finetune(dense: nn.Module, config: PruningConfig, calib: list, spl
 def run_seed(seed: int, split: R.Split, settings: dict[str, Any]) -> list[dict[str, Any]]:
     records = []
     calib = R.labelled_batches(split[0][:settings["calib"]], split[1][:settings["calib"]], 128)
-    base = {"granularity": "weights", "scope": "global", "seed": seed, "num_samples": settings["calib"],
-            "batch_size": 128}
+    base = {"granularity": "weights", "scope": "global", "seed": seed, "calibration": {"num_samples": settings["calib"], "batch_size": 128}}
     for weight in (0.0, *settings["lambdas"]):
         training = "plain" if weight == 0 else f"RI-regularised, lambda={weight:g}"
         dense = train_model(seed, split, settings["epochs"], weight)
@@ -88,8 +87,7 @@ def run_seed(seed: int, split: R.Split, settings: dict[str, Any]) -> list[dict[s
                         "zero_params": 0.0, "acc": acc, "ft_acc": acc})
         runs = [(c, f"sparsity {s}", {"criterion": c, "sparsity": s})
                 for c in ("relative_importance", "magnitude") for s in settings["sparsities"]]
-        runs += [("relative_importance", f"tau {t}", {"criterion": "relative_importance", "ri_threshold": "tau",
-                                                      "ri_tau": t}) for t in settings["taus"]]
+        runs += [("relative_importance", f"tau {t}", {"criterion": "relative_importance", "options": {"threshold": "tau", "tau": t}}) for t in settings["taus"]]
         for method, target, fields in runs:
             out = prune_and_finetune(dense, PruningConfig(**base, **fields), calib, split, settings, seed)
             records.append({"seed": seed, "training": training, "method": method, "target": target, **out})

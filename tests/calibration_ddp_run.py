@@ -27,9 +27,10 @@ if "WORLD_SIZE" in os.environ:
 rank = dist.get_rank() if dist.is_initialized() else 0
 torch.set_num_threads(1)
 saved = {}
-for criterion, mode, kw in (("wanda", "full", {}), ("elimination_compensation", "full", {"ec_output": "network"}),
+for criterion, mode, kw in (("wanda", "full", {}), ("elimination_compensation", "full", {"options": {"output": "network"}}),
                             ("wanda", "sequential", {}), ("relative_importance", "sequential", {})):
-    config = PruningConfig(criterion=criterion, calibration_mode=mode, num_samples=8, seq_len=12, batch_size=2, **kw)
+    config = PruningConfig(criterion=criterion, calibration={"mode": mode, "num_samples": 8, "seq_len": 12, "batch_size": 2},
+                           **kw)
     model = tiny_model("llama")
     crit = get_criterion(config)
     layers = target_layers(model, config)

@@ -16,8 +16,8 @@ from hfprune import PruningConfig, prune  # noqa: E402
 
 out = sys.argv[1]
 torch.set_num_threads(1)
-config = PruningConfig(criterion="elimination_compensation", ec_output="layer", granularity="neurons",
-                       sparsity=0.5, num_samples=8, seq_len=12, batch_size=2)
+config = PruningConfig(criterion="elimination_compensation", granularity="neurons", sparsity=0.5,
+                       options={"output": "layer"}, calibration={"num_samples": 8, "seq_len": 12, "batch_size": 2})
 result = prune(tiny_model("llama"), config, calibration_data=calibration("llama"), progress=False)
 result.save_pretrained(os.path.join(out, "model"))  # the main process writes; the others wait for it
 rank = int(os.environ.get("RANK", 0))

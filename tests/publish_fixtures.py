@@ -47,18 +47,18 @@ def _nonzero(model: torch.nn.Module) -> int:
 def _spec(kind: str) -> tuple[PruningConfig, list[LayerReport], int]:
     """The config, per-layer kept units and compacted FFN width of one fixture kind."""
     if kind == "unstructured":
-        cfg = PruningConfig(criterion="magnitude", granularity="weights", sparsity=0.5, norm=2)
+        cfg = PruningConfig(criterion="magnitude", granularity="weights", sparsity=0.5, options={"norm": 2})
         layers = [LayerReport(f"bert.encoder.layer.{i}.{m}", "weights", 32 * INTERMEDIATE, 16 * INTERMEDIATE)
                   for i in range(LAYERS) for m in ("intermediate.dense", "output.dense")]
         return cfg, layers, INTERMEDIATE
     if kind == "structured_uniform":
-        cfg = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.25, source="random",
-                            num_samples=8, seq_len=16)
+        cfg = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.25,
+                            calibration={"source": "random", "num_samples": 8, "seq_len": 16})
         layers = [LayerReport(f"bert.encoder.layer.{i}.mlp", "neurons", INTERMEDIATE, 48) for i in range(LAYERS)]
         return cfg, layers, 48
     if kind == "structured_nonuniform":
         cfg = PruningConfig(criterion="taylor", granularity="neurons+heads", sparsity=0.5, scope="global",
-                            schedule="iterative", pruning_steps=3, end_step=300)
+                            training={"schedule": "iterative", "pruning_steps": 3, "end_step": 300})
         layers = [LayerReport("bert.encoder.layer.0.mlp", "neurons", INTERMEDIATE, 40),
                   LayerReport("bert.encoder.layer.1.mlp", "neurons", INTERMEDIATE, 1, forced_min=True),
                   LayerReport("bert.encoder.layer.0.attention", "heads", HEADS, 3),
@@ -70,8 +70,9 @@ def _spec(kind: str) -> tuple[PruningConfig, list[LayerReport], int]:
 def make_report(kind: str, model_before: torch.nn.Module, model_after: torch.nn.Module) -> PruningReport:
     """A report whose numbers are all distinct, so a test can find each one in the card."""
     cfg, layers, _ = _spec(kind)
-    calibration = ({"source": "random", "num_samples": cfg.num_samples, "seq_len": cfg.seq_len,
-                    "tokens": cfg.num_samples * cfg.seq_len} if cfg.source == "random" else
+    c = cfg.calibration
+    calibration = ({"source": "random", "num_samples": c.num_samples, "seq_len": c.seq_len,
+                    "tokens": c.num_samples * c.seq_len} if c.source == "random" else
                    {"source": "data", "name": "gensim lee_background.cor", "num_samples": 64, "seq_len": 128,
                     "tokens": 8192})
     return PruningReport(

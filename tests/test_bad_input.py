@@ -81,7 +81,7 @@ def test_criterion_that_cannot_score_the_granularity():
     (None, "needs calibration data"),
 ])
 def test_empty_or_missing_calibration(data, message):
-    config = PruningConfig(criterion="wanda", num_samples=4, seq_len=12)
+    config = PruningConfig(criterion="wanda", calibration={"num_samples": 4, "seq_len": 12})
     with pytest.raises(CalibrationError, match=message):
         prune(tiny_model("llama"), config, calibration_data=data, progress=False)
 
@@ -93,7 +93,7 @@ def test_too_short_calibration_text():
     tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="[UNK]")
-    config = PruningConfig(criterion="wanda", num_samples=4, seq_len=64)
+    config = PruningConfig(criterion="wanda", calibration={"num_samples": 4, "seq_len": 64})
     with pytest.raises(CalibrationError, match="too short"):
         prune(tiny_model("llama"), config, calibration_data=["a b a b"], tokenizer=tokenizer, progress=False)
 
@@ -111,7 +111,7 @@ def test_inf_activations_are_refused():
     with torch.no_grad():
         model.bert.embeddings.word_embeddings.weight[5] = 1e38  # overflows to inf inside the first layer
     with pytest.raises(CalibrationError, match="Non-finite"):
-        prune(model, PruningConfig(criterion="wanda", num_samples=4, seq_len=12),
+        prune(model, PruningConfig(criterion="wanda", calibration={"num_samples": 4, "seq_len": 12}),
               calibration_data=torch.full((4, 12), 5), progress=False)
 
 

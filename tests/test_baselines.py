@@ -18,7 +18,8 @@ def test_taylor_scores_equal_per_batch_gradients(form):
     """squared: mean over batches of (w * g_b)^2 (Molchanov et al. 2019); absolute: |w * mean_b g_b| (2017)."""
     torch.manual_seed(0)
     model = tiny_model("llama")
-    cfg = PruningConfig(criterion="taylor", sparsity=0.5, num_samples=8, batch_size=4, taylor_form=form)
+    cfg = PruningConfig(criterion="taylor", sparsity=0.5, options={"form": form},
+                        calibration={"num_samples": 8, "batch_size": 4})
     batches = prepare_calibration(calibration("llama", 8), model, cfg).batches
     layers = target_layers(model, cfg)
     crit = get_criterion(cfg)
@@ -44,7 +45,8 @@ def test_taylor_loss_backward_in_pieces_equals_the_whole_batch(form, monkeypatch
 
     torch.manual_seed(0)
     model = tiny_model("llama")
-    cfg = PruningConfig(criterion="taylor", sparsity=0.5, num_samples=8, batch_size=4, taylor_form=form)
+    cfg = PruningConfig(criterion="taylor", sparsity=0.5, options={"form": form},
+                        calibration={"num_samples": 8, "batch_size": 4})
     ids = calibration("llama", 8)
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0  # padded rows: pieces hold different numbers of predicted tokens
@@ -63,13 +65,13 @@ def test_taylor_loss_backward_in_pieces_equals_the_whole_batch(form, monkeypatch
 
 
 def test_taylor_auto_form_is_squared_for_weights_and_absolute_for_units():
-    from hfprune.config.settle import resolve_defaults
+    from hfprune.config.settle import settle
 
     assert get_criterion(PruningConfig(criterion="taylor", sparsity=0.5)).form == "squared"
     assert get_criterion(PruningConfig(criterion="taylor", granularity="2:4")).form == "squared"
     assert get_criterion(PruningConfig(criterion="taylor", granularity="neurons", sparsity=0.5)).form == "absolute"
-    assert resolve_defaults(PruningConfig(criterion="taylor", sparsity=0.5), True).taylor_form == "squared"
-    assert resolve_defaults(PruningConfig(criterion="wanda", sparsity=0.5), True).taylor_form == "auto"  # unused
+    assert settle(PruningConfig(criterion="taylor", sparsity=0.5), True).options.form == "squared"
+    assert settle(PruningConfig(criterion="taylor", granularity="neurons"), True).options.form == "absolute"
 
 
 def test_taylor_compares_within_rows_unless_told_otherwise():
@@ -81,8 +83,8 @@ def test_taylor_compares_within_rows_unless_told_otherwise():
     kept = {}
     for within in ("auto", "layer"):
         model = tiny_model("llama")
-        cfg = PruningConfig(criterion="taylor", sparsity=0.5, num_samples=8, batch_size=4, compare_within=within,
-                            reconstruction="none")
+        cfg = PruningConfig(criterion="taylor", sparsity=0.5, compare_within=within,
+                            calibration={"num_samples": 8, "batch_size": 4}, reconstruction={"method": "none"})
         result = prune(model, cfg, ids, progress=False)
         w = model.get_submodule("model.layers.0.self_attn.q_proj").weight
         kept[within] = (w != 0).sum(dim=1)

@@ -92,7 +92,7 @@ def test_digits_recipe_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     out = tmp_path / "out"
     recipe = _write_recipe(tmp_path, {
         "model": {"name": "example:digits-cnn", "train_epochs": 1},
-        "pruning": {"criterion": "magnitude", "granularity": "channels", "sparsity": 0.5, "num_samples": 64},
+        "pruning": {"criterion": "magnitude", "granularity": "channels", "sparsity": 0.5, "calibration": {"num_samples": 64}},
         "calibration": {"data": "example:digits"},
         "evaluation": {},
         "output": {"dir": str(out)},
@@ -119,8 +119,7 @@ def test_training_recipe_saves_the_trainers_report_with_the_cli_numbers(tmp_path
     out = tmp_path / "out"
     recipe = _write_recipe(tmp_path, {
         "model": {"name": "example:minilm", "task": "sequence-classification"},
-        "pruning": {"criterion": "wanda", "granularity": "neurons", "sparsity": 0.3, "num_samples": 8,
-                    "seq_len": 32},
+        "pruning": {"criterion": "wanda", "granularity": "neurons", "sparsity": 0.3, "calibration": {"num_samples": 8, "seq_len": 32}},
         "calibration": {"data": "example:polarity"},
         "training": {"dataset": "example:polarity", "eval_fraction": 0.2, "max_length": 32, "max_steps": 2,
                      "per_device_train_batch_size": 8},
@@ -142,7 +141,7 @@ def test_prune_report_evaluate_round_trip(tiny_llama: Path, texts_file: Path, tm
                                           capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "pruned"
     rc = main(["prune", str(tiny_llama), "--criterion", "wanda", "--granularity", granularity, "--sparsity", "0.5",
-               "--calibration-data", str(texts_file), "--num-samples", "4", "--seq-len", "16", "--output", str(out),
+               "--calibration-data", str(texts_file), "--calibration.num-samples", "4", "--calibration.seq-len", "16", "--output", str(out),
                "--evaluate", "--eval-data", str(texts_file), "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -177,7 +176,7 @@ def test_csv_calibration_with_text_column(tiny_llama: Path, tmp_path: Path) -> N
     csv = tmp_path / "c.csv"
     csv.write_text("id,body\n" + "\n".join(f"{i},{t}" for i, t in enumerate(_texts(30))))
     assert main(["prune", str(tiny_llama), "--criterion", "wanda", "--calibration-data", str(csv), "--text-column",
-                 "body", "--num-samples", "4", "--seq-len", "16", "--output", str(tmp_path / "o"), "--quiet"]) == 0
+                 "body", "--calibration.num-samples", "4", "--calibration.seq-len", "16", "--output", str(tmp_path / "o"), "--quiet"]) == 0
     assert main(["prune", str(tiny_llama), "--criterion", "wanda", "--calibration-data", str(csv),
                  "--output", str(tmp_path / "o2"), "--quiet"]) == 2
 
@@ -347,6 +346,6 @@ def test_prune_help_lists_the_configs_choices_and_refuses_others(capsys):
 
     assert main(["prune", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--scope {local,global}" in out and "--reconstruction {auto,none,weights}" in out
+    assert "--scope {local,global}" in out and "--reconstruction.method {auto,none,weights}" in out
     assert main(["prune", "model", "--scope", "everywhere", "--output", "out"]) == 2
     assert "invalid choice: 'everywhere'" in capsys.readouterr().err

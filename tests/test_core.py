@@ -33,7 +33,7 @@ def _config(family, granularity, criterion="wanda", **kw):
     return PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.5,
                          head_sparsity=1 / 3 if family in ("llama", "qwen2", "mistral") and "heads" in granularity
                          else None,
-                         num_samples=8, seq_len=12, batch_size=4, **kw)
+                         calibration={"num_samples": 8, "seq_len": 12, "batch_size": 4}, **kw)
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
@@ -41,7 +41,7 @@ def _config(family, granularity, criterion="wanda", **kw):
 def test_compacted_equals_masked_and_reloads(family, granularity, tmp_out):
     model = tiny_model(family)
     twin = copy.deepcopy(model)
-    config = _config(family, granularity, compensate=False, reconstruction="none")  # compaction vs masking exactly
+    config = _config(family, granularity, reconstruction={"method": "none"})  # compaction vs masking exactly
     result = prune(model, config, calibration_data=calibration(family), progress=False)
     x = model_inputs(family)
     masked = _masked_twin(twin, config, result, calibration(family)[:2])
@@ -131,8 +131,8 @@ def test_plain_cnn_channels(criterion):
     model = _conv_stack()
     twin = copy.deepcopy(model)
     x = torch.randn(8, 3, 8, 8)
-    config = PruningConfig(criterion=criterion, granularity="channels", sparsity=0.5, num_samples=8, batch_size=4,
-                           ignore=["8"])
+    config = PruningConfig(criterion=criterion, granularity="channels", sparsity=0.5, ignore=["8"],
+                           calibration={"num_samples": 8, "batch_size": 4})
     result = prune(model, config, calibration_data=x, progress=False)
     assert model[0].out_channels == 4 and model[3].out_channels == 8 and model[8].in_features == 8
     masked = _masked_twin(twin, config, result, x[:1])
@@ -142,7 +142,8 @@ def test_plain_cnn_channels(criterion):
 def test_taylor_without_loss_is_a_clear_error():
     from hfprune import CalibrationError
 
-    config = PruningConfig(criterion="taylor", granularity="channels", sparsity=0.5, num_samples=4, ignore=["8"])
+    config = PruningConfig(criterion="taylor", granularity="channels", sparsity=0.5, ignore=["8"],
+                           calibration={"num_samples": 4})
     with pytest.raises(CalibrationError, match="needs a loss"):
         prune(_conv_stack(), config, calibration_data=torch.randn(4, 3, 8, 8), progress=False)
 
@@ -154,7 +155,8 @@ def test_residual_cnn_channels_round_trip(tmp_out):
     model = T.ResNetForImageClassification(cfg).eval()
     twin = copy.deepcopy(model)
     x = torch.randn(4, 3, 16, 16)
-    config = PruningConfig(criterion="magnitude", granularity="channels", sparsity=0.5, num_samples=4)
+    config = PruningConfig(criterion="magnitude", granularity="channels", sparsity=0.5,
+                           calibration={"num_samples": 4})
     result = prune(model, config, calibration_data=x, progress=False)
     assert result.report.params_after < result.report.params_before
     masked = _masked_twin(twin, config, result, {"pixel_values": x[:1]})
@@ -170,7 +172,9 @@ def test_report_and_pruning_config_are_saved(tmp_out):
     result = prune(tiny_model("llama"), config, calibration_data=calibration("llama"), progress=False)
     result.save_pretrained(tmp_out)
     saved = PruningConfig.from_pretrained(tmp_out)  # the run's settings, "auto" settled
-    assert saved == dataclasses.replace(config, reconstruction="weights", protect="energy", protect_threshold=2.0)
+    assert saved == dataclasses.replace(config,
+                                        reconstruction=dataclasses.replace(config.reconstruction, method="weights"),
+                                        protection=dataclasses.replace(config.protection, mode="energy", threshold=2.0))
     assert saved == result.config
     report = json.loads((tmp_out / "pruning_report.json").read_text())
     assert report["params_after"] == result.report.params_after
@@ -186,7 +190,8 @@ def test_every_causal_lm_run_probes_its_perplexity_and_flags_a_broken_model():
 
     from hfprune.engine.pruner import add_probe
 
-    config = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=4, seq_len=12)
+    config = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5,
+                           calibration={"num_samples": 4, "seq_len": 12})
     model = tiny_model("llama")
     dense = copy.deepcopy(model)
     result = prune(model, config, calibration_data=calibration("llama"), progress=False)
@@ -203,8 +208,10 @@ def test_every_causal_lm_run_probes_its_perplexity_and_flags_a_broken_model():
     add_probe({}, warnings, math.log(10), math.log(29))
     assert warnings == []
     add_probe({}, warnings, math.log(10), math.log(31))
-    assert len(warnings) == 1 and "probably broken" in warnings[0] and "reconstruction='weights'" in warnings[0]
-    applied = PruningConfig(criterion="wanda", granularity="neurons", reconstruction="weights", protect="energy")
+    assert len(warnings) == 1 and "probably broken" in warnings[0] and "reconstruction.method='weights'" in warnings[0]
+    applied = PruningConfig(criterion="wanda", granularity="neurons", reconstruction={"method": "weights"},
+                            protection={"mode": "energy"})
     add_probe({}, warnings, math.log(10), math.log(31), applied)  # remedies already in use are not suggested
-    assert "reconstruction=" not in warnings[1] and "protect=" not in warnings[1] and "'obs'" in warnings[1]
+    assert "reconstruction.method=" not in warnings[1] and "protection.mode=" not in warnings[1] \
+        and "'obs'" in warnings[1]
     assert "'wanda'" not in warnings[1]

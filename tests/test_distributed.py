@@ -46,7 +46,7 @@ def model_dir(tmp_path_factory):
 
 def _prune_cli(model_dir: str, out: str) -> list[str]:
     return ["-m", "hfprune", "prune", model_dir, "--criterion", "wanda", "--granularity", "neurons", "--sparsity",
-            "0.5", "--calibration-data", "random", "--num-samples", "8", "--seq-len", "12", "--batch-size", "2",
+            "0.5", "--calibration-data", "random", "--calibration.num-samples", "8", "--calibration.seq-len", "12", "--calibration.batch-size", "2",
             "--output", out]
 
 

@@ -153,7 +153,7 @@ def test_layer_output_mode_is_weighted_input_variance():
     net = mlp(2)
     x = torch.randn(50, 4)
     layer = Layer("2", net[2])
-    crit = get_criterion(PruningConfig(criterion="elimination_compensation", ec_output="layer"))
+    crit = get_criterion(PruningConfig(criterion="elimination_compensation", options={"output": "layer"}))
     assert crit.grad_mode is None
     stats = engine_stats(net, layer, crit, x)
     a = torch.tanh(net[0](x))
@@ -169,7 +169,7 @@ def test_loss_mode_weights_by_squared_loss_gradient():
     net = mlp(3)
     x = torch.randn(40, 4)
     layer = Layer("2", net[2])
-    crit = get_criterion(PruningConfig(criterion="elimination_compensation", ec_output="loss"))
+    crit = get_criterion(PruningConfig(criterion="elimination_compensation", options={"output": "loss"}))
     stats = engine_stats(net, layer, crit, x, batches=1)
     a = torch.tanh(net[0](x))
     z = net[2](a).detach().requires_grad_()
@@ -188,7 +188,7 @@ def test_compensate_false_returns_none():
     x = torch.randn(20, 4)
     net = mlp()
     layer = Layer("4", net[4])
-    crit = get_criterion(PruningConfig(criterion="elimination_compensation", compensate=False))
+    crit = get_criterion(PruningConfig(criterion="elimination_compensation", options={"compensate": False}))
     stats = engine_stats(net, layer, crit, x, batches=1)
     assert crit.bias_compensation(layer, stats, torch.ones(3, 5, dtype=torch.bool)) is None
 
@@ -197,7 +197,7 @@ def test_conv_layer_statistics_treat_positions_as_samples():
     torch.manual_seed(4)
     conv = nn.Conv2d(2, 3, 3, padding=1)
     layer = Layer("c", conv)
-    crit = get_criterion(PruningConfig(criterion="elimination_compensation", ec_output="layer"))
+    crit = get_criterion(PruningConfig(criterion="elimination_compensation", options={"output": "layer"}))
     x = torch.randn(2, 2, 5, 5)
     stats = crit.init_stats(layer)
     crit.accumulate(layer, stats, x)
@@ -250,7 +250,8 @@ def test_output_gradients_in_pieces_give_the_same_statistics(monkeypatch):
     from hfprune.structure import target_layers
 
     model = tiny_model("bert")
-    cfg = PruningConfig(criterion="elimination_compensation", sparsity=0.5, num_samples=8, batch_size=8)
+    cfg = PruningConfig(criterion="elimination_compensation", sparsity=0.5,
+                        calibration={"num_samples": 8, "batch_size": 8})
     batches = prepare_calibration(calibration("bert", 8), model, cfg).batches
     layers = target_layers(model, cfg)
     crit = get_criterion(cfg)

@@ -87,8 +87,8 @@ def test_user_family_prunes_saves_and_reloads(tmp_path, scope, loader):
     with torch.no_grad():  # block 0 much weaker: a global ranking gives the blocks different widths
         model.blocks[0].mlp.fc_out.weight.mul_(0.6)
     x = torch.randint(0, 20, (4, 3))
-    config = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.5, scope=scope, num_samples=4,
-                           seq_len=5)
+    config = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.5, scope=scope,
+                           calibration={"num_samples": 4, "seq_len": 5})
     result = prune(model, config, calibration_data=torch.randint(0, 20, (4, 5)), progress=False)
     assert result.report.loader == loader
     widths = [b.mlp.fc_in.out_features for b in model.blocks]

@@ -52,18 +52,18 @@ def test_rank_form(alpha):
     group, layers, a, e, magnitude = setup()
     expected = [alpha * re + (1 - alpha) * ri
                 for re, ri in zip(naive_rank_norm(e.tolist()), naive_rank_norm(magnitude.tolist()))]
-    torch.testing.assert_close(scores(group, layers, a, alpha=alpha), torch.tensor(expected).double())
+    torch.testing.assert_close(scores(group, layers, a, options={"alpha": alpha}), torch.tensor(expected).double())
 
 
 def test_product_form():
     group, layers, a, e, magnitude = setup()
-    got = scores(group, layers, a, alpha=0.3, hybrid_form="product")
+    got = scores(group, layers, a, options={"alpha": 0.3, "form": "product"})
     torch.testing.assert_close(got, e ** 0.3 * magnitude ** 0.7)
     assert got[5] == 0
 
 
 def test_gradient_importance_passes_its_statistics_through():
-    c = get_criterion(PruningConfig(criterion="hybrid", granularity="neurons", hybrid_importance="taylor"))
+    c = get_criterion(PruningConfig(criterion="hybrid", granularity="neurons", options={"importance": "taylor"}))
     assert c.grad_mode == "loss"
     lin = nn.Linear(4, 3)
     layer = Layer("l", lin)
@@ -83,8 +83,9 @@ def test_compensation_comes_from_the_importance_criterion():
     removed[:, 2] = True
     expected = lin.weight.detach()[:, 2] * a[:, 2].mean()  # ec_output="layer": Db = W E[a]
     for importance, want in (("elimination_compensation", expected), ("magnitude", None)):
-        c = get_criterion(PruningConfig(criterion="hybrid", granularity="neurons", hybrid_importance=importance,
-                                        ec_output="layer"))
+        c = get_criterion(PruningConfig(criterion="hybrid", granularity="neurons", options={"importance": importance,
+                                                             "importance_options": {"output": "layer"} if importance
+                                                             == "elimination_compensation" else {}}))
         stats = c.init_stats(layer)
         c.accumulate(layer, stats, a)
         got = c.bias_compensation(layer, stats, removed)

@@ -51,11 +51,11 @@ def test_greedy_steps_are_the_least_squares_optimum(width):
 
 
 def test_needs_reconstruction_and_linear_units():
-    with pytest.raises(ConfigError, match="reconstruction='weights'"):
-        prune(tiny_model("llama"), PruningConfig(criterion="obs", granularity="neurons", sparsity=0.25,
-                                                 reconstruction="none"), calibration("llama", 4))
+    with pytest.raises(ConfigError, match="reconstruction.method='weights'"):  # at construction
+        PruningConfig(criterion="obs", granularity="neurons", sparsity=0.25, reconstruction={"method": "none"})
     with pytest.raises(ConfigError, match="obs"):
-        prune(tiny_model("llama"), PruningConfig(criterion="obs", granularity="weights", reconstruction="weights"),
+        prune(tiny_model("llama"), PruningConfig(criterion="obs", granularity="weights",
+                                                 reconstruction={"method": "weights"}),
               calibration("llama", 4))
 
 
@@ -64,8 +64,9 @@ def test_prune_with_obs_is_smaller_and_reloads(tmp_path, granularity):
     import transformers
 
     model = tiny_model("llama")
-    cfg = PruningConfig(criterion="obs", granularity=granularity, sparsity=0.5 if granularity == "neurons" else 1 / 3,
-                        reconstruction="weights", num_samples=8, batch_size=4)
+    cfg = PruningConfig(criterion="obs", granularity=granularity,
+                        sparsity=0.5 if granularity == "neurons" else 1 / 3, reconstruction={"method": "weights"},
+                        calibration={"num_samples": 8, "batch_size": 4})
     result = prune(model, cfg, calibration("llama", 8), progress=False)
     assert result.report.params_after < result.report.params_before
     assert result.report.reconstruction["layers"]
@@ -81,8 +82,8 @@ def test_obs_beats_magnitude_on_layer_error():
     errors = {}
     for crit in ("obs", "magnitude"):
         model = tiny_model("llama")
-        cfg = PruningConfig(criterion=crit, granularity="neurons", sparsity=0.5, reconstruction="weights",
-                            num_samples=8, batch_size=4)
+        cfg = PruningConfig(criterion=crit, granularity="neurons", sparsity=0.5,
+                            reconstruction={"method": "weights"}, calibration={"num_samples": 8, "batch_size": 4})
         rep = prune(model, cfg, calibration("llama", 8), progress=False).report
         errors[crit] = {f["name"]: f["error_after"] for f in rep.reconstruction["layers"]}
     first = next(iter(sorted(errors["obs"])))  # block 0 sees the same (dense) inputs under both criteria

@@ -35,7 +35,8 @@ def _planted():
 def _setup(granularity: str, criterion: str = "magnitude"):
     torch.manual_seed(0)
     model = _planted()
-    cfg = PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.5, num_samples=8, batch_size=4)
+    cfg = PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.5,
+                        calibration={"num_samples": 8, "batch_size": 4})
     calib = prepare_calibration(calibration("llama", 8), model, cfg)
     structured = cfg.structured
     layers = find_layers(model) if structured else target_layers(model, cfg)
@@ -86,15 +87,15 @@ def test_nothing_protected_gives_the_criterion_masks(criterion):
 
 
 def test_config_fields():
-    assert PruningConfig().protect == "auto" and PruningConfig().reconstruction == "auto"
-    with pytest.raises(ConfigError, match="protect"):
-        PruningConfig(protect="massive")
-    with pytest.raises(ConfigError, match="protect_threshold"):
-        PruningConfig(protect_threshold=0.5)
-    with pytest.raises(ConfigError, match="reconstruction_damp"):
-        PruningConfig(reconstruction_damp=-0.1)
+    assert PruningConfig().protection.mode == "auto" and PruningConfig().reconstruction.method == "auto"
+    with pytest.raises(ConfigError, match="protection.mode"):
+        PruningConfig(protection={"mode": "massive"})
+    with pytest.raises(ConfigError, match="protection.threshold"):
+        PruningConfig(protection={"threshold": 0.5})
+    with pytest.raises(ConfigError, match="reconstruction.damp"):
+        PruningConfig(reconstruction={"damp": -0.1})
     with pytest.raises(ConfigError, match="reconstruction"):
-        PruningConfig(reconstruction="gptq")
+        PruningConfig(reconstruction={"method": "gptq"})
 
 
 @pytest.mark.parametrize("granularity, data, blocks, expected", [
@@ -108,27 +109,28 @@ def test_config_fields():
     ("layers", True, True, ("none", "none", None)),
 ])
 def test_auto_defaults_settle_per_run(granularity, data, blocks, expected):
-    from hfprune.config.settle import resolve_defaults
+    from hfprune.config.settle import settle
 
-    extra = {"layer_sparsity": 0.25} if granularity == "layers" else {}
-    got = resolve_defaults(PruningConfig(granularity=granularity, **extra), data, blocks)
-    assert (got.reconstruction, got.protect, got.protect_threshold) == expected
-    explicit = PruningConfig(granularity="neurons", reconstruction="none", protect="outliers")
-    assert resolve_defaults(explicit, True).protect_threshold == 20.0
-    assert resolve_defaults(explicit, True).reconstruction == "none"
+    extra = {"width_depth": {"layer_sparsity": 0.25}} if granularity == "layers" else {}
+    got = settle(PruningConfig(granularity=granularity, **extra), data, blocks)
+    assert (got.reconstruction.method, got.protection.mode, got.protection.threshold) == expected
+    explicit = PruningConfig(granularity="neurons", reconstruction={"method": "none"},
+                             protection={"mode": "outliers"})
+    assert settle(explicit, True).protection.threshold == 20.0
+    assert settle(explicit, True).reconstruction.method == "none"
 
 
 def test_through_prune_reported_and_off_is_faithful():
     from hfprune import prune
 
-    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4,
-                        reconstruction="none")
+    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5,
+                        calibration={"num_samples": 8, "batch_size": 4}, reconstruction={"method": "none"})
     faithful = prune(tiny_model("llama"), cfg, progress=False)  # magnitude without data: the criterion's own masks
-    assert faithful.config.protect == "none"
-    off = prune(tiny_model("llama"), PruningConfig(**{**cfg.to_dict(), "protect": "none"}), calibration("llama"),
+    assert faithful.config.protection.mode == "none"
+    off = prune(tiny_model("llama"), PruningConfig(**{**cfg.to_dict(), "protection": {"mode": "none"}}), calibration("llama"),
                 progress=False)
     assert all(torch.equal(off.masks[n], m) for n, m in faithful.masks.items()) and off.report.protected == {}
-    on = prune(_planted(), PruningConfig(**{**cfg.to_dict(), "protect": "outliers"}), calibration("llama"),
+    on = prune(_planted(), PruningConfig(**{**cfg.to_dict(), "protection": {"mode": "outliers"}}), calibration("llama"),
                progress=False)
     name = "model.layers.0.mlp"
     group = next(n for n in on.masks if n.startswith(name))
@@ -140,8 +142,9 @@ def test_through_prune_reported_and_off_is_faithful():
 def test_protection_and_reconstruction_are_on_the_card(tmp_path):
     from hfprune import prune
 
-    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4,
-                        protect="outliers", reconstruction="weights")
+    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5,
+                        calibration={"num_samples": 8, "batch_size": 4}, protection={"mode": "outliers"},
+                        reconstruction={"method": "weights"})
     res = prune(_planted(), cfg, calibration("llama"), progress=False)
     res.save_pretrained(tmp_path / "out")
     card = (tmp_path / "out" / "README.md").read_text()

@@ -100,7 +100,7 @@ def test_card_numbers_equal_the_report(saved):
         assert f"{r.calibration['name']}: {r.calibration['num_samples']} samples" in text
         assert f"{r.calibration['tokens']:,} tokens" in text
     cfg = json.load(open(os.path.join(folder, "pruning_config.json")))["pruning_config"]
-    assert f"`{cfg['schedule']}`" in text
+    assert f"`{cfg['training']['schedule']}`" in text
     if kind == "unstructured":
         assert "magnitude option `norm` | `2`" in text and "stored as zeros" in text
     if kind == "structured_nonuniform":

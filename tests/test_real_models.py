@@ -37,7 +37,8 @@ def _embed(model, tok, texts):
 def test_minilm_ffn_reloads_with_plain_automodel_then_heads_need_hfprune_loader(minilm, tmp_path):
     model, tok = load_minilm()
     texts = lee_texts("test")[:8]
-    config = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.5, num_samples=8, seq_len=128)
+    config = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.5,
+                           calibration={"num_samples": 8, "seq_len": 128})
     result = prune(model, config, calibration_data=lee_texts(), tokenizer=tok, progress=False)
     assert result.model.config.intermediate_size == 768 and result.report.loader == "transformers"
     result.save_pretrained(tmp_path / "ffn", tokenizer=tok)
@@ -46,7 +47,7 @@ def test_minilm_ffn_reloads_with_plain_automodel_then_heads_need_hfprune_loader(
 
     model, tok = load_minilm()
     config = PruningConfig(criterion="wanda", granularity="neurons+heads", sparsity=0.5, head_sparsity=1 / 3,
-                           num_samples=8, seq_len=128)
+                           calibration={"num_samples": 8, "seq_len": 128})
     result = prune(model, config, calibration_data=lee_texts(), tokenizer=tok, progress=False)
     assert result.report.loader == "hfprune"
     assert result.model.encoder.layer[0].attention.self.num_attention_heads == 8
@@ -60,7 +61,7 @@ def test_smollm2_kv_group_and_ffn_reload_with_plain_transformers_and_generate(sm
 
     model, tok = copy.deepcopy(smollm2[0]), smollm2[1]
     config = PruningConfig(criterion="wanda", granularity="neurons+heads", sparsity=0.3, head_sparsity=1 / 3,
-                           num_samples=4, seq_len=128)
+                           calibration={"num_samples": 4, "seq_len": 128})
     result = prune(model, config, calibration_data=lee_texts(), tokenizer=tok, progress=False)
     cfg = result.model.config
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size) == (6, 2, 1075)
@@ -78,8 +79,9 @@ def test_smollm2_kv_group_and_ffn_reload_with_plain_transformers_and_generate(sm
 def test_every_criterion_prunes_minilm_and_reloads(criterion, tmp_path):
     assert criterion in available_criteria()
     model, tok = load_minilm()
-    config = PruningConfig(criterion=criterion, granularity="neurons", sparsity=0.3, num_samples=4, seq_len=64,
-                           ec_output="network")
+    options = {"output": "network"} if criterion == "elimination_compensation" else None
+    config = PruningConfig(criterion=criterion, granularity="neurons", sparsity=0.3, options=options,
+                           calibration={"num_samples": 4, "seq_len": 64})
     result = prune(model, config, calibration_data=lee_texts(), tokenizer=tok, progress=False)
     result.save_pretrained(tmp_path / criterion)
     reloaded = T.AutoModel.from_pretrained(tmp_path / criterion)
@@ -97,8 +99,10 @@ def test_every_criterion_prunes_smollm2_and_reloads(smollm2, criterion, granular
     import copy
 
     model, tok = copy.deepcopy(smollm2[0]), smollm2[1]
-    config = PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.3, num_samples=2, seq_len=64,
-                           batch_size=2, ec_output="layer" if granularity == "weights" else "network")
+    config = PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.3,
+                           options={"output": "layer" if granularity == "weights" else "network"}
+                           if criterion == "elimination_compensation" else None,
+                           calibration={"num_samples": 2, "seq_len": 64, "batch_size": 2})
     result = prune(model, config, calibration_data=lee_texts(), tokenizer=tok, progress=False)
     result.save_pretrained(tmp_path / "m")
     reloaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "m")

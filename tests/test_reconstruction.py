@@ -214,7 +214,7 @@ def test_bad_arguments():
 
 
 def _batches(model, n: int = 8):
-    cfg = PruningConfig(criterion="wanda", num_samples=n, batch_size=4)
+    cfg = PruningConfig(criterion="wanda", calibration={"num_samples": n, "batch_size": 4})
     return prepare_calibration(calibration("llama", n), model, cfg).batches
 
 
@@ -235,7 +235,8 @@ def _first_block_inputs(model, batches, name):
 def test_unstructured_masks_unchanged_and_error_not_larger(granularity, method):
     torch.manual_seed(0)
     model = tiny_model("llama")
-    cfg = PruningConfig(criterion="wanda", granularity=granularity, sparsity=0.5, num_samples=8, batch_size=4)
+    cfg = PruningConfig(criterion="wanda", granularity=granularity, sparsity=0.5,
+                        calibration={"num_samples": 8, "batch_size": 4})
     batches = _batches(model)
     layers = target_layers(model, cfg)
     sel, _, _ = compute_masks(model, get_criterion(cfg), layers, None,
@@ -265,7 +266,7 @@ def test_structured_refit_then_compaction(sequential):
     torch.manual_seed(0)
     model = tiny_model("llama")
     cfg = PruningConfig(criterion="magnitude", granularity="neurons+heads", sparsity=0.5, head_sparsity=1 / 3,
-                        num_samples=8, batch_size=4)
+                        calibration={"num_samples": 8, "batch_size": 4})
     batches = _batches(model)
     layers = find_layers(model)
     groups = find_groups(model, cfg, batches[0])
@@ -306,7 +307,8 @@ def test_dense_target_in_sequential_mode_reports_the_error_against_the_dense_mod
     dense model's down_proj output on the dense inputs, and block 0 (dense inputs) fits as with target='layer'."""
     torch.manual_seed(0)
     model = tiny_model("llama")
-    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4)
+    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5,
+                        calibration={"num_samples": 8, "batch_size": 4})
     batches = _batches(model)
     groups = find_groups(model, cfg, batches[0])
     sel, _, _ = compute_masks(model, get_criterion(cfg), find_layers(model), groups, [], progress=False)
@@ -334,7 +336,8 @@ def test_joint_bias_fit_creates_bias():
 
     torch.manual_seed(0)
     model = tiny_model("llama")
-    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4)
+    cfg = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5,
+                        calibration={"num_samples": 8, "batch_size": 4})
     batches = _batches(model)
     layers = find_layers(model)
     groups = find_groups(model, cfg, batches[0])
@@ -350,9 +353,11 @@ def test_joint_bias_fit_creates_bias():
 def test_through_prune_masks_unchanged_and_reported():
     from hfprune import prune
 
-    cfg = PruningConfig(criterion="wanda", sparsity=0.5, num_samples=8, batch_size=4, reconstruction="none")
+    cfg = PruningConfig(criterion="wanda", sparsity=0.5, calibration={"num_samples": 8, "batch_size": 4},
+                        reconstruction={"method": "none"})
     plain = prune(tiny_model("llama"), cfg, calibration("llama"), progress=False)
-    res = prune(tiny_model("llama"), dataclasses.replace(cfg, reconstruction="weights"), calibration("llama"),
+    res = prune(tiny_model("llama"), dataclasses.replace(cfg,
+                                                         reconstruction=dataclasses.replace(cfg.reconstruction, method="weights")), calibration("llama"),
                 progress=False)
     assert res.masks.keys() == plain.masks.keys()
     assert all(torch.equal(res.masks[n], m) for n, m in plain.masks.items())
@@ -367,8 +372,9 @@ def test_through_prune_masks_unchanged_and_reported():
 def test_through_prune_ec_bias_fitted_jointly_not_compensated_twice():
     from hfprune import prune
 
-    cfg = PruningConfig(criterion="elimination_compensation", ec_output="layer", granularity="neurons",
-                        sparsity=0.5, num_samples=8, batch_size=4, reconstruction="weights")
+    cfg = PruningConfig(criterion="elimination_compensation", granularity="neurons", sparsity=0.5,
+                        options={"output": "layer"}, calibration={"num_samples": 8, "batch_size": 4},
+                        reconstruction={"method": "weights"})
     res = prune(tiny_model("llama"), cfg, calibration("llama"), progress=False)
     assert res.model.config.mlp_bias
     fits = res.report.reconstruction["layers"]
@@ -379,7 +385,7 @@ def test_through_prune_ec_bias_fitted_jointly_not_compensated_twice():
     layers = find_layers(model)
     groups = find_groups(model, cfg, batches[0])
     ref = reconstruct(model, layers, {g.name: res.masks[g.name] for g in groups}, batches, groups=groups,
-                      fit_bias=True, damp=cfg.reconstruction_damp)
+                      fit_bias=True, damp=cfg.reconstruction.damp)
     name = "model.layers.1.mlp.down_proj"
     assert torch.allclose(res.model.get_submodule(name).bias, model.get_submodule(name).bias, atol=1e-5)
     assert ref.layers[0].bias
@@ -415,8 +421,9 @@ def test_smollm2_first_block_refit_lowers_calibration_loss():
     from hfprune.steps.masks import apply_weight_masks
 
     torch.manual_seed(0)
-    cfg = PruningConfig(criterion="wanda", sparsity=0.5, num_samples=2, seq_len=128, batch_size=2,
-                        targets=["model.layers.0.*"], reconstruction="weights")
+    cfg = PruningConfig(criterion="wanda", sparsity=0.5, targets=["model.layers.0.*"],
+                        calibration={"num_samples": 2, "seq_len": 128, "batch_size": 2},
+                        reconstruction={"method": "weights"})
     model, tok = load_smollm2()
     texts = lee_texts("background")
     ids = torch.cat([b["input_ids"] for b in prepare_calibration(texts, model, cfg, tok).batches])

@@ -258,10 +258,6 @@ def test_bad_input_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match="teacher"):
         RecoveryTrainer(args=targs(tmp_path), pruned=result, train_dataset=data,
                         recovery=RecoveryConfig(distillation_weight=1.0))
-    config = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5, distillation=True)
-    with pytest.raises(ConfigError, match="set twice"):
-        PruningTrainer(model=llama(), args=targs(tmp_path), pruning_config=config, train_dataset=data,
-                       recovery=RecoveryConfig(distillation_weight=1.0))
     with pytest.raises(ConfigError, match="LoRA"):
         PruningTrainer(model=llama(), args=targs(tmp_path), pruning_config=PruningConfig(granularity="neurons"),
                        train_dataset=data, recovery=RecoveryConfig(lora_r=4))
@@ -301,7 +297,7 @@ def test_recovery_recipe_runs_end_to_end(tmp_path, method):
         "smollm2-prune-distill-lora.yaml").read_text())
     recipe = {**shipped, "model": {"name": str(model)}, "calibration": {"data": str(text)},
               "evaluation": {"data": str(text), "max_samples": 10}, "output": {"dir": str(tmp_path / "out")}}
-    recipe["pruning"] = {**shipped["pruning"], "num_samples": 4, "seq_len": 16, "batch_size": 2}
+    recipe["pruning"] = {**shipped["pruning"], "calibration": {"num_samples": 4, "seq_len": 16, "batch_size": 2}}
     recipe["recovery"] = {**shipped["recovery"], "data": str(text), "eval_data": str(text), "seq_len": 16,
                           "max_tokens": 4 * 16 * 3, "per_device_train_batch_size": 4, "eval_steps": 1}
     path = tmp_path / "recipe.yaml"

@@ -43,7 +43,7 @@ def test_linear_scores_match_naive_shares():
     mu, sd = naive_shares(lin.weight.tolist(), samples)
     mu, sd = torch.tensor(mu), torch.tensor(sd)
     for k in (0.0, 1.5):
-        crit = get_criterion(PruningConfig(criterion="relative_importance", ri_k=k))
+        crit = get_criterion(PruningConfig(criterion="relative_importance", options={"k": k}))
         stats = forward_statistics(crit, layer, list(x.split(1)))
         torch.testing.assert_close(crit.weight_scores(layer, stats), (mu + k * sd).float(), rtol=1e-5, atol=1e-6)
 
@@ -60,7 +60,7 @@ def test_conv_scores_match_naive_shares_over_positions():
                 samples.append([float(x[b, ch, r + dr - 1, c + dc - 1]) if 0 <= r + dr - 1 < 3 and 0 <= c + dc - 1 < 3
                                 else 0.0 for ch in range(2) for dr in range(2) for dc in range(2)])
     mu, sd = naive_shares(conv.weight.reshape(3, -1).tolist(), samples)
-    crit = get_criterion(PruningConfig(criterion="relative_importance", ri_k=1.0))
+    crit = get_criterion(PruningConfig(criterion="relative_importance", options={"k": 1.0}))
     stats = forward_statistics(crit, layer, [x])
     torch.testing.assert_close(crit.weight_scores(layer, stats), (torch.tensor(mu) + torch.tensor(sd)).float(),
                                rtol=1e-5, atol=1e-6)
@@ -85,7 +85,7 @@ def test_tau_rule_removes_less_than_tau_over_fan_in():
     x = torch.randn(30, 6)
     mu, _ = naive_shares(lin.weight.tolist(), x.tolist())
     layer = Layer("l", lin)
-    crit = get_criterion(PruningConfig(criterion="relative_importance", ri_threshold="tau", ri_tau=0.8))
+    crit = get_criterion(PruningConfig(criterion="relative_importance", options={"threshold": "tau", "tau": 0.8}))
     scores = crit.weight_scores(layer, forward_statistics(crit, layer, [x]))
     expected = torch.tensor([[m < 0.8 / 6 for m in row] for row in mu])
     assert expected.any() and not expected.all()
@@ -102,8 +102,8 @@ def test_tau_rule_with_global_scope():
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     x = torch.randn(40, 6)
-    config = PruningConfig(criterion="relative_importance", ri_threshold="tau", ri_tau=1.0, scope="global",
-                           num_samples=40, batch_size=20)
+    config = PruningConfig(criterion="relative_importance", scope="global", options={"threshold": "tau", "tau": 1.0},
+                           calibration={"num_samples": 40, "batch_size": 20})
     result = prune(model, config, calibration_data=x, progress=False)
     for name, mask in result.masks.items():
         assert torch.equal(model.get_submodule(name).weight != 0, mask)

@@ -50,22 +50,24 @@ def forward_calls(model: torch.nn.Module) -> list[int]:
 
 # --- 1. PruningConfig: typed validation, re-run by every entry point ---------------------------------------------
 @pytest.mark.parametrize("kwargs, field, words", [
-    ({"compensate": "no"}, "compensate", "boolean"),
-    ({"keep_masks": 1}, "keep_masks", "boolean"),
-    ({"regularizer": "group_lasso", "regularizer_weight": float("nan")}, "regularizer_weight", "finite"),
-    ({"distillation": True, "distillation_weight": float("inf")}, "distillation_weight", "finite"),
+    ({"criterion": "elimination_compensation", "options": {"compensate": "no"}}, "options.compensate", "boolean"),
+    ({"training": {"keep_masks": 1}}, "training.keep_masks", "boolean"),
+    ({"training": {"regularizer": "group_lasso", "regularizer_weight": float("nan")}}, "training.regularizer_weight",
+     "finite"),
     ({"sparsity": "0.5"}, "sparsity", "[0, 1)"),
-    ({"seq_len": True}, "seq_len", "integer"),
-    ({"seq_len": 8.0}, "seq_len", "integer"),
-    ({"norm": True}, "norm", "one of 1, 2"),
-    ({"ri_k": float("nan")}, "ri_k", "finite"),
+    ({"calibration": {"seq_len": True}}, "calibration.seq_len", "integer"),
+    ({"calibration": {"seq_len": 8.0}}, "calibration.seq_len", "integer"),
+    ({"calibration": {"mode": "layerwise"}}, "calibration.mode", "one of 'full', 'sequential'"),
+    ({"options": {"norm": True}}, "options.norm", "one of 1, 2"),
+    ({"criterion": "relative_importance", "options": {"k": float("nan")}}, "options.k", "finite"),
     ({"seed": -1}, "seed", ">= 0"),
     ({"ignore": "*embed*"}, "ignore", "list of glob patterns"),
     ({"head_sparsity": 0.25}, "head_sparsity", "has no effect"),
     ({"gqa_mode": "query_heads", "granularity": "neurons"}, "gqa_mode", "has no effect"),
-    ({"end_step": 10}, "end_step", "has no effect"),
-    ({"ri_tau": 2.0}, "ri_tau", "has no effect"),
-    ({"distillation_temperature": 4.0}, "distillation_temperature", "has no effect"),
+    ({"training": {"end_step": 10}}, "training.end_step", "has no effect"),
+    ({"criterion": "relative_importance", "options": {"tau": 2.0}}, "options.tau", "has no effect"),
+    ({"width_depth": {"block_score": "skip_loss"}}, "width_depth.block_score", "has no effect"),
+    ({"reconstruction": {"method": "none", "damp": 0.1}}, "reconstruction.damp", "has no effect"),
 ])
 def test_config_field_types_ranges_and_contradictions(kwargs, field, words):
     with pytest.raises(ConfigError, match=f"PruningConfig.{field}=") as info:
@@ -78,24 +80,35 @@ def test_every_field_has_a_real_rule():
     from typing import get_type_hints
 
     from hfprune.config.checks import FIELD_RULES
-    from hfprune.config.rules import ANYTHING, rule_for_hint
+    from hfprune.utils.rules import ANYTHING, rule_for_hint
 
+    from hfprune.config.pruning_config import GROUPS
+
+    # every top-level field but the groups (checked by their own class) and the criterion's options (by its Options)
     hints = get_type_hints(PruningConfig)
     for f in fields(PruningConfig):
+        if f.name in GROUPS or f.name == "options":
+            continue
         rule = FIELD_RULES.get(f.name) or rule_for_hint(hints[f.name])
         assert rule is not ANYTHING, f.name
         assert rule.ok(getattr(PruningConfig(), f.name)), f.name  # the default passes its own rule
+    for name, group in GROUPS.items():
+        group_hints = get_type_hints(group)
+        for f in fields(group):
+            rule = group.RULES.get(f.name) or rule_for_hint(group_hints[f.name])
+            assert rule is not ANYTHING, f"{name}.{f.name}"
+            assert rule.ok(getattr(group(), f.name)), f"{name}.{f.name}"
 
 
 def test_config_changed_after_construction_is_checked_again():
-    config = PruningConfig(criterion="wanda", num_samples=2, seq_len=8)
+    config = PruningConfig(criterion="wanda", calibration={"num_samples": 2, "seq_len": 8})
     config.sparsity = 1.5
     model = tiny_model("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ConfigError, match="sparsity=1.5"):
         prepare_calibration(torch.randint(0, 100, (2, 8)), model, config)
-    config.sparsity, config.compensate = 0.5, "no"
-    with pytest.raises(ConfigError, match="compensate='no'"):
+    config.sparsity, config.calibration.seq_len = 0.5, "no"
+    with pytest.raises(ConfigError, match="calibration.seq_len='no'"):
         config.validate()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -144,8 +157,8 @@ def test_round_to_and_min_units_larger_than_a_layer():
 def test_config_limits_that_depend_on_the_model():
     bert = tiny_model("bert")  # learned positions: 512
     with pytest.raises(ConfigError, match="seq_len=600 .* 512 positions"):
-        check_config_for_model(PruningConfig(seq_len=600), bert)
-    check_config_for_model(PruningConfig(seq_len=4096), tiny_model("llama"))  # rotary: no hard limit
+        check_config_for_model(PruningConfig(calibration={"seq_len": 600}), bert)
+    check_config_for_model(PruningConfig(calibration={"seq_len": 4096}), tiny_model("llama"))  # rotary: no hard limit
     with torch.no_grad():
         next(bert.parameters())[0, 0] = float("nan")
     with pytest.raises(ConfigError, match="NaN or inf"):
@@ -163,7 +176,8 @@ def test_prune_and_trainer_run_the_checks_at_their_start():
     with pytest.raises(ConfigError, match="round_to=128 is larger"):
         prune(model, PruningConfig(criterion="magnitude", granularity="neurons", round_to=128), progress=False)
     with pytest.raises(ConfigError, match="512 positions"):
-        prune(model, PruningConfig(criterion="wanda", source="random", seq_len=600, num_samples=2), progress=False)
+        prune(model, PruningConfig(criterion="wanda",
+                                   calibration={"source": "random", "seq_len": 600, "num_samples": 2}), progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -200,7 +214,7 @@ def test_trainer_refuses_a_model_with_nan_weights(tmp_path, monkeypatch):
 def test_bad_calibration_data_is_refused_before_any_forward(family, data, words):
     model = tiny_model(family)
     calls = forward_calls(model)
-    config = PruningConfig(criterion="wanda", num_samples=4, seq_len=12, batch_size=2)
+    config = PruningConfig(criterion="wanda", calibration={"num_samples": 4, "seq_len": 12, "batch_size": 2})
     with pytest.raises(CalibrationError) as info:
         prune(model, config, calibration_data=data, progress=False)
     assert words in str(info.value), str(info.value)
@@ -228,13 +242,13 @@ def test_tokenizer_larger_than_the_embedding_is_named():
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": [250 + (i % 40) for i in range(len(text.split()))]}
 
-    config = PruningConfig(criterion="wanda", num_samples=2, seq_len=8, batch_size=2)
+    config = PruningConfig(criterion="wanda", calibration={"num_samples": 2, "seq_len": 8, "batch_size": 2})
     with pytest.raises(CalibrationError, match="tokenizer has 300 tokens"):
         prepare_calibration(_texts(10), tiny_model("llama"), config, tokenizer=BigTokenizer())
 
 
 def test_calibration_longer_than_the_positions():
-    config = PruningConfig(criterion="wanda", source="random", num_samples=2, seq_len=600)
+    config = PruningConfig(criterion="wanda", calibration={"source": "random", "num_samples": 2, "seq_len": 600})
     with pytest.raises(ConfigError, match="seq_len=600 .* 512 positions"):  # before building any sequence
         prepare_calibration("random", tiny_model("bert"), config)
     with pytest.raises(CalibrationError, match="600 tokens, more than the 512 positions"):  # given as tensors
@@ -244,7 +258,8 @@ def test_calibration_longer_than_the_positions():
 def test_tokenized_rows_are_padded_into_batches():
     torch.manual_seed(0)
     rows = [{"input_ids": torch.randint(0, 100, (n,))} for n in (5, 9, 7, 9)]
-    config = PruningConfig(criterion="wanda", granularity="neurons", num_samples=4, seq_len=9, batch_size=2)
+    config = PruningConfig(criterion="wanda", granularity="neurons",
+                           calibration={"num_samples": 4, "seq_len": 9, "batch_size": 2})
     calib = prepare_calibration(rows, tiny_model("llama"), config)
     first = calib.batches[0]
     assert first["input_ids"].shape == (2, 9) and first["attention_mask"].tolist()[0] == [1] * 5 + [0] * 4
@@ -258,7 +273,7 @@ def test_ragged_tokenized_dataset_is_padded():
     import datasets
 
     rows = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6, 7, 8]]})
-    config = PruningConfig(criterion="wanda", num_samples=2, seq_len=5, batch_size=2)
+    config = PruningConfig(criterion="wanda", calibration={"num_samples": 2, "seq_len": 5, "batch_size": 2})
     calib = prepare_calibration(rows, tiny_model("llama"), config)
     assert calib.batches[0]["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1] * 5]
 

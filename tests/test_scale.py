@@ -13,7 +13,7 @@ from conftest import calibration, tiny_model
 from hfprune import ConfigError, PruningConfig, prune
 from hfprune.calibration.data import prepare_calibration
 from hfprune.calibration.sequential import find_blocks
-from hfprune.criteria import get_criterion, resolve_criterion
+from hfprune.criteria import get_criterion
 from hfprune.steps.scoring import compute_masks
 from hfprune.structure import target_layers
 
@@ -26,16 +26,16 @@ CASES = [
     ("wanda", "neurons+heads", {}),
     ("expressiveness", "neurons", {}),
     ("relative_importance", "weights", {}),
-    ("elimination_compensation", "weights", {"ec_output": "layer"}),
-    ("elimination_compensation", "neurons", {"ec_output": "layer", "scope": "global"}),
-    ("hybrid", "heads", {"hybrid_importance": "wanda"}),
+    ("elimination_compensation", "weights", {"options": {"output": "layer"}}),
+    ("elimination_compensation", "neurons", {"options": {"output": "layer"}, "scope": "global"}),
+    ("hybrid", "heads", {"options": {"importance": "wanda"}}),
 ]
 
 
 def _config(family, criterion, granularity, mode, **kw):
-    return PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.5, calibration_mode=mode,
-                         head_sparsity=1 / 3 if family == "llama" and "heads" in granularity else None, num_samples=8, seq_len=12,
-                         batch_size=3, **kw)
+    return PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.5,
+                         head_sparsity=1 / 3 if family == "llama" and "heads" in granularity else None,
+                         calibration={"mode": mode, "num_samples": 8, "seq_len": 12, "batch_size": 3}, **kw)
 
 
 @pytest.mark.parametrize("criterion,granularity,kw", CASES, ids=[f"{c}-{g}" for c, g, _ in CASES])
@@ -78,39 +78,38 @@ def test_sequential_runs_only_the_blocks_it_needs():
     ran = []
     model.lm_head.register_forward_hook(lambda *a: ran.append("lm_head"))
     model.model.layers[1].register_forward_hook(lambda *a: ran.append("layer 1"))
-    config = PruningConfig(criterion="wanda", calibration_mode="sequential", targets=["*layers.0.*"],
-                           num_samples=4, seq_len=12, batch_size=2)
+    config = PruningConfig(criterion="wanda", targets=["*layers.0.*"],
+                           calibration={"mode": "sequential", "num_samples": 4, "seq_len": 12, "batch_size": 2})
     calib = prepare_calibration(calibration("llama"), model, config)
     selection, _, _ = compute_masks(model, get_criterion(config), target_layers(model, config), None, calib.batches, False)
     assert ran == [] and len(selection.masks) == 7 and all(".layers.0." in k for k in selection.masks)
 
 
 @pytest.mark.parametrize("kw,fix", [
-    ({"criterion": "taylor"}, "calibration_mode='full'"),
-    ({"criterion": "elimination_compensation"}, "ec_output='layer'"),
-    ({"criterion": "elimination_compensation", "ec_output": "loss"}, "ec_output='layer'"),
-    ({"criterion": "hybrid", "granularity": "neurons", "hybrid_importance": "taylor"}, "calibration_mode='full'"),
-    ({"criterion": "hybrid", "granularity": "neurons", "hybrid_importance": "elimination_compensation"},
-     "ec_output='layer'"),
+    ({"criterion": "taylor"}, "calibration.mode='full'"),
+    ({"criterion": "elimination_compensation"}, "{'output': 'layer'}"),
+    ({"criterion": "elimination_compensation", "options": {"output": "loss"}}, "{'output': 'layer'}"),
+    ({"criterion": "hybrid", "granularity": "neurons", "options": {"importance": "taylor"}}, "calibration.mode='full'"),
+    ({"criterion": "hybrid", "granularity": "neurons", "options": {"importance": "elimination_compensation"}},
+     "{'output': 'layer'}"),
     ({"criterion": "magnitude", "scope": "global"}, "scope='local'"),
-    ({"criterion": "wanda", "calibration_mode": "layerwise"}, "'full', 'sequential'"),
 ])
 def test_sequential_rejects_what_it_cannot_compute(kw, fix):
-    with pytest.raises(ConfigError, match="calibration_mode") as e:
-        resolve_criterion(PruningConfig(**{"calibration_mode": "sequential", **kw}))
+    with pytest.raises(ConfigError, match="calibration.mode") as e:  # at construction
+        PruningConfig(**{**kw, "calibration": {"mode": "sequential"}})
     assert fix in str(e.value)
 
 
 def test_sequential_names_layers_outside_the_blocks():
-    config = PruningConfig(criterion="wanda", calibration_mode="sequential", ignore=["*embed*"], num_samples=4,
-                           seq_len=12, batch_size=2)
+    config = PruningConfig(criterion="wanda", ignore=["*embed*"],
+                           calibration={"mode": "sequential", "num_samples": 4, "seq_len": 12, "batch_size": 2})
     with pytest.raises(ConfigError, match="lm_head"):
         prune(tiny_model("llama"), config, calibration_data=calibration("llama"), progress=False)
 
 
 def test_sequential_needs_blocks():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    config = PruningConfig(criterion="wanda", calibration_mode="sequential", num_samples=4, batch_size=2)
+    config = PruningConfig(criterion="wanda", calibration={"mode": "sequential", "num_samples": 4, "batch_size": 2})
     with pytest.raises(ConfigError, match="list of blocks"):
         prune(model, config, calibration_data=torch.randn(4, 8), progress=False)
 
@@ -119,7 +118,7 @@ def test_offloaded_weights_are_named():
     model = tiny_model("llama")
     model.model.layers[1].mlp.up_proj.weight = nn.Parameter(torch.empty(64, 48, device="meta"))
     with pytest.raises(ConfigError, match="layers.1.mlp.up_proj.weight.*meta"):
-        prune(model, PruningConfig(criterion="magnitude", calibration_mode="sequential"), progress=False)
+        prune(model, PruningConfig(criterion="magnitude", calibration={"mode": "sequential"}), progress=False)
 
 
 def test_structured_global_scope_is_supported():
@@ -156,7 +155,7 @@ def test_pruning_trainer_in_sequential_mode(tmp_path):
 
     masks = {}
     for mode in ("full", "sequential"):
-        trainer = make_trainer(str(tmp_path / mode), {"granularity": "weights", "calibration_mode": mode},
+        trainer = make_trainer(str(tmp_path / mode), {"granularity": "weights", "calibration": {"mode": mode}},
                                max_steps=1)
         trainer.train()
         masks[mode] = trainer.pruning_masks.masks

@@ -14,7 +14,7 @@ from trainer_tiny import Rows, make_trainer, tiny_bert  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from hfprune import CalibrationError, ConfigError, PruningConfig, StructureError  # noqa: E402
-from hfprune.trainer import pruning_positions, sparsity_at  # noqa: E402
+from hfprune.trainer import RecoveryConfig, pruning_positions, sparsity_at  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,10 +51,12 @@ def run(tmp_path, pruning, **kw):
 
 # --- schedules ------------------------------------------------------------------------------------------------------
 def test_sparsity_formulas():
-    it = PruningConfig(sparsity=0.6, schedule="iterative", start_step=2, end_step=8, pruning_steps=3)
+    it = PruningConfig(sparsity=0.6,
+                       training={"schedule": "iterative", "start_step": 2, "end_step": 8, "pruning_steps": 3})
     assert pruning_positions(it) == [2, 5, 8]
     assert [sparsity_at(t, it) for t in (1, 2, 4, 5, 7, 8, 20)] == pytest.approx([0, .2, .2, .4, .4, .6, .6])
-    cu = PruningConfig(sparsity=0.8, schedule="cubic", start_step=0, end_step=10, pruning_steps=5)
+    cu = PruningConfig(sparsity=0.8,
+                       training={"schedule": "cubic", "start_step": 0, "end_step": 10, "pruning_steps": 5})
     assert pruning_positions(cu) == [2, 4, 6, 8, 10]
     for t in range(12):
         k = min(5, t // 2)
@@ -63,12 +65,12 @@ def test_sparsity_formulas():
 
 
 @pytest.mark.parametrize("pruning", [
-    {"schedule": "one_shot"},
-    {"schedule": "iterative", "start_step": 1, "end_step": 5, "pruning_steps": 3},
-    {"schedule": "cubic", "start_step": 0, "end_step": 4, "pruning_steps": 2},
+    {"training": {"schedule": "one_shot"}},
+    {"training": {"schedule": "iterative", "start_step": 1, "end_step": 5, "pruning_steps": 3}},
+    {"training": {"schedule": "cubic", "start_step": 0, "end_step": 4, "pruning_steps": 2}},
 ])
 def test_schedule_reaches_target_when_promised(tmp_path, pruning):
-    trainer, rec = run(tmp_path, {**pruning, "keep_masks": True}, max_steps=6)
+    trainer, rec = run(tmp_path, {**pruning, "training": {"keep_masks": True}}, max_steps=6)
     config = trainer.pruning_config
     for step, frac in rec.fractions.items():
         assert abs(frac - sparsity_at(step, config)) <= 1 / 64, step  # rounding to whole neurons (64 per layer)
@@ -81,8 +83,7 @@ def test_schedule_reaches_target_when_promised(tmp_path, pruning):
 # --- masks during training ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("granularity,optim", [("weights", "adamw_torch"), ("neurons", "sgd"), ("neurons", "adamw_torch")])
 def test_masked_weights_exactly_zero_after_every_step(tmp_path, granularity, optim):
-    pruning = {"granularity": granularity, "schedule": "iterative", "start_step": 0, "end_step": 4,
-               "pruning_steps": 3, "keep_masks": True}
+    pruning = {"granularity": granularity, "training": {"schedule": "iterative", "start_step": 0, "end_step": 4, "pruning_steps": 3, "keep_masks": True}}
     extra = {"optim_args": "momentum=0.9"} if optim == "sgd" else {}
     trainer, rec = run(tmp_path, pruning, max_steps=6, optim=optim, **extra)
     assert trainer.pruning_masks.dropped and rec.fractions[6] == pytest.approx(0.5)
@@ -96,7 +97,7 @@ def test_masks_are_monotone_and_model_compacted(tmp_path):
         def on_step_end(self, args, state, control, **kw):
             history.append({k: v.clone() for k, v in trainer.pruning_masks.masks.items()})
 
-    trainer = make_trainer(str(tmp_path), {"schedule": "cubic", "end_step": 4, "pruning_steps": 4},
+    trainer = make_trainer(str(tmp_path), {"training": {"schedule": "cubic", "end_step": 4, "pruning_steps": 4}},
                            callbacks=[Masks()])
     trainer.train()
     for before, after in zip(history, history[1:]):
@@ -116,9 +117,10 @@ def test_masks_are_monotone_and_model_compacted(tmp_path):
 
 
 def test_regulariser_and_distillation_are_logged_and_change_the_loss(tmp_path):
-    base, _ = run(tmp_path / "a", {"keep_masks": True}, max_steps=2)
-    reg, _ = run(tmp_path / "b", {"keep_masks": True, "regularizer": "group_lasso", "regularizer_weight": 0.1,
-                                  "distillation": True}, max_steps=2)
+    base, _ = run(tmp_path / "a", {"training": {"keep_masks": True}}, max_steps=2)
+    reg, _ = run(tmp_path / "b", {"training": {"keep_masks": True, "regularizer": "group_lasso",
+                                               "regularizer_weight": 0.1}},
+                 max_steps=2, recovery=RecoveryConfig(distillation_weight=0.5, temperature=2.0))
     logs = [h for h in reg.state.log_history if "loss" in h]
     assert all(h["pruning/regularizer"] > 0 for h in logs)
     assert logs[0]["loss"] != [h for h in base.state.log_history if "loss" in h][0]["loss"]
@@ -143,7 +145,7 @@ def test_two_processes_hold_the_same_masks_as_one(tmp_path):
 
 # --- checkpoints ----------------------------------------------------------------------------------------------------
 def test_resume_continues_the_schedule_exactly(tmp_path):
-    pruning = {"schedule": "cubic", "start_step": 0, "end_step": 6, "pruning_steps": 3}
+    pruning = {"training": {"schedule": "cubic", "start_step": 0, "end_step": 6, "pruning_steps": 3}}
     full = make_trainer(str(tmp_path / "full"), pruning, max_steps=8)
     full.train()
 
@@ -170,11 +172,10 @@ def test_resume_continues_the_schedule_exactly(tmp_path):
 # --- bad input ------------------------------------------------------------------------------------------------------
 def test_end_step_beyond_max_steps(tmp_path):
     with pytest.raises(ConfigError, match="beyond the end of training"):
-        make_trainer(str(tmp_path), {"schedule": "cubic", "end_step": 10}, max_steps=5)
+        make_trainer(str(tmp_path), {"training": {"schedule": "cubic", "end_step": 10}}, max_steps=5)
 
 
-@pytest.mark.parametrize("pruning", [{"schedule": "cubic"}, {"schedule": "iterative", "start_step": 2,
-                                                            "end_step": 3, "pruning_steps": 4}])
+@pytest.mark.parametrize("pruning", [{"training": {"schedule": "cubic"}}, {"training": {"schedule": "iterative", "start_step": 2, "end_step": 3, "pruning_steps": 4}}])
 def test_schedule_without_steps(tmp_path, pruning):
     with pytest.raises(ConfigError, match="end_step"):
         make_trainer(str(tmp_path), pruning)
@@ -236,7 +237,7 @@ def _batch(n=8, seed=3):
 
 
 def test_relative_importance_loss_is_task_plus_weighted_term(tmp_path):
-    trainer = make_trainer(str(tmp_path), {"regularizer": "relative_importance", "regularizer_weight": 0.05})
+    trainer = make_trainer(str(tmp_path), {"training": {"regularizer": "relative_importance", "regularizer_weight": 0.05}})
     model, batch = trainer.model.train(), _batch()
     mine = trainer.compute_loss(model, batch)
     mine.backward()
@@ -253,8 +254,7 @@ def test_relative_importance_loss_is_task_plus_weighted_term(tmp_path):
 
 
 def test_relative_importance_run_keeps_masks_and_logs_the_term(tmp_path):
-    pruning = {"schedule": "iterative", "start_step": 0, "end_step": 4, "pruning_steps": 3, "keep_masks": True,
-               "regularizer": "relative_importance", "regularizer_weight": 0.01}
+    pruning = {"training": {"schedule": "iterative", "start_step": 0, "end_step": 4, "pruning_steps": 3, "keep_masks": True, "regularizer": "relative_importance", "regularizer_weight": 0.01}}
     trainer, rec = run(tmp_path, pruning, max_steps=6, optim="sgd", optim_args="momentum=0.9")
     assert rec.violations == [] and rec.fractions[6] == pytest.approx(0.5)
     logs = [h for h in trainer.state.log_history if "loss" in h]
@@ -292,7 +292,8 @@ def test_calibration_from_batch_encodings(tokenizer):
     from hfprune import prune
     from hfprune.calibration.data import prepare_calibration
 
-    config = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.5, num_samples=6, batch_size=4)
+    config = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.5,
+                           calibration={"num_samples": 6, "batch_size": 4})
     enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
     assert isinstance(enc, BatchEncoding) and not isinstance(enc, dict)
     calib = prepare_calibration(enc, tok_bert(tokenizer), config)  # one BatchEncoding: split into batches
@@ -321,7 +322,8 @@ def test_default_calibration_slice_through_data_collator_with_padding(tmp_path, 
         lambda r: tokenizer(r["text"]), batched=True)  # no padding: rows of different lengths
     train = ds if kind == "datasets" else [{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"],
                                             "labels": r["label"]} for r in ds]
-    config = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.5, num_samples=8, batch_size=4)
+    config = PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.5,
+                           calibration={"num_samples": 8, "batch_size": 4})
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=2, save_strategy="no",
                              per_device_train_batch_size=4, disable_tqdm=True)
     trainer = PruningTrainer(model=tok_bert(tokenizer), args=args, train_dataset=train, pruning_config=config,
@@ -340,7 +342,7 @@ def test_evaluation_goes_into_report_and_card(tmp_path):
     from huggingface_hub import ModelCard
     from hfprune.report.pruning_report import PruningReport
 
-    trainer = make_trainer(str(tmp_path / "run"), {"schedule": "one_shot"}, max_steps=4)
+    trainer = make_trainer(str(tmp_path / "run"), {"training": {"schedule": "one_shot"}}, max_steps=4)
     held_out = Rows(32, seed=1)
     before = trainer.evaluate(eval_dataset=held_out)["eval_loss"]
     trainer.train()
@@ -363,8 +365,7 @@ def test_save_model_writes_config_report_and_card(tmp_path, scope):
     from hfprune.report.measure import count_params
     from hfprune.report.pruning_report import PruningReport
 
-    trainer = make_trainer(str(tmp_path / "run"), {"schedule": "iterative", "end_step": 3, "pruning_steps": 2,
-                                                   "scope": scope}, max_steps=4)
+    trainer = make_trainer(str(tmp_path / "run"), {"scope": scope, "training": {"schedule": "iterative", "end_step": 3, "pruning_steps": 2}}, max_steps=4)
     trainer.train()
     folder = str(tmp_path / "final")
     trainer.save_model(folder)

@@ -62,7 +62,7 @@ def tiny(family: str):
 
 
 def cfg(**kw) -> PruningConfig:
-    return PruningConfig(**{"num_samples": 8, "seq_len": 12, "batch_size": 4, **kw})
+    return PruningConfig(**{**kw, "calibration": {"num_samples": 8, "seq_len": 12, "batch_size": 4}})
 
 
 @torch.no_grad()
@@ -108,7 +108,7 @@ def greedy(model, n: int = 6, use_cache: bool = True) -> list:
 def test_layers_equal_bypassed_reference_and_reload(family, tmp_path):
     model = tiny(family)
     reference = copy.deepcopy(model)
-    res = hfprune.prune(model, cfg(granularity="layers", layer_sparsity=0.5), calib(family))
+    res = hfprune.prune(model, cfg(granularity="layers", width_depth={"layer_sparsity": 0.5}), calib(family))
     removed = res.info.groups["layers"]["removed"]
     assert len(removed) == 2 and len(block_list(model)[1]) == 2
     assert model.config.num_hidden_layers == 2
@@ -128,7 +128,7 @@ def test_layers_equal_bypassed_reference_and_reload(family, tmp_path):
 @pytest.mark.parametrize("family", DECODERS)
 def test_layers_generation_with_kv_cache(family):
     model = tiny(family)
-    hfprune.prune(model, cfg(granularity="layers", layer_sparsity=0.5, layer_criterion="random"), None)
+    hfprune.prune(model, cfg(granularity="layers", width_depth={"layer_sparsity": 0.5, "block_score": "random"}), None)
     kept_idx = [b.self_attn.layer_idx if hasattr(b, "self_attn") else b.attn.layer_idx for b in block_list(model)[1]]
     assert kept_idx == [0, 1]
     assert greedy(model, use_cache=True) == greedy(model, use_cache=False)
@@ -157,7 +157,7 @@ def test_block_influence_matches_hidden_states():
 def test_skip_loss_is_loss_increase_without_the_block():
     model = tiny("llama")
     batches = [{"input_ids": calib("llama")}]
-    scores = compute_scores(model, cfg(granularity="layers", layer_criterion="skip_loss"), batches).blocks
+    scores = compute_scores(model, cfg(granularity="layers", width_depth={"block_score": "skip_loss"}), batches).blocks
     full = lm_loss(model, batches)
     for k in range(4):
         m = copy.deepcopy(model)
@@ -170,10 +170,10 @@ def test_magnitude_and_random_block_scores():
     with torch.no_grad():
         for p in block_list(model)[1][2].parameters():
             p.mul_(0.01)
-    s = compute_scores(model, cfg(granularity="layers", layer_criterion="magnitude"), []).blocks
+    s = compute_scores(model, cfg(granularity="layers", width_depth={"block_score": "magnitude"}), []).blocks
     assert int(s.argmin()) == 2
-    r1 = compute_scores(model, cfg(granularity="layers", layer_criterion="random"), []).blocks
-    r2 = compute_scores(model, cfg(granularity="layers", layer_criterion="random", seed=1), []).blocks
+    r1 = compute_scores(model, cfg(granularity="layers", width_depth={"block_score": "random"}), []).blocks
+    r2 = compute_scores(model, cfg(granularity="layers", seed=1, width_depth={"block_score": "random"}), []).blocks
     assert not torch.equal(r1, r2)
 
 
@@ -215,7 +215,7 @@ def test_hidden_compaction_equals_masked_model(family):
 @pytest.mark.parametrize("family", ["llama", "llama_tied", "qwen3"])
 def test_hidden_prune_reload_plain(family, tmp_path):
     model = tiny(family)
-    res = hfprune.prune(model, cfg(granularity="hidden", hidden_sparsity=0.25), calib(family))
+    res = hfprune.prune(model, cfg(granularity="hidden", width_depth={"hidden_sparsity": 0.25}), calib(family))
     assert res.info.groups["hidden"]["kept"] == 36 and res.report.loader == "transformers"
     got = out(model, family)
     res.save_pretrained(tmp_path / "m")
@@ -238,7 +238,7 @@ def test_rms_rescale_scales_norm_weights():
     calibration input (measured; its effect on SmolLM2 is in docs/benchmarks.md)."""
     base = tiny("llama")
     x = calib("llama")
-    config = cfg(granularity="hidden", hidden_sparsity=0.25)
+    config = cfg(granularity="hidden", width_depth={"hidden_sparsity": 0.25})
     scores = compute_scores(base, config, [{"input_ids": x}])
     emb = base.model.embed_tokens(x).detach().reshape(-1, 48).double()  # the first norm's input
     torch.testing.assert_close(scores.norm_sq["model.layers.0.input_layernorm"], emb.square().sum(0))
@@ -254,8 +254,8 @@ def test_rms_rescale_scales_norm_weights():
 # --- combinations and target_params -----------------------------------------------------------------------------
 def test_combination_with_neurons_and_heads(tmp_path):
     model = tiny("llama")
-    res = hfprune.prune(model, cfg(granularity="hidden+neurons+heads+layers", criterion="wanda",
-                                       hidden_sparsity=0.25, sparsity=0.25, head_sparsity=1 / 3, layer_sparsity=0.25),
+    res = hfprune.prune(model, cfg(granularity="hidden+neurons+heads+layers", criterion="wanda", sparsity=0.25,
+                                   head_sparsity=1 / 3, width_depth={"hidden_sparsity": 0.25, "layer_sparsity": 0.25}),
                             calib("llama"))
     c = model.config
     assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
@@ -279,9 +279,9 @@ def _plan_of(res):
 def test_combination_equals_step_by_step():
     """The pipeline = neurons/heads, then hidden, then blocks, each chosen by the unpruned model's scores."""
     base = tiny("llama")
-    config = cfg(granularity="hidden+neurons+layers", criterion="magnitude", hidden_sparsity=0.25, sparsity=0.5,
-                 layer_sparsity=0.25, hidden_rescale_norms=False, layer_criterion="magnitude",
-                 hidden_criterion="magnitude")
+    config = cfg(granularity="hidden+neurons+layers", criterion="magnitude", sparsity=0.5,
+                 width_depth={"hidden_sparsity": 0.25, "layer_sparsity": 0.25, "rescale_norms": False,
+                              "block_score": "magnitude", "channel_score": "magnitude"})
     a = copy.deepcopy(base)
     hfprune.prune(a, config, None)
     b = copy.deepcopy(base)
@@ -296,7 +296,7 @@ def test_combination_equals_step_by_step():
                                                 ("neurons+layers", 55_000)])
 def test_target_params_within_one_percent_never_above(granularity, target):
     model = tiny("llama")
-    res = hfprune.prune(model, cfg(granularity=granularity, criterion="wanda", target_params=target),
+    res = hfprune.prune(model, cfg(granularity=granularity, criterion="wanda", width_depth={"target_params": target}),
                             calib("llama"))
     p = res.report.params_after
     assert 0.99 * target <= p <= target
@@ -313,8 +313,8 @@ def test_target_params_string_and_round_to():
     model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=48, num_hidden_layers=4, num_attention_heads=6,
                                              num_key_value_heads=3, intermediate_size=256, vocab_size=100,
                                              head_dim=8)).eval()
-    res = hfprune.prune(model, cfg(granularity="hidden+neurons", criterion="magnitude", target_params="0.15M",
-                                       round_to=2), calib("llama"))
+    res = hfprune.prune(model, cfg(granularity="hidden+neurons", criterion="magnitude", round_to=2,
+                                   width_depth={"target_params": "0.15M"}), calib("llama"))
     assert 0.99 * 150_000 <= res.report.params_after <= 150_000
     assert model.config.intermediate_size % 2 == 0 and model.config.hidden_size % 6 == 0  # lcm(2, 6 heads)
 
@@ -324,7 +324,7 @@ def test_target_params_single_coarse_axis_warns(granularity, target):
     """Blocks (16,224 parameters each here) and residual widths in steps of 6 (the head count) cannot land
     within 1%: the closest architecture below the target is kept and the report says so."""
     model = tiny("llama")
-    res = hfprune.prune(model, cfg(granularity=granularity, target_params=target), calib("llama"))
+    res = hfprune.prune(model, cfg(granularity=granularity, width_depth={"target_params": target}), calib("llama"))
     assert res.report.params_after <= target
     assert any("more than 1% below" in w for w in res.report.warnings)
 
@@ -334,11 +334,11 @@ _NOT_DATA = object()  # prepare_calibration would fail on it with a CalibrationE
 
 
 @pytest.mark.parametrize("kw,error,match", [
-    (dict(granularity="hidden", hidden_sparsity=0.1, round_to=48), ConfigError, "removes none"),
-    (dict(granularity="hidden", hidden_sparsity=0.995), ConfigError, "fewer than"),
-    (dict(granularity="layers", layer_sparsity=0.9), ConfigError, "every block"),
-    (dict(granularity="neurons+layers", target_params=5_000), ConfigError, "embeddings"),
-    (dict(granularity="hidden+layers", target_params=10**9), ConfigError, "not below"),
+    ({"granularity": "hidden", "round_to": 48, "width_depth": {"hidden_sparsity": 0.1}}, ConfigError, "removes none"),
+    ({"granularity": "hidden", "width_depth": {"hidden_sparsity": 0.995}}, ConfigError, "fewer than"),
+    ({"granularity": "layers", "width_depth": {"layer_sparsity": 0.9}}, ConfigError, "every block"),
+    ({"granularity": "neurons+layers", "width_depth": {"target_params": 5_000}}, ConfigError, "embeddings"),
+    ({"granularity": "hidden+layers", "width_depth": {"target_params": 10**9}}, ConfigError, "not below"),
 ])
 def test_bad_inputs_before_work(kw, error, match):
     model = tiny("llama")
@@ -351,30 +351,31 @@ def test_bad_inputs_before_work(kw, error, match):
 @pytest.mark.parametrize("family", ["gpt2", "bert", "vit"])
 def test_hidden_unknown_residual_stream(family):
     with pytest.raises(StructureError, match="residual stream"):
-        hfprune.prune(tiny(family), cfg(granularity="hidden", hidden_sparsity=0.25), _NOT_DATA)
+        hfprune.prune(tiny(family), cfg(granularity="hidden", width_depth={"hidden_sparsity": 0.25}), _NOT_DATA)
 
 
 def test_config_rejects_bad_axis_values():
-    with pytest.raises(ConfigError, match="layer_criterion"):
-        PruningConfig(granularity="layers", layer_criterion="wanda")
+    with pytest.raises(ConfigError, match="block_score"):
+        PruningConfig(granularity="layers", width_depth={"block_score": "wanda"})
     with pytest.raises(ConfigError, match="target_params"):
-        PruningConfig(granularity="weights", target_params="100M")
+        PruningConfig(granularity="weights", width_depth={"target_params": "100M"})
     with pytest.raises(ConfigError, match="target_params"):
-        PruningConfig(granularity="layers", target_params="lots")
-    assert PruningConfig(granularity="layers", target_params="1.5B").target_params_count == 1_500_000_000
+        PruningConfig(granularity="layers", width_depth={"target_params": "lots"})
+    assert PruningConfig(granularity="layers",
+                         width_depth={"target_params": "1.5B"}).width_depth.target_params_count == 1_500_000_000
 
 
 def test_not_data_is_refused_when_needed():
     with pytest.raises(CalibrationError):
-        hfprune.prune(tiny("llama"), cfg(granularity="layers", layer_sparsity=0.25), _NOT_DATA)
+        hfprune.prune(tiny("llama"), cfg(granularity="layers", width_depth={"layer_sparsity": 0.25}), _NOT_DATA)
 
 
 def test_through_prune_end_to_end(tmp_path):
     import hfprune
 
     model = tiny("llama")
-    res = hfprune.prune(model, PruningConfig(granularity="layers", sparsity=0.25, num_samples=8, seq_len=12,
-                                             batch_size=4), calibration_data=calib("llama"))
+    res = hfprune.prune(model, PruningConfig(granularity="layers", sparsity=0.25,
+                                             calibration={"num_samples": 8, "seq_len": 12, "batch_size": 4}), calibration_data=calib("llama"))
     assert model.config.num_hidden_layers == 3 and res.report.granularity == "layers"
     assert res.report.calibration["num_samples"] == 8
     res.save_pretrained(tmp_path / "m")
@@ -384,4 +385,4 @@ def test_through_prune_end_to_end(tmp_path):
         sys.path.insert(0, os.path.dirname(__file__))
         from trainer_tiny import make_trainer
 
-        make_trainer(str(tmp_path / "t"), {"granularity": "layers", "layer_sparsity": 0.25, "sparsity": 0.0})
+        make_trainer(str(tmp_path / "t"), {"granularity": "layers", "sparsity": 0.0, "width_depth": {"layer_sparsity": 0.25}})

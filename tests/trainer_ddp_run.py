@@ -11,8 +11,7 @@ from trainer_tiny import make_trainer  # noqa: E402
 
 out, batch = sys.argv[1], int(sys.argv[2])
 rank = int(os.environ.get("RANK", 0))
-trainer = make_trainer(os.path.join(out, "run"), {"schedule": "iterative", "start_step": 0, "end_step": 3,
-                                                  "pruning_steps": 2}, max_steps=4, batch=batch,
+trainer = make_trainer(os.path.join(out, "run"), {"training": {"schedule": "iterative", "start_step": 0, "end_step": 3, "pruning_steps": 2}}, max_steps=4, batch=batch,
                        **({"ddp_backend": "gloo"} if "WORLD_SIZE" in os.environ else {}))
 trainer.train()
 save_file({k: v.to(torch.uint8).contiguous() for k, v in trainer.pruning_masks.masks.items()},

@@ -7,7 +7,7 @@ from torch.utils.data import Dataset
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
 from hfprune import PruningConfig
-from hfprune.trainer import PruningTrainer
+from hfprune.trainer import PruningTrainer, RecoveryConfig
 
 
 class Rows(Dataset):
@@ -34,12 +34,13 @@ def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
 
 
 def make_trainer(out: str, pruning: dict, max_steps: int = 6, batch: int = 8, callbacks: list | None = None,
-                 n: int = 64, **args) -> PruningTrainer:
-    config = PruningConfig(**{"criterion": "wanda", "granularity": "neurons", "sparsity": 0.5, "num_samples": 16,
-                              "batch_size": 4, **pruning})
+                 n: int = 64, recovery: RecoveryConfig | None = None, **args) -> PruningTrainer:
+    calibration = {"num_samples": 16, "batch_size": 4, **pruning.get("calibration", {})}
+    config = PruningConfig(**{"criterion": "wanda", "granularity": "neurons", "sparsity": 0.5, **pruning,
+                              "calibration": calibration})
     args = {"save_strategy": "no", **args}
     targs = TrainingArguments(output_dir=out, report_to=[], use_cpu=True, max_steps=max_steps,
                               per_device_train_batch_size=batch, learning_rate=1e-3, weight_decay=0.1,
                               logging_steps=1, seed=0, disable_tqdm=True, **args)
     return PruningTrainer(model=tiny_bert(), args=targs, train_dataset=Rows(n), pruning_config=config,
-                          callbacks=callbacks)
+                          callbacks=callbacks, recovery=recovery)

@@ -49,8 +49,8 @@ def check_config_for_model(config: Any, model: nn.Module) -> None:
     """Config limits that depend on the model (``seq_len`` against learned position embeddings), for the runs
     that build sequences of ``seq_len`` tokens (texts packed, random calibration); before any work."""
     limit = max_positions(model)
-    if limit is not None and not is_vision(model) and config.seq_len > limit:
-        raise ConfigError(f"PruningConfig.seq_len={config.seq_len} is longer than the {limit} positions the model's "
+    if limit is not None and not is_vision(model) and config.calibration.seq_len > limit:
+        raise ConfigError(f"PruningConfig.seq_len={config.calibration.seq_len} is longer than the {limit} positions the model's "
                           f"position embeddings hold; set seq_len <= {limit}.")
 
 

@@ -193,9 +193,9 @@ def collect_statistics(model: nn.Module, criterion: Criterion, layers: dict[str,
                 else:
                     for k, piece in enumerate(row_chunks(batch, OUTPUT_GRAD_TOKENS)):
                         y = primary_output(run_model(model, piece))
-                        last = _num_cotangents(y, criterion.config.ec_projections) - 1
+                        last = _num_cotangents(y, criterion.output_projections) - 1
                         seed = criterion.config.seed + i * world + rank + 1_000_003 * k  # k = 0: unsplit draws
-                        for j, v in enumerate(_cotangents(y, criterion.config.ec_projections, seed)):
+                        for j, v in enumerate(_cotangents(y, criterion.output_projections, seed)):
                             y.backward(v, retain_graph=j < last)
                         del y
                         _accumulate(criterion, layers, stats, captured, model)

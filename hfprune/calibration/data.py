@@ -50,25 +50,25 @@ def _chunks(items: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 
 def _ids_batches(ids: torch.Tensor, config: PruningConfig) -> list[dict[str, torch.Tensor]]:
-    return [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in _chunks(ids, config.batch_size)]
+    return [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in _chunks(ids, config.calibration.batch_size)]
 
 
 def random_calibration(model: nn.Module, config: PruningConfig, example_inputs: Any = None) -> CalibrationSet:
     """Data-agnostic inputs matched to the model: uniform token ids, or Gaussian images (pixels are normalised)."""
     g = torch.Generator().manual_seed(config.seed)
     cfg = getattr(model, "config", None)
-    n = config.num_samples
+    n = config.calibration.num_samples
     if cfg is not None and is_vision(model):
         size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
         x = torch.randn(n, cfg.num_channels, size, size, generator=g)
-        return CalibrationSet([{"pixel_values": b} for b in _chunks(x, config.batch_size)], "random",
+        return CalibrationSet([{"pixel_values": b} for b in _chunks(x, config.calibration.batch_size)], "random",
                               "gaussian images", n, 0)
     if cfg is not None and getattr(cfg, "vocab_size", None):
-        ids = torch.randint(0, cfg.vocab_size, (n, config.seq_len), generator=g)
+        ids = torch.randint(0, cfg.vocab_size, (n, config.calibration.seq_len), generator=g)
         return CalibrationSet(_ids_batches(ids, config), "random", "uniform token ids", n, ids.numel())
     if isinstance(example_inputs, torch.Tensor):
         x = torch.randn((n, *example_inputs.shape[1:]), generator=g)
-        return CalibrationSet(_chunks(x, config.batch_size), "random", "gaussian inputs", n, 0)
+        return CalibrationSet(_chunks(x, config.calibration.batch_size), "random", "gaussian inputs", n, 0)
     raise CalibrationError("Random (data-agnostic) calibration needs a model config with vocab_size or image "
                            "settings, or example_inputs for a plain module.")
 
@@ -81,33 +81,33 @@ def _pack_texts(texts: list[str], tokenizer: Any, config: PruningConfig, name: s
         raise CalibrationError("Calibration texts need a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...).")
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     ids: list[int] = []
-    need = config.num_samples * config.seq_len
+    need = config.calibration.num_samples * config.calibration.seq_len
     for t in texts:
         ids += tokenizer(t, add_special_tokens=False)["input_ids"] + ([sep] if sep is not None else [])
         if len(ids) >= need:
             break
-    if len(ids) < config.seq_len:
+    if len(ids) < config.calibration.seq_len:
         raise CalibrationError(f"The calibration set is too short: {len(ids)} tokens, fewer than one sequence of "
-                               f"seq_len={config.seq_len}. Pass more text or lower seq_len.")
-    n = min(config.num_samples, len(ids) // config.seq_len)
+                               f"seq_len={config.calibration.seq_len}. Pass more text or lower seq_len.")
+    n = min(config.calibration.num_samples, len(ids) // config.calibration.seq_len)
     warnings = []
-    if n < config.num_samples:
-        warnings.append(f"calibration text gave {n} sequences of {config.seq_len} tokens, fewer than "
-                        f"num_samples={config.num_samples}")
-    seqs = torch.tensor(ids[: n * config.seq_len]).view(n, config.seq_len)
+    if n < config.calibration.num_samples:
+        warnings.append(f"calibration text gave {n} sequences of {config.calibration.seq_len} tokens, fewer than "
+                        f"num_samples={config.calibration.num_samples}")
+    seqs = torch.tensor(ids[: n * config.calibration.seq_len]).view(n, config.calibration.seq_len)
     return CalibrationSet(_ids_batches(seqs, config), "data", name, n, seqs.numel(), warnings)
 
 
 def _from_tensor(x: torch.Tensor, model: nn.Module, config: PruningConfig, name: str | None) -> CalibrationSet:
     if x.numel() == 0 or x.shape[0] == 0:
         raise CalibrationError("The calibration set is empty: the tensor has no samples.")
-    x = x[: config.num_samples]
+    x = x[: config.calibration.num_samples]
     hf = hasattr(model, "config")
     if not x.is_floating_point():
         if x.dim() != 2:
             raise CalibrationError(f"Token ids must be a [samples, tokens] tensor, got shape {tuple(x.shape)}.")
         return CalibrationSet(_ids_batches(x, config), "data", name, x.shape[0], x.numel())
-    batches = [{"pixel_values": b} if hf else b for b in _chunks(x, config.batch_size)]
+    batches = [{"pixel_values": b} if hf else b for b in _chunks(x, config.calibration.batch_size)]
     return CalibrationSet(batches, "data", name, x.shape[0], 0)
 
 
@@ -133,7 +133,7 @@ def _batch_tokens(b: Batch) -> int:
 def _from_iterable(data: Iterable, config: PruningConfig, name: str | None) -> CalibrationSet:
     batches, n, tokens = [], 0, 0
     for b in data:
-        if n >= config.num_samples:
+        if n >= config.calibration.num_samples:
             break
         b = _as_batch(b)
         batches.append(b)
@@ -151,11 +151,11 @@ def _from_mapping(data: Mapping, config: PruningConfig, name: str | None) -> Cal
     if len(rows) != 1:
         raise CalibrationError(f"The calibration tensors have different numbers of rows {sorted(rows)}; give one "
                                "[samples, ...] tensor per input.")
-    n = min(rows.pop(), config.num_samples)
+    n = min(rows.pop(), config.calibration.num_samples)
     if n == 0:
         raise CalibrationError("The calibration set is empty: the tensors have no rows.")
-    return _from_iterable(({k: v[i:min(i + config.batch_size, n)] for k, v in whole.items()}
-                           for i in range(0, n, config.batch_size)), config, name)
+    return _from_iterable(({k: v[i:min(i + config.calibration.batch_size, n)] for k, v in whole.items()}
+                           for i in range(0, n, config.calibration.batch_size)), config, name)
 
 
 _PAD = {"attention_mask": 0, "labels": -100}
@@ -212,7 +212,7 @@ def _is_rows(data: Any) -> bool:
 def _packs_to_seq_len(data: Any, config: PruningConfig) -> bool:
     """Whether the sequences are built ``seq_len`` tokens long here (random ids, packed texts), so that limit
     can be checked before any tokenizing."""
-    if config.source == "random" or isinstance(data, str):
+    if config.calibration.source == "random" or isinstance(data, str):
         return True
     if isinstance(data, (list, tuple)):
         return bool(data) and isinstance(data[0], str)
@@ -233,7 +233,7 @@ def prepare_calibration(data: Any, model: nn.Module, config: PruningConfig, toke
 
 def _prepare(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any, example_inputs: Any
              ) -> CalibrationSet:
-    if config.source == "random" or (isinstance(data, str) and data == "random"):
+    if config.calibration.source == "random" or (isinstance(data, str) and data == "random"):
         return random_calibration(model, config, example_inputs)
     if data is None:
         raise CalibrationError("This criterion needs calibration data: pass calibration_data=texts, a Dataset, a "
@@ -253,13 +253,13 @@ def _prepare(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any,
             raise CalibrationError("The calibration set is empty: the Dataset has no rows.")
         if "input_ids" in data.column_names:
             columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in data.column_names]
-            rows = data.select(range(min(len(data), config.num_samples))).select_columns(columns)
+            rows = data.select(range(min(len(data), config.calibration.num_samples))).select_columns(columns)
             return _from_mapping(stack_rows(list(rows), _pad_id(tokenizer)), config, name)
         if "text" in data.column_names:
             return _pack_texts(list(data["text"]), tokenizer, config, name)
         raise CalibrationError(f"The Dataset needs a 'text' or 'input_ids' column; it has {data.column_names}.")
     if _is_rows(data):
-        return _from_mapping(stack_rows(list(data[: config.num_samples]), _pad_id(tokenizer)), config, name)
+        return _from_mapping(stack_rows(list(data[: config.calibration.num_samples]), _pad_id(tokenizer)), config, name)
     if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
         return _pack_texts(list(data), tokenizer, config, name)
     if isinstance(data, Mapping):

@@ -1,8 +1,10 @@
-"""Command-line options generated from a config dataclass's fields and their ``help`` metadata.
+"""Command-line options generated from a config dataclass's fields, their types and their ``help`` metadata.
 
-The same role as transformers' `HfArgumentParser._add_dataclass_arguments`, which cannot be attached to
-sub-commands and does not map ``list[str] | None`` fields; the option table is never written twice. Defaults are
-suppressed so that only the options a user typed reach the dataclass, and its own defaults stay the only ones.
+The same role as transformers' `HfArgumentParser._add_dataclass_arguments` (choices from ``Literal`` types), which
+cannot be attached to sub-commands, does not map ``list[str] | None`` fields and has no nested groups: an option
+group field (a dataclass) gives dotted flags such as ``--calibration.num-samples``, as jsonargparse does, and a
+mapping field (the criterion's ``options``) takes ``KEY=VALUE`` pairs. Defaults are suppressed so that only the
+options a user typed reach the dataclass, and its own defaults stay the only ones.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any
+from typing import Any, Literal
+
+import yaml
+
+#: separates a group from its field in ``dest`` (argparse keeps dots in dest names)
+_SEP = "."
 
 
 def _base_type(hint: Any) -> tuple[Any, bool]:
@@ -37,35 +44,67 @@ def _typed(kind: type, alternative: type | None = None) -> Any:
     return parse
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str,
-                          rules: dict[str, Any] | None = None) -> list[str]:
-    """Add ``--field-name`` (and ``--field_name``) for every field of ``cls``; return the field names. A field
-    whose rule in ``rules`` (e.g. `hfprune.config.checks.FIELD_RULES`) is a fixed set of values gets argparse
-    ``choices``: the choices are declared once, for validation and the command line alike."""
+def _pairs(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with the value read as YAML (numbers, booleans, lists), e.g. ``projections=4``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. projections=4)")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field, hint: Any, prefix: str) -> None:
+    name = prefix + f.name
+    flag = name.replace("_", "-")
+    kind, is_list = _base_type(hint)
+    flags = [f"--{flag}"] + ([f"--{name}"] if "_" in name and kind is not bool else [])
+    kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
+                          "help": f.metadata.get("help", "").replace("%", "%%")}  # argparse formats help
+    if kind is bool:
+        kw["action"] = argparse.BooleanOptionalAction
+    elif is_list:
+        kw.update(nargs="*", metavar=f.name.upper())
+    elif typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        kw.update(type=_typed(type(choices[0])), choices=choices + ((None,) if kind is not hint else ()),
+                  metavar="{" + ",".join(map(str, choices)) + "}")
+    else:
+        alternatives = [a for a in typing.get_args(hint) if a not in (kind, type(None))]
+        kw.update(type=_typed(kind, alternatives[0] if alternatives else None), metavar=kind.__name__.upper())
+    group.add_argument(*flags, **kw)
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str) -> list[str]:
+    """Add ``--field-name`` (and ``--field_name``) for every field of ``cls``, ``--group.field`` for the fields of
+    its option groups, ``--options KEY=VALUE ...`` for a mapping of options; return the ``dest`` names."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     names = []
     for f in dataclasses.fields(cls):
-        kind, is_list = _base_type(hints[f.name])
-        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name and kind is not bool else [])
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f.metadata.get("help", "").replace("%", "%%")}  # argparse formats help
-        if kind is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif is_list:
-            kw.update(nargs="*", metavar=f.name.upper())
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            sub = typing.get_type_hints(hint)
+            for g in dataclasses.fields(hint):
+                _add_field(group, g, sub[g.name], f.name + _SEP)
+                names.append(f.name + _SEP + g.name)
+        elif any(a is dict or typing.get_origin(a) is dict for a in typing.get_args(hint)):
+            group.add_argument(f"--{f.name}", dest=f.name, nargs="+", type=_pairs, default=argparse.SUPPRESS,
+                               metavar="KEY=VALUE", help=f.metadata.get("help", "").replace("%", "%%"))
+            names.append(f.name)
         else:
-            alternatives = [a for a in typing.get_args(hints[f.name]) if a not in (kind, type(None))]
-            kw.update(type=_typed(kind, alternatives[0] if alternatives else None), metavar=kind.__name__.upper())
-            choices = getattr((rules or {}).get(f.name), "choices", ())
-            if choices:
-                kw.update(choices=choices, metavar="{" + ",".join(str(c).lower() if c is None else str(c)
-                                                                  for c in choices) + "}")
-        group.add_argument(*flags, **kw)
-        names.append(f.name)
+            _add_field(group, f, hint, "")
+            names.append(f.name)
     return names
 
 
 def picked(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
-    """The dataclass fields the user actually gave."""
-    return {n: getattr(args, n) for n in names if hasattr(args, n)}
+    """The dataclass fields the user actually gave, nested by group (``{"calibration": {"num_samples": 8}}``)."""
+    out: dict[str, Any] = {}
+    for n in names:
+        if not hasattr(args, n):
+            continue
+        value = getattr(args, n)
+        if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):  # KEY=VALUE pairs
+            value = dict(value)
+        group, _, field = n.rpartition(_SEP)
+        (out.setdefault(group, {}) if group else out)[field] = value
+    return out

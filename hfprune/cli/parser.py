@@ -6,7 +6,6 @@ import argparse
 
 from .. import __version__
 from ..config.pruning_config import PruningConfig
-from ..config.checks import FIELD_RULES
 from . import commands
 from .options import add_dataclass_options
 from .sources import TASKS
@@ -63,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _output(p, required=True)
     _allow_pickle(p)
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="Also push the saved folder to this Hub repo.")
-    p.set_defaults(config_fields=add_dataclass_options(p, PruningConfig, "pruning options (PruningConfig)",
-                                                       FIELD_RULES),
+    p.set_defaults(config_fields=add_dataclass_options(p, PruningConfig, "pruning options (PruningConfig)"),
                    handler=commands.cmd_prune)
     _common(p)
 

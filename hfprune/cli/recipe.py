@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from ..config.pruning_config import PruningConfig
-from ..config.rules import NAME, Rule, check_fields, integer, number, optional
+from ..utils.rules import NAME, Rule, check_fields, integer, number, optional
 from ..errors import ConfigError, reason, shown
 from .common import UsageError
 from .sources import check_data_arg, check_model_arg

@@ -14,7 +14,6 @@ from torch import nn
 from ..calibration.checks import check_config_for_model, check_weights
 from ..steps.compaction import Loader
 from ..checkpoint.record import PruningInfo, save_checkpoint
-from ..criteria import resolve_criterion
 from ..utils.distributed import main_process_writes
 from ..engine.pruner import Pruner
 from ..errors import ConfigError, PruningError, shorten
@@ -66,8 +65,8 @@ def _check_before_work(recipe: Recipe) -> None:
         from ..trainer.lora import require_peft
 
         require_peft()
-    needs_data = Pruner.needs_data(resolve_criterion(cfg), cfg)
-    if needs_data and recipe.calibration.data is None and cfg.source != "random":
+    needs_data = Pruner.needs_data(cfg)
+    if needs_data and recipe.calibration.data is None and cfg.calibration.source != "random":
         raise UsageError(f"Criterion {cfg.criterion!r} needs calibration data: pass --calibration-data FILE (or "
                          "calibration.data in a recipe), or 'random' for data-agnostic inputs.")
 
@@ -76,7 +75,7 @@ def _check_loaded(recipe: Recipe, loaded: LoadedModel) -> None:
     """What needs the model but no forward pass: finite weights, seq_len within the positions (when calibration
     sequences are built), room on disk."""
     check_weights(loaded.model)
-    if Pruner.needs_data(resolve_criterion(recipe.pruning), recipe.pruning) and not recipe.training:
+    if Pruner.needs_data(recipe.pruning) and not recipe.training:
         check_config_for_model(recipe.pruning, loaded.model)
     if recipe.output.dir:
         size = sum(p.numel() * p.element_size() for p in loaded.model.parameters())

@@ -1,8 +1,10 @@
 """`PruningConfig`: everything that decides what a pruning run removes, in one validated, serialisable object.
 
-Modelled on transformers' `GenerationConfig` and peft's `LoraConfig`: a dataclass whose fields carry a ``help``
-string (so `HfArgumentParser` can build the command line from it), checked at construction, saved as
-``pruning_config.json`` next to the weights.
+Modelled on transformers' `GenerationConfig` and peft's `LoraConfig` (with its nested `LoftQConfig`): a dataclass
+whose fields carry a ``help`` string (the command line is built from them), choices typed as ``Literal``, settings
+that belong together in option groups (`hfprune.config.groups`), the criterion's own options in its `Options`
+dataclass. Everything a config can know is checked at construction; it is saved as ``pruning_config.json`` next to
+the weights, and files of the older flat shape still load (`hfprune.config.legacy`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ import difflib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from ..errors import CheckpointError, ConfigError, reason, shorten, shown
-from .checks import HIDDEN_CRITERIA, LAYER_CRITERIA, NM_PATTERN, SIZE_PATTERN, STRUCTURED_GRANULARITIES, \
-    WIDTH_DEPTH_AXES, check_config
+from ..criteria.base import CriterionOptions
+from ..criteria.registry import criterion_class
+from ..structure.units import STRUCTURED_GRANULARITIES, WIDTH_DEPTH_AXES, granularity_parts, nm_pattern
+from .checks import check_config
+from .groups import (CalibrationConfig, ProtectionConfig, ReconstructionConfig, TrainingConfig, WidthDepthConfig,
+                     build_group, option)
+from .legacy import upgrade
 
 CONFIG_NAME = "pruning_config.json"
 LOADERS = ("transformers", "hfprune", "state_dict")  # how `load_pruned` rebuilds a saved model
@@ -35,11 +42,9 @@ DEFAULT_IGNORE = (
 )
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with its help text (read by `HfArgumentParser` and the docs)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+GROUPS: dict[str, type] = {"calibration": CalibrationConfig, "reconstruction": ReconstructionConfig,
+                           "protection": ProtectionConfig, "width_depth": WidthDepthConfig,
+                           "training": TrainingConfig}
 
 
 @dataclass
@@ -47,165 +52,102 @@ class PruningConfig:
     """What to prune, how to score it and how to calibrate. Invalid values raise `ConfigError` at construction."""
 
     # --- what is removed -------------------------------------------------------------------------------------
-    criterion: str = _f("magnitude", "Scoring criterion: magnitude, random, taylor, wanda, expressiveness, hybrid, "
-                        "elimination_compensation, relative_importance; obs (structured OBS, needs "
-                        "reconstruction='weights').")
-    granularity: str = _f("weights", "Unit removed: 'weights' (unstructured), an N:M pattern such as '2:4', "
-                          "'neurons' (FFN), 'heads' (attention), 'channels' (conv), 'hidden' (residual-stream "
-                          "channels), 'layers' (whole transformer blocks), or a '+'-joined combination such as "
-                          "'neurons+heads' or 'hidden+neurons+heads+layers'.")
-    sparsity: float = _f(0.5, "Fraction of the targeted units removed, in [0, 1).")
-    head_sparsity: float | None = _f(None, "Fraction of attention heads (or KV groups) removed when heads are "
-                                     "pruned together with other units; defaults to `sparsity`.")
-    hidden_sparsity: float | None = _f(None, "Fraction of residual-stream channels removed (granularity 'hidden'); "
-                                       "defaults to `sparsity`.")
-    layer_sparsity: float | None = _f(None, "Fraction of transformer blocks removed (granularity 'layers', rounded "
-                                      "to the nearest block count); defaults to `sparsity`.")
-    target_params: int | str | None = _f(None, "Target total parameter count (e.g. 100000000 or '100M'): the "
-                                         "per-axis fractions are chosen by a search scored on calibration loss "
-                                         "(the sparsity fields are then ignored); never above, within 1%.")
-    layer_criterion: str | None = _f(None, "Block score for 'layers': block_influence (ShortGPT), skip_loss, "
-                                     "magnitude or random; default: `criterion` when it is a block score, else "
-                                     "block_influence.")
-    hidden_criterion: str | None = _f(None, "Residual-channel score for 'hidden': minitron (activations), "
-                                      "magnitude or random; default: `criterion` when it is one, else minitron.")
-    hidden_rescale_norms: bool = _f(True, "After removing residual channels, rescale each RMSNorm weight by the "
-                                    "measured RMS change of its input (hfprune extension).")
-    scope: str = _f("local", "'local': the same fraction in every layer (widths stay uniform, the result loads "
-                    "with plain transformers); 'global': one ranking over all layers (non-uniform widths).")
-    compare_within: str = _f("auto", "Unstructured selection: remove the `sparsity` fraction of each 'layer' or of each "
-                             "output 'row' (Wanda's rule: no row is emptied); 'auto' (default): the criterion's "
-                             "own, 'row' for wanda and taylor (for taylor an hfprune choice, measured: "
-                             "docs/criteria.md; with scope='global', taylor ranks globally), 'layer' for the others.")
-    targets: list[str] | None = _f(None, "Glob patterns of module names to prune (e.g. '*.mlp.*'); all prunable "
-                                   "modules when empty.")
-    ignore: list[str] = _f(list(DEFAULT_IGNORE), "Glob patterns of module names never pruned (embeddings, "
-                           "classifier and LM heads by default).")
-    round_to: int = _f(1, "Keep unit counts a multiple of this number (e.g. 8 for tensor cores).")
-    min_units: int = _f(1, "Fewest units a layer keeps; a layer that would lose everything keeps this many and "
-                        "the report says so.")
-    gqa_mode: str = _f("kv_groups", "Heads under grouped-query attention: 'kv_groups' removes whole KV groups, "
-                       "'query_heads' removes the same query heads inside every group.")
-    # --- calibration ----------------------------------------------------------------------------------------
-    num_samples: int = _f(64, "Number of calibration sequences (or images).")
-    seq_len: int = _f(512, "Tokens per calibration sequence (texts are packed and cut to this length).")
-    batch_size: int = _f(8, "Calibration batch size.")
-    source: str = _f("data", "'data': the calibration data given; 'random': data-agnostic inputs matched to the "
-                     "model (random token ids, Gaussian images).")
-    seed: int = _f(0, "Seed for random criteria, random calibration inputs and projections.")
-    calibration_mode: str = _f("full", "'full': whole-model forward (and backward) passes, statistics of every "
-                               "layer held at once; 'sequential': layer-by-layer for large models, only one "
-                               "transformer block's inputs and statistics held at a time (forward-only criteria; "
-                               "same masks as 'full' for them). See docs/scaling.md.")
-    # --- criterion options ----------------------------------------------------------------------------------
-    taylor_form: str = _f("auto", "Taylor: 'squared' (mean over batches of (w * dL/dw)^2, Molchanov et al. 2019), "
-                          "'absolute' (|w * mean dL/dw|, Molchanov et al. 2017, as Torch-Pruning's Taylor), or 'auto' "
-                          "(default: 'squared' for single weights and N:M, 'absolute' for units; measured, "
-                          "docs/criteria.md).")
-    norm: int = _f(1, "Norm of `magnitude` (and of hybrid's default importance): 1 or 2.")
-    alpha: float = _f(0.5, "Hybrid: weight of expressiveness against importance, in [0, 1].")
-    hybrid_importance: str = _f("magnitude", "Hybrid: the importance criterion mixed with expressiveness.")
-    hybrid_form: str = _f("rank", "Hybrid: 'rank' (convex mix of normalised ranks) or 'product' "
-                          "(E^alpha * I^(1-alpha)).")
-    head_pattern: str = _f("output", "Expressiveness of a head: 'output' (mean over its output dimensions).")
-    ec_output: str = _f("network", "Elimination-compensation: 'network' (gradients of the network output, "
-                        "Hutchinson projections for many outputs), 'loss' (loss gradient, cheaper) or 'layer' "
-                        "(the layer's own output: one forward pass).")
-    ec_projections: int = _f(2, "Elimination-compensation: random output projections for the Hutchinson "
-                             "estimate when the output has many dimensions (each is one backward pass; 2 measured "
-                             "as good as 4 on SmolLM2 at 1.94x Taylor's statistics cost instead of 2.89x).")
-    compensate: bool = _f(True, "Elimination-compensation: add the optimal bias perturbation after removal "
-                          "(enables biases in the config where the family has them).")
-    ri_k: float = _f(0.0, "Relative importance: score = mu + k * sigma of each weight's contribution share.")
-    ri_threshold: str = _f("sparsity", "Relative importance: 'sparsity' (remove the `sparsity` fraction) or "
-                           "'tau' (remove weights whose score is below tau / fan_in).")
-    ri_tau: float = _f(1.0, "Relative importance: tau of the 'tau' threshold rule.")
-    # --- after selection (hfprune extensions) ---------------------------------------------------------------------
-    reconstruction: str = _f("auto", "After selection: 'weights' (refit the kept weights of each layer by least "
-                             "squares to the dense layer's output on the calibration inputs, block by block; masks "
-                             "unchanged), 'none', or 'auto' (default: 'weights' when the run has calibration data and "
-                             "removes weights, neurons or heads; else 'none'). See hfprune.reconstruction.refit.")
-    reconstruction_cg_steps: int = _f(20, "Reconstruction of unstructured / N:M masks: conjugate-gradient steps after "
-                                      "the OBS sweep, toward the exact per-row least squares (0 = OBS alone).")
-    reconstruction_target: str = _f("layer", "Reconstruction: 'layer' (each layer refit to the unpruned layer's output "
-                                    "on the inputs it now receives, as SparseGPT does) or 'dense' (to the dense "
-                                    "model's output on the dense inputs, which also corrects the errors of earlier "
-                                    "blocks; measured worse on SmolLM2 FFN neurons, docs/benchmarks.md).")
-    reconstruction_damp: float = _f(0.01, "Reconstruction: dampening added to the input statistics' diagonal, as a "
-                                    "fraction of its mean (keeps dead or duplicated inputs solvable).")
-    protect: str = _f("auto", "Before selection: 'none'; 'outliers' (never remove units whose activation peak is "
-                      "`protect_threshold` x their layer's median: massive activations); 'energy' (never remove "
-                      "units whose output energy E[a^2] ||W_col||^2 is `protect_threshold` x the median); 'auto' "
-                      "(default: 'energy' for neurons and heads when the run has calibration data, else 'none'). "
-                      "See hfprune.steps.protection.")
-    protect_threshold: float | None = _f(None, "Protection: ratio to the group median (activation peak for "
-                                         "'outliers', output energy for 'energy') above which a unit is protected "
-                                         "(> 1); default 20 for 'outliers', 2 for 'energy'.")
-    # --- schedule (PruningTrainer) --------------------------------------------------------------------------
-    schedule: str = _f("one_shot", "When PruningTrainer prunes: 'one_shot' (before training), 'iterative' "
-                       "(`pruning_steps` equal steps between start and end), 'cubic' (Zhu & Gupta gradual).")
-    start_step: int = _f(0, "Optimizer step of the first pruning step.")
-    end_step: int | None = _f(None, "Optimizer step at which the final sparsity is reached (iterative, cubic).")
-    pruning_steps: int = _f(1, "Number of pruning steps (iterative) or mask updates (cubic).")
-    keep_masks: bool = _f(False, "Keep masks at the end of training instead of compacting the model.")
-    regularizer: str | None = _f(None, "Loss term added while training: 'relative_importance' or 'group_lasso'.")
-    regularizer_weight: float = _f(1e-4, "Weight of the regulariser in the loss.")
-    distillation: bool = _f(False, "Distil from the unpruned model (KL on logits) while fine-tuning.")
-    distillation_temperature: float = _f(2.0, "Temperature of the distillation KL.")
-    distillation_weight: float = _f(0.5, "Weight of the distillation term (the task loss gets 1 - weight).")
+    criterion: str = option("magnitude", "Scoring criterion (see hfprune.available_criteria()): magnitude, random, "
+                            "taylor, wanda, expressiveness, hybrid, elimination_compensation, relative_importance; "
+                            "obs (structured OBS, needs reconstruction).")
+    options: CriterionOptions | dict | None = option(None, "The criterion's own options, e.g. {'projections': 4} for "
+                                                     "elimination_compensation (docs/criteria.md lists them); "
+                                                     "default: the criterion's defaults.")
+    granularity: str = option("weights", "Unit removed: 'weights' (unstructured), an N:M pattern such as '2:4', "
+                              "'neurons' (FFN), 'heads' (attention), 'channels' (conv), 'hidden' (residual-stream "
+                              "channels), 'layers' (whole transformer blocks), or a '+'-joined combination such as "
+                              "'neurons+heads' or 'hidden+neurons+heads+layers'.")
+    sparsity: float = option(0.5, "Fraction of the targeted units removed, in [0, 1).")
+    head_sparsity: float | None = option(None, "Fraction of attention heads (or KV groups) removed when heads are "
+                                         "pruned together with other units; defaults to `sparsity`.")
+    scope: Literal["local", "global"] = option("local", "'local': the same fraction in every layer (widths stay "
+                                               "uniform, the result loads with plain transformers); 'global': one "
+                                               "ranking over all layers (non-uniform widths).")
+    compare_within: Literal["auto", "layer", "row"] = option(
+        "auto", "Unstructured selection: remove the `sparsity` fraction of each 'layer' or of each output 'row' "
+        "(Wanda's rule: no row is emptied); 'auto': the criterion's own ('row' for wanda and taylor, 'layer' for "
+        "the others; docs/criteria.md).")
+    targets: list[str] | None = option(None, "Glob patterns of module names to prune (e.g. '*.mlp.*'); all "
+                                       "prunable modules when empty.")
+    ignore: list[str] = option(list(DEFAULT_IGNORE), "Glob patterns of module names never pruned (embeddings, "
+                               "classifier and LM heads by default).")
+    round_to: int = option(1, "Keep unit counts a multiple of this number (e.g. 8 for tensor cores).")
+    min_units: int = option(1, "Fewest units a layer keeps; a layer that would lose everything keeps this many and "
+                            "the report says so.")
+    gqa_mode: Literal["kv_groups", "query_heads"] = option(
+        "kv_groups", "Heads under grouped-query attention: 'kv_groups' removes whole KV groups, 'query_heads' "
+        "removes the same query heads inside every group.")
+    seed: int = option(0, "Seed for random criteria, random calibration inputs and projections.")
+    # --- option groups ----------------------------------------------------------------------------------------
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig,
+                                           metadata={"help": "How calibration data are read and fed."})
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig, metadata={
+        "help": "Weight reconstruction after selection (hfprune extension)."})
+    protection: ProtectionConfig = field(default_factory=ProtectionConfig, metadata={
+        "help": "Units kept whatever their score (hfprune extension)."})
+    width_depth: WidthDepthConfig = field(default_factory=WidthDepthConfig, metadata={
+        "help": "Residual width, depth and a parameter target."})
+    training: TrainingConfig = field(default_factory=TrainingConfig, metadata={
+        "help": "PruningTrainer's schedule and regulariser."})
 
     def __post_init__(self) -> None:
         self.validate()
 
     # ----------------------------------------------------------------------------------------------------------
     @property
-    def width_depth(self) -> bool:
+    def prunes_width_depth(self) -> bool:
         """Whether this config prunes blocks or residual channels, or asks for a parameter target (the one-step
-        width/depth runs of `hfprune.width_depth.plan`)."""
-        return any(p in WIDTH_DEPTH_AXES for p in self.parts) or self.target_params is not None
+        width/depth runs of `hfprune.width_depth`)."""
+        return any(p in WIDTH_DEPTH_AXES for p in self.parts) or self.width_depth.target_params is not None
 
     @property
     def parts(self) -> list[str]:
         """The granularity split on '+', e.g. ['neurons', 'heads']."""
-        return [p.strip() for p in str(self.granularity).split("+") if p.strip()]
+        return granularity_parts(self.granularity)
 
     @property
     def nm(self) -> tuple[int, int] | None:
         """(N, M) of an N:M pattern (N weights removed in every group of M consecutive inputs), else None."""
-        m = NM_PATTERN.match(str(self.granularity))
-        return (int(m.group(1)), int(m.group(2))) if m else None
+        return nm_pattern(self.granularity)
 
     @property
     def structured(self) -> bool:
         return all(p in STRUCTURED_GRANULARITIES for p in self.parts)
 
     def sparsity_for(self, kind: str) -> float:
-        """Fraction removed for one unit kind (heads may have their own)."""
-        own = {"heads": self.head_sparsity, "hidden": self.hidden_sparsity, "layers": self.layer_sparsity}.get(kind)
+        """Fraction removed for one unit kind (heads, residual channels and blocks may have their own)."""
+        own = {"heads": self.head_sparsity, "hidden": self.width_depth.hidden_sparsity,
+               "layers": self.width_depth.layer_sparsity}.get(kind)
         return self.sparsity if own is None else own
 
-    def axis_criterion(self, axis: str) -> str:
-        """The criterion scoring ``axis`` ('layers' or 'hidden')."""
-        own, allowed, default = ((self.layer_criterion, LAYER_CRITERIA, "block_influence") if axis == "layers"
-                                 else (self.hidden_criterion, HIDDEN_CRITERIA, "minitron"))
-        if own is not None:
-            return own
-        return self.criterion if self.criterion in allowed and self.criterion not in ("magnitude", "random") \
-            else default
-
-    @property
-    def target_params_count(self) -> int | None:
-        """`target_params` as an integer ('100M' -> 100000000)."""
-        if self.target_params is None or isinstance(self.target_params, int):
-            return self.target_params
-        num, unit = SIZE_PATTERN.match(str(self.target_params)).groups()
-        return int(round(float(num) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}[unit.lower()]))
-
     def validate(self) -> None:
-        """Check every field (type, range, finiteness, choices) and the fields against each other; raise
-        `ConfigError` naming the field, the value and what is allowed. Run at construction and again by every entry
-        point that consumes a config, so a field changed after construction is caught before any work."""
+        """Check every field (type, range, choices), the criterion (its name against the registry, its options,
+        the granularity and calibration mode it can run with) and the fields against each other; raise
+        `ConfigError` naming the field, the value and what is allowed. Run at construction and again by every
+        entry point that consumes a config, so a field changed after construction is caught before any work."""
+        for name, group in GROUPS.items():
+            setattr(self, name, build_group(group, getattr(self, name), f"PruningConfig.{name}"))
+            getattr(self, name).__post_init__()  # fields changed after construction are checked again
+        cls = criterion_class(self.criterion)
+        if self.options is None:
+            self.options = cls.Options()
+        elif isinstance(self.options, dict):
+            self.options = build_group(cls.Options, self.options, f"PruningConfig.options (of {self.criterion!r})")
+        elif type(self.options) is not cls.Options:
+            raise ConfigError(f"PruningConfig.options is a {type(self.options).__name__}, the options of another "
+                              f"criterion; {self.criterion!r} takes {cls.Options.__name__} (or a mapping of its "
+                              "fields).")
+        self.options.__post_init__()
         check_config(self)
+        criterion = cls(self)  # the criterion checks the granularity and its own options
+        problem = criterion.sequential_problem() if self.calibration.mode == "sequential" else None
+        if problem:
+            raise ConfigError(f"PruningConfig.calibration.mode='sequential' is not allowed: {problem}.")
 
     # --- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -213,10 +155,12 @@ class PruningConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PruningConfig":
-        """Build from a mapping; unknown keys are errors that name the key and the closest valid one."""
+        """Build from a mapping (files of the older flat shape are upgraded first); unknown keys are errors that
+        name the key and the closest valid one."""
         if not isinstance(data, dict):
             raise ConfigError("A pruning config must be a mapping of field names to values, got "
                               f"{type(data).__name__}.")
+        data = upgrade(data)
         known = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if not isinstance(key, str) or key not in known:

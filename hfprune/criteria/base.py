@@ -20,17 +20,18 @@ A criterion that cannot score the configured granularity fails at construction, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from ..config.checks import WIDTH_DEPTH_AXES
 from ..errors import ConfigError
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
+from ..structure.units import WIDTH_DEPTH_AXES
+from ..utils.rules import Rule, check_fields
 
-if TYPE_CHECKING:
-    from ..config.pruning_config import PruningConfig
 
 Stats = dict[str, torch.Tensor]
 
@@ -41,10 +42,29 @@ def accumulator_dtype(layer: Layer) -> torch.dtype:
     return torch.promote_types(layer.weight.dtype, torch.float32)
 
 
+@dataclass
+class CriterionOptions:
+    """The options of one criterion (``PruningConfig(options=...)``); the base has none. A criterion declares its
+    own dataclass subclass as `Criterion.Options`: its fields are checked at construction (``Literal`` choices and
+    type hints, ranges in `RULES`), so user-registered criteria get checked options too."""
+
+    RULES: ClassVar[dict[str, Rule]] = {}
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.RULES, "PruningConfig.options")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 class Criterion:
     """Base class. Subclasses set `name` and override what they need."""
 
     name: ClassVar[str] = ""
+    #: the criterion's options (a `CriterionOptions` dataclass); ``PruningConfig.options`` holds an instance
+    Options: ClassVar[type[CriterionOptions]] = CriterionOptions
+    #: random output projections per batch when `grad_mode` is "output" and the output is wide (Hutchinson)
+    output_projections: ClassVar[int] = 2
     #: forward passes over calibration data are needed
     needs_data: ClassVar[bool] = False
     #: None (no backward), "loss" (dL/dz of the training loss), "output" (dy_k/dz for the network output y,
@@ -64,8 +84,11 @@ class Criterion:
     #: ``config.compare_within`` says otherwise (`compares_rows`)
     per_row: ClassVar[bool] = False
 
-    def __init__(self, config: "PruningConfig") -> None:
+    def __init__(self, config: Any, options: CriterionOptions | None = None) -> None:
         self.config = config
+        if options is None:
+            options = config.options if config.criterion == self.name else self.Options()
+        self.options: Any = options
         # hidden channels and blocks are scored by `config.axis_criterion`, not by this criterion
         asked = ["weights" if config.nm is not None else p for p in config.parts
                  if p not in WIDTH_DEPTH_AXES or p in self.supports]
@@ -74,10 +97,21 @@ class Criterion:
             raise ConfigError(f"criterion {self.name!r} cannot score granularity {config.granularity!r}: it supports "
                               f"{', '.join(self.supports)}. Choose one of those, or another criterion.")
 
+    @classmethod
+    def settle_options(cls, options: CriterionOptions, config: Any) -> CriterionOptions:
+        """The options with their ``"auto"`` values decided for ``config`` (called once per run, before the
+        criterion is built; the settled options are saved). The default has nothing to settle."""
+        return options
+
+    @property
+    def compensates(self) -> bool:
+        """Whether `bias_compensation` adds a bias change after removal (elimination-compensation)."""
+        return False
+
     _GRADIENTS: ClassVar[dict[str, str]] = {"loss": "the loss gradient", "output": "gradients of the network output"}
 
     def sequential_problem(self) -> str | None:
-        """Why this criterion cannot run with ``calibration_mode='sequential'`` (None when it can).
+        """Why this criterion cannot run with ``calibration.mode='sequential'`` (None when it can).
 
         Layer-by-layer calibration runs one block at a time, forward only: network gradients cannot be computed,
         and an unstructured global ranking would need every weight's score at once. Subclasses whose gradient
@@ -90,7 +124,7 @@ class Criterion:
         if config.scope == "global" and not config.structured and config.nm is None and not self.compares_rows:
             return ("scope='global' with unstructured weights ranks every weight of the network at once, which "
                     "needs all per-weight scores (as large as the model) together; use scope='local' or "
-                    "calibration_mode='full' (structured units such as neurons and heads support global scope)")
+                    "calibration.mode='full' (structured units such as neurons and heads support global scope)")
         return None
 
     @property
@@ -105,7 +139,7 @@ class Criterion:
 
     def gradient_option(self) -> tuple[str, str]:
         """(the option that makes this criterion need gradients, e.g. "ec_output='loss'", or ""; the fix)."""
-        return "", "use calibration_mode='full'"
+        return "", "use calibration.mode='full'"
 
     # --- statistics ---------------------------------------------------------------------------------------------
     def observed_layers(self, layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:

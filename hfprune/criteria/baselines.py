@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 from .registry import register_criterion
-from .base import Criterion, Stats
-from ..config.settle import taylor_form_for
+from .base import Criterion, CriterionOptions, Stats
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
 
@@ -17,11 +18,15 @@ from ..structure.layers import Layer
 class Magnitude(Criterion):
     """``|W|`` (``norm=1``) or ``W^2`` (``norm=2``), summed over every coupled weight of a unit."""
 
+    @dataclass
+    class Options(CriterionOptions):
+        norm: Literal[1, 2] = 1  # |W| or W^2
+
     name = "magnitude"
 
     def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
         w = layer.weight_matrix().detach().float()
-        return w.abs() if self.config.norm == 1 else w.square()
+        return w.abs() if self.options.norm == 1 else w.square()
 
 
 def seeded_generator(seed: int, key: str) -> torch.Generator:
@@ -46,7 +51,7 @@ class Random(Criterion):
 @register_criterion
 class Taylor(Criterion):
     """First-order Taylor estimate of the loss change from removing a weight, ``w * dL/dw``, in one of two
-    published forms (``config.taylor_form``):
+    published forms (the option ``form``):
 
     - ``"squared"`` (Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning"):
       ``mean over batches of (w * g_b)^2``, with ``g_b`` the batch's loss gradient;
@@ -58,6 +63,10 @@ class Taylor(Criterion):
     On a trained model the mean gradient is close to zero and noisy, so the absolute form ranks single weights
     almost at random (SmolLM2 at 50% unstructured: perplexity 8.3x dense with reconstruction); the squared form
     keeps the size of each batch's contribution (docs/criteria.md)."""
+
+    @dataclass
+    class Options(CriterionOptions):
+        form: Literal["auto", "squared", "absolute"] = "auto"  # "auto": settled by `settle_options`
 
     name = "taylor"
     needs_data = True
@@ -73,9 +82,17 @@ class Taylor(Criterion):
             return False  # an explicit global ranking wins over the per-row default
         return super().compares_rows
 
+    @classmethod
+    def settle_options(cls, options: CriterionOptions, config: Any) -> CriterionOptions:
+        """'auto' is 'squared' on single weights and N:M, 'absolute' on units (measured on SmolLM2:
+        docs/criteria.md)."""
+        if options.form != "auto":  # type: ignore[attr-defined]
+            return options
+        return cls.Options(form="absolute" if config.structured else "squared")
+
     @property
     def form(self) -> str:
-        return taylor_form_for(self.config)
+        return self.settle_options(self.options, self.config).form
 
     def init_stats(self, layer: Layer) -> Stats:
         w = layer.weight_matrix()

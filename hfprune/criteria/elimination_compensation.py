@@ -17,7 +17,7 @@ constant relative to their mean (whose score is nearly 0 either way) feel float3
 ``W_ij abar_ij``; its score is ``sum_i I_ij``. The paper ranks all weights of the network together: recipes use
 ``scope="global"``.
 
-``config.ec_output`` chooses ``y`` (the first is the paper's, the other two are hfprune extensions):
+The option ``output`` chooses ``y`` (the first is the paper's, the other two are hfprune extensions):
 - ``"network"``: the network output; exact per output when it has at most 16 per sample, otherwise a Hutchinson
   estimate of ``G`` from ``ec_projections`` random output projections (the engine scales the cotangents);
 - ``"loss"``: the loss gradient, ``G = (dL/dz_i)^2`` (empirical Fisher; one backward pass);
@@ -31,10 +31,14 @@ two ``[in]`` vectors).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
 from .registry import register_criterion
-from .base import Criterion, Stats, accumulator_dtype
+from .base import Criterion, CriterionOptions, Stats, accumulator_dtype
+from ..utils.rules import integer
 from ..errors import CalibrationError
 from ..structure.layers import Layer
 
@@ -45,6 +49,17 @@ GRAD_MODES = {"network": "output", "loss": "loss", "layer": None}
 class EliminationCompensation(Criterion):
     """Expected squared output change after removing a weight and optimally shifting its bias (see module)."""
 
+    @dataclass
+    class Options(CriterionOptions):
+        RULES = {"projections": integer(1)}
+        #: y: 'network' (the paper's), 'loss' (cheaper) or 'layer' (the layer's own output: forward only)
+        output: Literal["network", "loss", "layer"] = "network"
+        #: random output projections for the Hutchinson estimate when the output is wide (each is one backward
+        #: pass; the default is measured, docs/criteria.md)
+        projections: int = 2
+        #: add the optimal bias perturbation after removal (enables biases in the config where the family has them)
+        compensate: bool = True
+
     name = "elimination_compensation"
     needs_data = True
     squared_output_grads = True
@@ -52,11 +67,19 @@ class EliminationCompensation(Criterion):
 
     @property
     def grad_mode(self) -> str | None:  # type: ignore[override]
-        return GRAD_MODES[self.config.ec_output]
+        return GRAD_MODES[self.options.output]
+
+    @property
+    def output_projections(self) -> int:  # type: ignore[override]
+        return self.options.projections
+
+    @property
+    def compensates(self) -> bool:
+        return self.options.compensate
 
     def gradient_option(self) -> tuple[str, str]:
-        return (f"ec_output={self.config.ec_output!r}",
-                "use ec_output='layer' (forward only) or calibration_mode='full'")
+        return (f"options.output={self.options.output!r}",
+                "use options={'output': 'layer'} (forward only) or calibration.mode='full'")
 
     def init_stats(self, layer: Layer) -> Stats:
         out, inp = layer.weight_matrix().shape
@@ -107,7 +130,7 @@ class EliminationCompensation(Criterion):
         return (w.square() * spread.clamp(min=0)).float()
 
     def bias_compensation(self, layer: Layer, stats: Stats, removed: torch.Tensor) -> torch.Tensor | None:
-        if not self.config.compensate:
+        if not self.options.compensate:
             return None
         w = layer.weight_matrix().detach().double()
         abar, _ = self._moments(layer, stats)

@@ -3,31 +3,33 @@
 Expressiveness and importance measure different things (how varied a unit's activity is, how large its weights
 or gradients are), so they are mixed per group of comparable units:
 
-- ``hybrid_form="rank"`` (default): ``S = alpha * rank_norm(E) + (1 - alpha) * rank_norm(I)``, ranks scaled to
+- option ``form="rank"`` (default): ``S = alpha * rank_norm(E) + (1 - alpha) * rank_norm(I)``, ranks scaled to
   [0, 1] within the group (ties share their mean rank), so neither score's units dominate;
-- ``hybrid_form="product"``: ``S = E^alpha * I^(1 - alpha)`` on the raw scores.
+- ``form="product"``: ``S = E^alpha * I^(1 - alpha)`` on the raw scores.
 
 The mixing rule is a **reconstruction** (the paper's summaries name the hybrid, not its formula). ``I`` is the
-criterion named by ``config.hybrid_importance`` (magnitude by default; any baseline). The two criteria keep their
+criterion named by the option ``importance`` (magnitude by default; any baseline), with its own options in
+``importance_options``. The two criteria keep their
 statistics side by side under the key prefixes ``"expressiveness."`` and ``"importance."``; the importance's bias
 compensation (elimination-compensation) is passed through.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
-from .registry import criterion_class, get_criterion, register_criterion
-from .base import Criterion, Stats
+from .registry import criterion_class, register_criterion
+from .base import Criterion, CriterionOptions, Stats
 from .expressiveness import Expressiveness
 from ..errors import ConfigError
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
+from ..utils.rules import NAME, MAPPING, number
 
-if TYPE_CHECKING:
-    from ..config.pruning_config import PruningConfig
 
 
 def rank_norm(x: torch.Tensor) -> torch.Tensor:
@@ -44,24 +46,57 @@ def rank_norm(x: torch.Tensor) -> torch.Tensor:
 class Hybrid(Criterion):
     """``alpha``-mix of expressiveness and an importance criterion, per group (see module)."""
 
+    @dataclass
+    class Options(CriterionOptions):
+        RULES = {"alpha": number(0, 1), "importance": NAME, "importance_options": MAPPING}
+        alpha: float = 0.5  # weight of expressiveness against importance, in [0, 1]
+        importance: str = "magnitude"  # the importance criterion mixed with expressiveness
+        form: Literal["rank", "product"] = "rank"  # convex mix of normalised ranks, or E^alpha * I^(1-alpha)
+        importance_options: dict[str, Any] = field(default_factory=dict)  # the importance criterion's options
+
     name = "hybrid"
     needs_data = True
     supports = Expressiveness.supports
 
-    def __init__(self, config: "PruningConfig") -> None:
-        super().__init__(config)
-        importance = criterion_class(config.hybrid_importance, field="hybrid_importance")
-        if importance.name in ("hybrid", "expressiveness"):
-            raise ConfigError(f"PruningConfig.hybrid_importance={importance.name!r} is not allowed: an importance "
-                              "criterion such as magnitude, taylor or wanda.")
-        self.expressiveness = Expressiveness(config)
-        self.importance = get_criterion(config, config.hybrid_importance)
+    def __init__(self, config: Any, options: CriterionOptions | None = None) -> None:
+        super().__init__(config, options)
+        importance = self._importance_class(self.options)
+        self.expressiveness = Expressiveness(config, Expressiveness.Options())
+        self.importance = importance(config, importance.Options(**self.options.importance_options))
         self._criteria: dict[str, Criterion] = {"expressiveness": self.expressiveness,
                                                 "importance": self.importance}
+
+    @staticmethod
+    def _importance_class(options: Any) -> type[Criterion]:
+        importance = criterion_class(options.importance, field="options.importance")
+        if importance.name in ("hybrid", "expressiveness"):
+            raise ConfigError(f"PruningConfig.options.importance={importance.name!r} is not allowed: an importance "
+                              "criterion such as magnitude, taylor or wanda.")
+        known = [f.name for f in dataclasses.fields(importance.Options)]
+        unknown = [k for k in options.importance_options if k not in known]
+        if unknown:
+            raise ConfigError(f"PruningConfig.options.importance_options has {unknown[0]!r}, not an option of "
+                              f"{importance.name!r} (its options: {', '.join(known) or 'none'}).")
+        return importance
+
+    @classmethod
+    def settle_options(cls, options: CriterionOptions, config: Any) -> CriterionOptions:
+        """The importance criterion settles its own options."""
+        importance = cls._importance_class(options)
+        inner = importance.settle_options(importance.Options(**options.importance_options), config)  # type: ignore
+        return dataclasses.replace(options, importance_options=inner.to_dict())
 
     @property
     def grad_mode(self) -> str | None:  # type: ignore[override]
         return self.importance.grad_mode
+
+    @property
+    def output_projections(self) -> int:  # type: ignore[override]
+        return self.importance.output_projections
+
+    @property
+    def compensates(self) -> bool:
+        return self.importance.compensates
 
     @property
     def needs_weight_grads(self) -> bool:  # type: ignore[override]
@@ -73,7 +108,7 @@ class Hybrid(Criterion):
 
     def sequential_fix(self) -> tuple[str, str]:
         option, fix = self.importance.gradient_option()
-        what = f"criterion 'hybrid' with hybrid_importance={self.importance.name!r}"
+        what = f"criterion 'hybrid' with importance={self.importance.name!r}"
         return what + (f" and {option}" if option else ""), fix
 
     def observed_layers(self, layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
@@ -114,7 +149,7 @@ class Hybrid(Criterion):
     def unit_scores(self, group: UnitGroup, stats: dict[str, Stats], layers: dict[str, Layer]) -> torch.Tensor:
         e, i = (crit.unit_scores(group, {n: self._split(s, part) for n, s in stats.items()}, layers).double()
                 for part, crit in self._criteria.items())
-        a = self.config.alpha
-        if self.config.hybrid_form == "product":
+        a = self.options.alpha
+        if self.options.form == "product":
             return e.clamp(min=0) ** a * i.clamp(min=0) ** (1 - a)
         return a * rank_norm(e) + (1 - a) * rank_norm(i)

@@ -23,19 +23,16 @@ their rows only feed the removed columns. ``lambda`` = ``reconstruction_damp`` x
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from .base import Criterion, Stats
 from .registry import register_criterion
 from ..errors import ConfigError
-from ..steps.selection import kept_count
-from ..structure.groups import UnitGroup
+from ..structure.groups import UnitGroup, kept_count
 from ..structure.layers import Layer
 
-if TYPE_CHECKING:
-    from ..config.pruning_config import PruningConfig
 
 
 @register_criterion
@@ -47,11 +44,11 @@ class StructuredOBS(Criterion):
     structured_sides = ("in",)
     supports = ("neurons", "heads")
 
-    def __init__(self, config: "PruningConfig") -> None:
-        super().__init__(config)
-        if config.reconstruction == "none":
+    def __init__(self, config: Any, options: Any = None) -> None:
+        super().__init__(config, options)
+        if config.reconstruction.method == "none":
             raise ConfigError("criterion 'obs' ranks units by the output error left after the least-squares refit; "
-                              "it needs reconstruction='weights' (which applies that refit).")
+                              "it needs reconstruction.method='weights' or 'auto' (which applies that refit).")
 
     def init_stats(self, layer: Layer) -> Stats:
         d = layer.weight_matrix().shape[1]
@@ -74,10 +71,10 @@ class StructuredOBS(Criterion):
         W = layer.weight_matrix().detach().double()
         m = st["H"].double() / st["count"].clamp(min=1)
         ref = max(float(((W @ m) * W).sum()), 1e-30)
-        Hinv = torch.cholesky_inverse(torch.linalg.cholesky(_dampened(m, self.config.reconstruction_damp)))
+        Hinv = torch.cholesky_inverse(torch.linalg.cholesky(_dampened(m, self.config.reconstruction.damp)))
         if self.config.scope == "local":
             steps = group.num_units - kept_count(group, self.config.sparsity_for(group.kind) * group.num_units,
-                                                 self.config)
+                                                 self.config.round_to, self.config.min_units)
         else:
             steps = group.num_units - min(self.config.min_units, group.num_units)
         return _greedy(W, Hinv, c.index.to(W.device), steps) / ref

@@ -1,19 +1,18 @@
 """The criterion registry: names to classes, and the one place a config's criterion is resolved.
 
-`resolve_criterion` is called once per run by the entry points (the engine, the CLI's pre-check, PruningTrainer):
-it checks the name (suggesting the closest), builds the criterion (whose constructor checks the granularity and
-its own options) and asks the criterion whether it can run with the configured calibration mode.
+`PruningConfig` checks its criterion here at construction (the name, suggesting the closest; its options; the
+granularity and calibration mode it can run with); the engine builds the criterion with `get_criterion` from the
+settled config.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, shown
 
 if TYPE_CHECKING:
-    from ..config.pruning_config import PruningConfig
     from .base import Criterion
 
 _REGISTRY: dict[str, type["Criterion"]] = {}
@@ -40,20 +39,12 @@ def criterion_class(name: str, field: str = "criterion") -> type["Criterion"]:
         names = available_criteria()
         close = difflib.get_close_matches(str(name), names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"PruningConfig.{field}={name!r} is not allowed: one of {', '.join(names)}.{hint}")
+        raise ConfigError(f"PruningConfig.{field}={shown(name)} is not allowed: one of {', '.join(names)}.{hint}")
     return _REGISTRY[name]
 
 
-def get_criterion(config: "PruningConfig", name: str | None = None) -> "Criterion":
+def get_criterion(config: Any, name: str | None = None) -> "Criterion":
     """Instantiate the criterion named ``name`` (default: ``config.criterion``) for ``config``."""
     return criterion_class(name or config.criterion)(config)
 
 
-def resolve_criterion(config: "PruningConfig") -> "Criterion":
-    """The criterion of ``config``, checked against everything the config asks of it (raises `ConfigError`)."""
-    criterion = get_criterion(config)
-    if config.calibration_mode == "sequential":
-        problem = criterion.sequential_problem()
-        if problem:
-            raise ConfigError(f"PruningConfig.calibration_mode='sequential' is not allowed: {problem}.")
-    return criterion

@@ -8,15 +8,15 @@ by that distribution's parameters, and trains with a pruning-aware regulariser; 
 - per weight, over samples (tokens, conv positions): ``mu_ij = E[r_ij]`` and ``sigma_ij = Std[r_ij]``, from the
   matrix products ``E[r_ij] = |W_ij| mean_t(|a_tj| / s_ti)`` and ``E[r_ij^2] = W_ij^2 mean_t(a_tj^2 / s_ti^2)``;
   a sample in which neuron i receives nothing (``s_i = 0``) gives every share 0;
-- score ``mu + k sigma`` (``config.ri_k``, default 0; k > 0 keeps weights that are sometimes important);
-- selection: the `sparsity` fraction (``ri_threshold="sparsity"``) or every weight whose score is below
-  ``ri_tau / fan_in`` (``ri_threshold="tau"``; tau = 1 means "less than an equal share"), via `removal_mask`.
+- score ``mu + k sigma`` (option ``k``, default 0; k > 0 keeps weights that are sometimes important);
+- selection: the `sparsity` fraction (option ``threshold='sparsity'``) or every weight whose score is below
+  ``tau / fan_in`` (``threshold='tau'``; tau = 1 means "less than an equal share"), via `removal_mask`.
 
 A unit's (structured) score is the sum of its consumer columns' mean shares: how much of the next layer's input
 it carries. (Its producer row's shares always sum to 1, so they say nothing.)
 
 `ri_regularizer` is the pruning-aware training term (also a reconstruction).
-Statistics: one ``[out, in]`` matrix per layer, two when ``ri_k > 0`` (the second moment), at the weights'
+Statistics: one ``[out, in]`` matrix per layer, two when ``k > 0`` (the second moment), at the weights'
 precision but at least float32 (`accumulator_dtype`); per batch, the product for ``s`` plus one (two) ``[out, in]``
 products, the definition's floor. All summed terms are positive, so float32 sums lose nothing to cancellation;
 ``sigma`` is a difference of moments, accurate enough for the ranking it feeds.
@@ -24,12 +24,17 @@ products, the definition's floor. All summed terms are positive, so float32 sums
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
 from .registry import register_criterion
-from .base import Criterion, Stats, accumulator_dtype
+from .base import Criterion, CriterionOptions, Stats, accumulator_dtype
+from ..errors import ConfigError
 from ..structure.layers import Layer
+from ..utils.rules import number
 
 def _inverse_totals(w_abs: torch.Tensor, a_abs: torch.Tensor) -> torch.Tensor:
     """``1 / s`` per sample and neuron, ``[samples, out]``; 0 where the neuron receives nothing (its shares are 0)."""
@@ -42,6 +47,19 @@ def _inverse_totals(w_abs: torch.Tensor, a_abs: torch.Tensor) -> torch.Tensor:
 class RelativeImportance(Criterion):
     """Mean (+ k std) of each weight's share of its neuron's absolute input (reconstruction, see module)."""
 
+    @dataclass
+    class Options(CriterionOptions):
+        RULES = {"k": number(), "tau": number(0, open_low=True)}
+        k: float = 0.0  # score = mu + k * sigma of each weight's contribution share
+        threshold: Literal["sparsity", "tau"] = "sparsity"  # remove the `sparsity` fraction, or below tau / fan_in
+        tau: float = 1.0  # tau of the 'tau' rule
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.tau != 1.0 and self.threshold != "tau":
+                raise ConfigError(f"PruningConfig.options.tau={self.tau!r} has no effect: it is used only with "
+                                  "threshold='tau'. Remove it, or set threshold='tau'.")
+
     name = "relative_importance"
     needs_data = True
     structured_sides = ("in",)
@@ -50,7 +68,7 @@ class RelativeImportance(Criterion):
         w = layer.weight_matrix()
         z = torch.zeros(w.shape, dtype=accumulator_dtype(layer), device=w.device)
         stats = {"r": z, "count": torch.zeros((), dtype=torch.float64, device=w.device)}
-        if self.config.ri_k:
+        if self.options.k:
             stats["r2"] = z.clone()
         return stats
 
@@ -66,7 +84,7 @@ class RelativeImportance(Criterion):
 
     def share_moments(self, layer: Layer, stats: Stats) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``mu`` and ``sigma`` of every weight's contribution share, ``[out, in]`` float64; ``sigma`` is None when
-        the statistics were collected with ``ri_k = 0`` (the score needs no second moment)."""
+        the statistics were collected with ``k = 0`` (the score needs no second moment)."""
         w_abs = layer.weight_matrix().detach().double().abs()
         n = stats["count"].clamp(min=1)
         mu = w_abs * stats["r"].double() / n
@@ -77,17 +95,17 @@ class RelativeImportance(Criterion):
 
     def weight_scores(self, layer: Layer, stats: Stats) -> torch.Tensor:
         mu, sigma = self.share_moments(layer, stats)
-        return (mu if sigma is None else mu + self.config.ri_k * sigma).float()
+        return (mu if sigma is None else mu + self.options.k * sigma).float()
 
     def removal_mask(self, layer: Layer, scores: torch.Tensor) -> torch.Tensor | None:
-        if self.config.ri_threshold != "tau":
+        if self.options.threshold != "tau":
             return None
-        return scores < self.config.ri_tau / layer.in_features
+        return scores < self.options.tau / layer.in_features
 
 
 def ri_regularizer(layer: Layer | nn.Module, inputs: torch.Tensor, form: str = "entropy") -> torch.Tensor:
     """Pruning-aware training term for one layer and one batch of its inputs (own layout), a scalar to add to
-    the loss times a weight (``config.regularizer_weight``). **Reconstruction** of the paper's regulariser.
+    the loss times a weight (``config.training.regularizer_weight``). **Reconstruction** of the paper's regulariser.
 
     - ``"entropy"`` (default): ``sum_i H(p_i)``, the entropy of neuron i's mean contribution shares
       ``p_ij = rbar_ij / sum_k rbar_ik``. Lowering it concentrates each neuron's input on few weights, so more

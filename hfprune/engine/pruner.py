@@ -1,25 +1,26 @@
 """The pruning engine: one `Pruner` per run, driven by `prune()` (one shot) and `PruningTrainer` (on a schedule).
 
-A `Pruner` is built once from (model, config, calibration data). It resolves the criterion, the family adapter,
-the target layers and the unit groups once, measures the dense baseline once, and offers the steps as methods:
+A `Pruner` is built once from (model, config, calibration data). It checks what the model's shapes can tell
+before any forward pass, prepares the calibration data, settles ``"auto"`` once (`hfprune.config.settle`), builds
+its step from the settled config, measures the dense baseline once, and offers the run as methods:
 
 ========================  ===============================================================================
-`Pruner.step`             calibrate, score and select at a sparsity (removed units stay removed), then
-                          compensate (elimination-compensation's bias shift) for what this step removed
-`Pruner.compact`          physically remove masked units (or zero masked weights) and rewrite the config;
-                          returns a typed `Compaction` (which loader reads the result, kept units)
+`Pruner.step`             one pruning step at a sparsity (see the step classes below)
+`Pruner.compact`          physically remove what the step chose; the `Compaction` is kept for the report
+`Pruner.adopt`            take masks chosen earlier (a resumed PruningTrainer checkpoint)
 `Pruner.report`           the one `PruningReport` builder (both entry points)
 `Pruner.pruning_info`     the typed record written as ``pruning_config.json`` (`PruningInfo`)
 ========================  ===============================================================================
 
-A new step (weight reconstruction, new unit kinds) goes here, between `step`'s selection and `compact`.
+The step is one of `STEPS`, peers behind the same methods: `UnitStep` (weights, N:M, neurons, heads, channels:
+masks chosen by the criterion) and `WidthDepthStep` (blocks, residual channels, a parameter target). The Pruner
+owns the run's state (settled config, sparsity reached, compaction result); it never asks which step it drives.
 Under Accelerate (`hfprune.utils.distributed`) every process calibrates its share of the batches, statistics are summed
 before scoring and every process holds the same masks.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -28,39 +29,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibration.checks import check_batches, check_units, check_weights
-from ..calibration.forward import lm_loss
+from ..calibration.checks import check_batches, check_weights
 from ..calibration.data import CalibrationSet, prepare_calibration
+from ..calibration.forward import lm_loss
 from ..calibration.sequential import has_blocks
-from ..steps.compaction import Loader
 from ..checkpoint.record import PruningInfo, auto_class_name
-from ..steps.compaction import add_bias, compact_units, rewrite_config
 from ..config.pruning_config import PruningConfig
-from ..config.settle import resolve_defaults
-from ..criteria import Criterion, resolve_criterion
-from ..utils.distributed import broadcast_masks, gather_counts, my_share, process_state, rank_world
+from ..config.settle import settle
 from ..errors import ConfigError
-from ..utils.logging import get_logger
-from ..steps.masks import apply_weight_masks, removed_columns
 from ..report.measure import count_macs, count_params, dummy_input
 from ..report.pruning_report import LayerReport, PruningReport
-from ..steps.protection import Protection, detect_outliers
-from ..reconstruction.refit import ReconstructionReport, reconstruct
-from ..steps.scoring import compute_masks
-from ..steps.selection import Selection, check_head_ratio
-from ..structure import UnitGroup, adapter_for, find_groups, find_layers, target_layers
-from ..width_depth.plan import criterion_label, is_width_depth
+from ..steps.compaction import Compaction, Loader
+from ..steps.selection import Selection
+from ..utils.distributed import process_state, rank_world
+from ..utils.logging import get_logger
 from ..width_depth.step import WidthDepthStep
+from .unit_step import UnitStep, check_reconstruction
 
 logger = get_logger(__name__)
 
 
-@dataclass
-class Compaction:
-    """What `Pruner.compact` did: which loader reads the result, and the kept units per group."""
+#: the steps a run can take, the first whose ``applies(config)`` holds
+STEPS: tuple[type, ...] = (WidthDepthStep, UnitStep)
 
-    loader: Loader
-    kept: dict[str, dict[str, Any]]
+
+def step_for(config: PruningConfig) -> type:
+    """The step class that runs ``config``."""
+    return next(s for s in STEPS if s.applies(config))
 
 
 @dataclass
@@ -114,10 +109,10 @@ def add_probe(calibration: dict[str, Any], warnings: list[str], before: float | 
 
 def _remedies(config: PruningConfig | None) -> str:
     out = []
-    if config is None or config.reconstruction == "none":
-        out.append("reconstruction='weights'")
-    if config is not None and config.structured and config.protect == "none":
-        out.append("protect='energy'")
+    if config is None or config.reconstruction.method == "none":
+        out.append("reconstruction.method='weights'")
+    if config is not None and config.structured and config.protection.mode == "none":
+        out.append("protection.mode='energy'")
     better = ["wanda", "obs"] if config is not None and config.structured else ["wanda"]
     better = [c for c in better if config is None or c != config.criterion]
     if better:
@@ -141,29 +136,21 @@ class Pruner:
 
     ``calibration_data`` is what `prune()` accepts (texts with ``tokenizer``, a Dataset, a DataLoader, tensors,
     ``"random"``); a ready `CalibrationSet` (PruningTrainer collates its own) can be passed as ``calibration``.
-    ``criterion``: an already resolved criterion for ``config`` (else it is resolved here).
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig, calibration_data: Any = None, tokenizer: Any = None,
                  example_inputs: Any = None, *, calibration: CalibrationSet | None = None,
-                 criterion: Criterion | None = None, progress: bool = True) -> None:
+                 progress: bool = True) -> None:
         t = self.started = time.perf_counter()
         check_model(model, config)
-        self.model, self.config, self.progress = model, config, progress
-        #: whole blocks, residual channels or a parameter target (`hfprune.width_depth.plan`): scored once, one step
-        self.wd_step: WidthDepthStep | None = None
-        if is_width_depth(config):
-            self.wd_step = WidthDepthStep.prepare(model, config)  # every axis checked before work
-            needs = self.wd_step.needs_data
-            self.criterion = criterion  # each axis resolves its own criterion
-        else:
-            self.criterion = criterion or resolve_criterion(config)
-            needs = self.needs_data(self.criterion, config)
+        self.model, self.progress = model, progress
+        step_class = step_for(config)
+        step_class.check(model, config)  # what the shapes can tell, before any forward pass
+        needs = step_class.needs_data(config)
         self.state = process_state()
         _, self.world_size = rank_world()
         if self.world_size > 1:
             _to_process_device(model, self.state.device)
-        self.adapter = adapter_for(model)
         self.calibration = calibration
         if calibration is None and (needs or calibration_data is not None):
             self.calibration = prepare_calibration(calibration_data, model, config, tokenizer, example_inputs)
@@ -172,230 +159,120 @@ class Pruner:
         for w in self.calibration.warnings if self.calibration else []:
             logger.warning("calibration: %s", w)
         blocks = has_blocks(model)
-        if config.reconstruction == "weights" and not blocks:
-            raise ConfigError(f"reconstruction='weights' refits block by block and needs a model built from a list of "
-                              f"blocks (an nn.ModuleList of transformer layers); {type(model).__name__} has none. "
-                              "Use reconstruction='none'.")
-        self.config = config = resolve_defaults(config, self.calibration is not None, blocks)  # "auto" settled
-        if self.criterion is not None and config.compare_within == "auto" and config.parts == ["weights"] \
-                and config.nm is None:  # the criterion's own comparison group, saved as such
-            rows = self.criterion.compares_rows
-            self.config = config = dataclasses.replace(config, compare_within="row" if rows else "layer")
+        check_reconstruction(blocks, config, model)
+        #: the settled config: every "auto" decided once, the criterion built from it, saved as it is
+        self.config = config = settle(config, self.calibration is not None, blocks)
         if example_inputs is None and self.calibration is not None and self.calibration.batches:
             example_inputs = self.calibration.batches[0]
-        self.groups: list[UnitGroup] | None = None
-        self.kept_axes: dict[str, dict[str, Any]] = {}  # width/depth: kept per axis (and the search)
-        self._loader: Loader | None = None  # width/depth: decided by the step that removes
-        if self.width_depth:
-            self.layers, self.masks = {}, {}
-        elif config.structured:
-            self.groups = find_groups(model, config, example_inputs)
-            check_units(config, self.groups)
-            for g in self.groups:
-                if g.kind == "heads":
-                    check_head_ratio(g, config)
-            self.layers = find_layers(model)
-            self.masks: dict[str, torch.Tensor] = {g.name: torch.ones(g.num_units, dtype=torch.bool)
-                                                   for g in self.groups}
-        else:
-            self.layers = target_layers(model, config)
-            self.masks = {n: torch.ones(l.weight_matrix().shape, dtype=torch.bool) for n, l in self.layers.items()}
+        self.run_step = step_class(model, config, example_inputs, self.world_size, progress)
         self.sparsity = 0.0
-        self.forced_min: set[str] = set()
-        self.batches_per_process: list[int] = []
+        self.compaction: Compaction | None = None
         self.timings: dict[str, float] = {"calibration": 0.0, "scoring": 0.0, "selection": 0.0}
-        self.protection: Protection | None = None  # detected once, on the dense model (config.protect)
-        self.reconstruction: ReconstructionReport | None = None  # of the latest step (config.reconstruction)
-        self.baseline = measure_baseline(model, config.seq_len, example_inputs)
+        self.baseline = measure_baseline(model, config.calibration.seq_len, example_inputs)
         self.baseline.probe_loss = probe_loss(model, self.calibration.batches if self.calibration else [])
         self.timings["setup"] = time.perf_counter() - t
-        logger.info("pruning %s with %s (%s, sparsity %g) on %d process(es)", type(model).__name__, config.criterion,
-                    config.granularity, config.sparsity, self.world_size)
+        logger.info("pruning %s with %s (%s, sparsity %g) on %d process(es)", type(model).__name__,
+                    self.run_step.label, config.granularity, config.sparsity, self.world_size)
+
+    # --- the step's state, read through the Pruner ------------------------------------------------------------
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        return self.run_step.masks
 
     @property
-    def width_depth(self) -> bool:
-        """Whether this run prunes blocks or residual channels, or searches a parameter target (one step)."""
-        return self.wd_step is not None
+    def groups(self) -> Any:
+        return self.run_step.groups
+
+    @property
+    def layers(self) -> dict[str, Any]:
+        return self.run_step.layers
+
+    @property
+    def criterion(self) -> Any:
+        return self.run_step.criterion
 
     @staticmethod
-    def needs_data(criterion: Criterion, config: PruningConfig) -> bool:
-        """Whether this run needs calibration batches (the criterion reads activations, conv channels must be
-        traced, or protection / reconstruction read layer inputs)."""
-        return criterion.needs_data or "channels" in config.parts or config.protect not in ("none", "auto") \
-            or config.reconstruction not in ("none", "auto")
+    def needs_data(config: PruningConfig) -> bool:
+        """Whether a run of ``config`` needs calibration batches."""
+        return step_for(config).needs_data(config)
 
-    # --- masks --------------------------------------------------------------------------------------------------
-    def config_at(self, sparsity: float) -> PruningConfig:
-        """The config with ``sparsity`` (heads scaled in proportion when they have their own fraction)."""
-        config = self.config
-        if sparsity == config.sparsity:
-            return config
-        head = config.head_sparsity
-        if head is not None and config.sparsity > 0:
-            head = head * sparsity / config.sparsity
-        return dataclasses.replace(config, sparsity=sparsity, head_sparsity=head)
-
+    # --- the run ------------------------------------------------------------------------------------------------
     def step(self, sparsity: float | None = None) -> Selection:
         """Prune to ``sparsity`` (default: the config's), scored on the current weights; units already removed stay
-        removed, so repeated steps give monotone masks. Compensates for what this step removes."""
+        removed, so repeated steps give monotone masks."""
         sparsity = self.config.sparsity if sparsity is None else sparsity
         batches = self.calibration.batches if self.calibration else []
-        if self.width_depth:
-            return self._width_depth_step(batches)
-        removed = {n: ~m for n, m in self.masks.items()} if self.sparsity > 0 else {}
-        logger.info("step to sparsity %g: calibrating on %d batch(es), scoring, selecting", sparsity, len(batches))
-        protected = self._protect(batches)
-        selection, _, stats = compute_masks(self.model, self.criterion, self.layers, self.groups, batches,
-                                         self.progress, removed, self.timings, self.config_at(sparsity),
-                                         protected=protected)
-        if self.criterion.needs_data and batches:
-            self.batches_per_process = gather_counts(len(my_share(batches)))
-        new = broadcast_masks(dict(selection.masks)) if self.world_size > 1 else selection.masks
-        refit = self._reconstruct(new, batches)
-        t = time.perf_counter()
-        newly = {n: new[n] | removed[n] for n in new} if removed else new  # keep-mask of this step's removal
-        self._compensate({n: v for n, v in stats.items() if n not in refit}, newly)
-        self.timings["compensation"] = self.timings.get("compensation", 0.0) + time.perf_counter() - t
-        self.masks, self.forced_min, self.sparsity = new, set(selection.forced_min), sparsity
-        for n in sorted(self.forced_min):
-            logger.warning("%s would have lost every unit; kept %d (min_units)", n, self.config.min_units)
+        selection, self.sparsity = self.run_step.run(sparsity, batches, self.timings, self.sparsity > 0)
         return selection
 
-    def _width_depth_step(self, batches: list) -> Selection:
-        """Blocks, residual channels (and neurons/heads with them) scored once and removed in one step."""
-        params_before = self.baseline.params
-        self._loader, self.kept_axes = self.wd_step.run(self.model, self.config, batches, self.progress,
-                                                        self.timings)
-        # the fractions differ per axis: the run's sparsity is the share of parameters removed
-        self.sparsity = round(1 - count_params(self.model)[0] / params_before, 4)
-        return Selection({})
+    def adopt(self, masks: dict[str, torch.Tensor], sparsity: float) -> None:
+        """Take masks chosen earlier (a resumed checkpoint) as this run's, with the sparsity they reach."""
+        self.run_step.masks = {n: m.cpu().bool() for n, m in masks.items()}
+        self.sparsity = sparsity
 
-    def _protect(self, batches: list) -> dict[str, torch.Tensor] | None:
-        """Outlier units to keep (hfprune extension, `hfprune.steps.protection`), detected once on the dense model."""
-        if self.config.protect == "none":
-            return None
-        if self.protection is None:
-            t = time.perf_counter()
-            self.protection = detect_outliers(self.model, self.layers, self.groups, batches,
-                                              float(self.config.protect_threshold), self.config.protect)
-            self.timings["protection"] = time.perf_counter() - t
-            logger.info("protected %d units (protect=%r)", sum(len(v) for v in self.protection.to_report().values()),
-                        self.config.protect)
-        return self.protection.masks
-
-    def _reconstruct(self, masks: dict[str, torch.Tensor], batches: list) -> set[str]:
-        """Refit the kept weights (hfprune extension, `hfprune.reconstruction.refit`); the names of the refit layers,
-        whose bias (elimination-compensation with ``compensate``) is fitted jointly instead of compensated. Every
-        process refits on all batches (the same result everywhere)."""
-        if self.config.reconstruction == "none":
-            return set()
-        fit_bias = self.config.compensate and \
-            type(self.criterion).bias_compensation is not Criterion.bias_compensation
-        self.reconstruction = reconstruct(self.model, self.layers, masks, batches, groups=self.groups,
-                                          damp=self.config.reconstruction_damp,
-                                          target=self.config.reconstruction_target,
-                                          cg_steps=self.config.reconstruction_cg_steps, fit_bias=fit_bias,
-                                          adapter=self.adapter, progress=self.progress)
-        self.timings["reconstruction"] = self.timings.get("reconstruction", 0.0) + self.reconstruction.seconds
-        for name in self.reconstruction.rank_deficient:
-            logger.info("reconstruction: the inputs of %s were rank-deficient; damped", name)
-        return {f.name for f in self.reconstruction.layers}
-
-    def _compensate(self, stats: dict, masks: dict[str, torch.Tensor]) -> None:
-        """Elimination-compensation: add each layer's optimal bias change for the weights being removed."""
-        if not self.config.compensate:
-            return
-        for name in stats:
-            layer = self.layers[name]
-            gone = ~masks[name] if self.groups is None else removed_columns(layer, self.groups, masks)
-            if gone is None or not gone.any():
-                continue
-            delta = self.criterion.bias_compensation(layer, stats[name], gone)
-            if delta is not None:
-                add_bias(self.model, layer, delta, self.adapter)
-
-    # --- compaction ---------------------------------------------------------------------------------------------
     def compact(self) -> Compaction:
-        """Remove the masked units (structured) or zero the masked weights (unstructured) and rewrite the config."""
+        """Remove what the step chose (or zero masked weights) and rewrite the config; kept for the report."""
         t = time.perf_counter()
-        hf = hasattr(self.model, "save_pretrained")
-        if self.width_depth:  # removed by the step itself
-            if self._loader is None:
-                raise ConfigError("Pruner.compact() before Pruner.step(): nothing was chosen yet.")
-            return Compaction(self._loader, self.kept_axes)
-        if self.groups is None:
-            apply_weight_masks(self.layers, self.masks)
-            result = Compaction(Loader.TRANSFORMERS if hf else Loader.STATE_DICT, {})
-        else:
-            compact_units(self.model, self.groups, self.masks, self.adapter)
-            loader, kept = rewrite_config(self.model, self.groups, self.masks, self.adapter)
-            result = Compaction(loader if hf else Loader.STATE_DICT, kept)
-        self.timings["compaction"] = time.perf_counter() - t
-        logger.info("compacted: loader %s", result.loader.value)
-        return result
+        self.compaction = self.run_step.compact()
+        self.timings["compaction"] = self.timings.get("compaction", 0.0) + time.perf_counter() - t
+        logger.info("compacted: loader %s", self.compaction.loader.value)
+        return self.compaction
 
     # --- what was done ------------------------------------------------------------------------------------------
     def kept_units(self) -> dict[str, dict[str, Any]]:
         """Per group: kind, total and kept units (empty for unstructured runs; per axis for width/depth)."""
-        if self.width_depth:
-            return self.kept_axes
-        if self.groups is None:
-            return {}
-        return {g.name: {"kind": g.kind, "total": g.num_units, "kept": int(self.masks[g.name].sum())}
-                for g in self.groups}
+        return self.run_step.kept_units()
 
     def layer_reports(self) -> list[LayerReport]:
-        if self.width_depth:
-            return [LayerReport(k, v["kind"], v["total"], v["kept"]) for k, v in self.kept_axes.items() if "kind" in v]
-        if self.groups is None:
-            return [LayerReport(n, "weights", m.numel(), int(m.sum()), n in self.forced_min)
-                    for n, m in self.masks.items()]
-        return [LayerReport(g.name, g.kind, g.num_units, int(self.masks[g.name].sum()), g.name in self.forced_min)
-                for g in self.groups]
+        return self.run_step.layer_reports()
 
-    def report(self, loader: Loader, evaluation: dict[str, dict[str, float]] | None = None,
+    def _loader(self, loader: Loader | None) -> Loader:
+        if loader is not None:
+            return loader
+        if self.compaction is not None:
+            return self.compaction.loader
+        return Loader.TRANSFORMERS if hasattr(self.model, "save_pretrained") else Loader.STATE_DICT
+
+    def report(self, loader: Loader | None = None, evaluation: dict[str, dict[str, float]] | None = None,
                command: str | None = None, timings: dict[str, float] | None = None,
                compacted: bool = True) -> PruningReport:
-        """The report of the model as it is now against the dense baseline. ``compacted=False`` (masks still
-        applied while training): MACs are those of the dense shapes."""
+        """The report of the model as it is now against the dense baseline; the loader is the compaction's unless
+        given. ``compacted=False`` (masks still applied while training): MACs are those of the dense shapes."""
         model, config, base = self.model, self.config, self.baseline
         cfg = getattr(model, "config", None)
         params_after, nonzero_after = count_params(model)
-        changed = compacted and (self.width_depth or self.groups is not None
-                                 and any(not m.all() for m in self.masks.values()))
+        changed = compacted and self.run_step.changes_shapes
         macs_after = count_macs(model, base.inputs) if changed and base.inputs is not None else base.macs
         warnings = list(self.calibration.warnings) if self.calibration else []
-        warnings += [f"{n} would have lost every unit; kept {config.min_units}" for n in sorted(self.forced_min)]
+        warnings += self.run_step.warnings()
         if base.warning:
             warnings.append(base.warning)
-        target = self.wd_step.target if self.wd_step else None
-        if target is not None and params_after < 0.99 * target:
-            warnings.append(f"target_params={target:,}: the closest architecture found has {params_after:,} "
-                            "parameters (more than 1% below the target)")
-        calibration = self.calibration.describe(config.seq_len) if self.calibration else {"source": "none"}
+        calibration = self.calibration.describe(config.calibration.seq_len) if self.calibration \
+            else {"source": "none"}
         calibration["processes"] = self.world_size
-        if self.batches_per_process:
-            calibration["batches_per_process"] = list(self.batches_per_process)
+        per_process = getattr(self.run_step, "batches_per_process", None)
+        if per_process:
+            calibration["batches_per_process"] = list(per_process)
         if base.probe_loss is not None:
             add_probe(calibration, warnings, base.probe_loss, probe_loss(model, self.calibration.batches),
                       self.config)
         return PruningReport(
             base_model=getattr(cfg, "_name_or_path", None) or None,
             model_type=getattr(cfg, "model_type", type(model).__name__),
-            criterion=criterion_label(config) if self.width_depth else config.criterion,
-            granularity=config.granularity, sparsity=self.sparsity, scope=config.scope,
-            params_before=base.params, params_after=params_after, nonzero_after=nonzero_after,
-            macs_before=base.macs, macs_after=macs_after, macs_input_shape=base.shape, loader=loader.value,
-            layers=self.layer_reports(), timings={**self.timings, **(timings or {})}, calibration=calibration,
-            warnings=warnings, evaluation={k: dict(v) for k, v in (evaluation or {}).items()}, command=command,
-            protected=self.protection.to_report() if self.protection else {},
-            reconstruction=self.reconstruction.to_dict() if self.reconstruction else {},
+            criterion=self.run_step.label, granularity=config.granularity, sparsity=self.sparsity,
+            scope=config.scope, params_before=base.params, params_after=params_after, nonzero_after=nonzero_after,
+            macs_before=base.macs, macs_after=macs_after, macs_input_shape=base.shape,
+            loader=self._loader(loader).value, layers=self.layer_reports(),
+            timings={**self.timings, **(timings or {})}, calibration=calibration, warnings=warnings,
+            evaluation={k: dict(v) for k, v in (evaluation or {}).items()}, command=command,
+            **self.run_step.report_sections(),
         )
 
-    def pruning_info(self, loader: Loader, compacted: bool = True,
+    def pruning_info(self, loader: Loader | None = None, compacted: bool = True,
                      training: dict[str, Any] | None = None) -> PruningInfo:
+        """The record saved as ``pruning_config.json``; the loader is the compaction's unless given."""
         base = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
-        return PruningInfo(base_model=base, loader=loader, auto_class=auto_class_name(self.model),
+        return PruningInfo(base_model=base, loader=self._loader(loader), auto_class=auto_class_name(self.model),
                            groups=self.kept_units(), compacted=compacted, training=training)
 
 

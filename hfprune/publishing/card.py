@@ -15,6 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_fr
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..config.pruning_config import PruningConfig, read_pruning_file
+from ..criteria import criterion_class
 from ..errors import CheckpointError
 from ..report.pruning_report import REPORT_NAME, PruningReport
 from .plot import PLOT_NAME, plot_kept_units
@@ -42,18 +43,6 @@ PIPELINE_TAGS = {
     "AutoModelForImageTextToText": "image-text-to-text",
 }
 
-# PruningConfig fields that change what a criterion computes, shown next to it in the card.
-CRITERION_OPTIONS = {
-    "magnitude": ("norm",),
-    "random": ("seed",),
-    "taylor": ("taylor_form",),
-    "wanda": (),
-    "expressiveness": ("head_pattern",),
-    "hybrid": ("alpha", "hybrid_importance", "hybrid_form", "norm", "head_pattern", "taylor_form"),
-    "elimination_compensation": ("ec_output", "ec_projections", "compensate"),
-    "relative_importance": ("ri_k", "ri_threshold", "ri_tau"),
-    "obs": (),
-}
 SELECTION_OPTIONS = ("scope", "compare_within", "head_sparsity", "round_to", "min_units", "gqa_mode", "targets", "ignore")
 
 
@@ -139,10 +128,19 @@ def _granularity_text(granularity: str) -> str:
 
 
 def _config_args(cfg: dict[str, Any]) -> str:
-    """``PruningConfig`` keyword arguments: the main settings and every non-default one."""
-    defaults = PruningConfig().to_dict()
+    """``PruningConfig`` keyword arguments: the main settings and every non-default one (of a group: the non-default
+    fields; of the criterion's options: those that differ from the criterion's defaults)."""
+    defaults = {**PruningConfig().to_dict(), "options": criterion_class(cfg["criterion"]).Options().to_dict()}
     always = ("criterion", "granularity", "sparsity")
-    return ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k in always or (k in defaults and defaults[k] != v))
+    args = []
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            v = {f: x for f, x in v.items() if defaults.get(k, {}).get(f) != x}
+            if v:
+                args.append(f"{k}={v!r}")
+        elif k in always or (k in defaults and defaults[k] != v):
+            args.append(f"{k}={v!r}")
+    return ", ".join(args)
 
 
 def _recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str) -> str:
@@ -187,8 +185,7 @@ def render_model_card(folder: str | os.PathLike, license: str | None = None) -> 
 
 def _render(folder: str | os.PathLike, saved: dict[str, Any], report: PruningReport,
             license: str | None) -> ModelCard:
-    cfg = saved["pruning_config"]
-    criterion = report.criterion
+    cfg = PruningConfig.from_dict(saved["pruning_config"]).to_dict()  # older flat files in the current shape
     training = saved.get("training") if isinstance(saved.get("training"), dict) else None
     auto_class = saved.get("auto_class", "AutoModel")
     recipe = _training_recipe(cfg, report, auto_class, training) if training else _recipe(cfg, report, auto_class)
@@ -202,7 +199,7 @@ def _render(folder: str | os.PathLike, saved: dict[str, Any], report: PruningRep
         base_model=report.base_model,
         base_link=_hub_id(report.base_model),
         granularity_text=_granularity_text(report.granularity),
-        criterion_options={k: cfg[k] for k in CRITERION_OPTIONS.get(criterion, ()) if k in cfg},
+        criterion_options=cfg.get("options") or {},
         selection_options={k: cfg[k] for k in SELECTION_OPTIONS if cfg.get(k) not in (None, [], "auto")
                            and (k != "gqa_mode" or "heads" in report.granularity)},
         auto_class=auto_class,

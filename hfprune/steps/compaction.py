@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import enum
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +25,14 @@ class Loader(str, enum.Enum):
     TRANSFORMERS = "transformers"  # plain `from_pretrained` (the config expresses every width)
     HFPRUNE = "hfprune"  # `hfprune.load_pruned` (non-uniform widths, heads the config cannot express)
     STATE_DICT = "state_dict"  # a plain torch module: a safetensors state dict for its own class
+
+
+@dataclass
+class Compaction:
+    """What compaction did: which loader reads the result, and the kept units per group (or per axis)."""
+
+    loader: Loader
+    kept: dict[str, dict[str, Any]]
 
 
 def _compact_channels(group: UnitGroup, keep: torch.Tensor) -> None:

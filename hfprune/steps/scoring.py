@@ -35,7 +35,7 @@ def compute_masks(model: nn.Module, criterion: Criterion, layers: dict[str, Laye
     config = config or criterion.config
     observed = criterion.observed_layers(layers, groups)
     removed = removed or {}
-    if criterion.config.calibration_mode == "sequential":
+    if criterion.config.calibration.mode == "sequential":
         return _sequential_masks(model, criterion, layers, groups, observed, batches, progress, removed, timings,
                                  config, protected or {})
     t = time.perf_counter()
@@ -98,8 +98,7 @@ def _sequential_masks(model: nn.Module, criterion: Criterion, layers: dict[str, 
     if split:
         raise ConfigError(f"calibration_mode='sequential': the units {split} span several blocks or lie outside "
                           f"{prefix}.N; use calibration_mode='full'.")
-    keep_stats = criterion.config.compensate and \
-        type(criterion).bias_compensation is not Criterion.bias_compensation
+    keep_stats = criterion.compensates
     deferred = groups is not None and config.scope == "global"
     selection = Selection({} if groups is not None else PackedMasks())
     scores: dict[str, torch.Tensor] = {}

@@ -14,6 +14,7 @@ import torch
 from ..config.pruning_config import PruningConfig
 from ..errors import ConfigError
 from ..structure import UnitGroup
+from ..structure.groups import kept_count
 
 
 @dataclass
@@ -84,12 +85,6 @@ def unstructured_masks(scores: dict[str, torch.Tensor], config: PruningConfig, p
     return Selection(masks, forced)
 
 
-def kept_count(group: UnitGroup, removed: float, config: PruningConfig) -> int:
-    keep = group.num_units - removed
-    keep = int(math.ceil(round(keep, 6) / config.round_to) * config.round_to) if config.round_to > 1 else int(round(keep))
-    return max(min(keep, group.num_units), min(config.min_units, group.num_units))
-
-
 def check_head_ratio(group: UnitGroup, config: PruningConfig) -> None:
     """Under GQA a head ratio must come out as a whole number of KV groups (or query heads per group)."""
     if "gqa" not in group.meta:
@@ -110,7 +105,7 @@ def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], c
     by_name = {g.name: g for g in groups}
     if config.scope == "local":
         for g in groups:
-            keep = kept_count(g, config.sparsity_for(g.kind) * g.num_units, config)
+            keep = kept_count(g, config.sparsity_for(g.kind) * g.num_units, config.round_to, config.min_units)
             masks[g.name] = keep_top(scores[g.name], keep)
     else:
         for kind in {g.kind for g in groups}:
@@ -120,7 +115,8 @@ def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], c
             keep_all = keep_top(flat, keep_total)
             for n, part in zip(names, torch.split(keep_all, [by_name[n].num_units for n in names])):
                 want = int(part.sum())
-                keep = kept_count(by_name[n], by_name[n].num_units - want, config)
+                keep = kept_count(by_name[n], by_name[n].num_units - want, config.round_to,
+                                  config.min_units)
                 if want < config.min_units:
                     forced.add(n)
                 masks[n] = keep_top(scores[n], keep)

@@ -8,16 +8,18 @@ BatchNorm, residual additions and concatenations.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..config.pruning_config import PruningConfig
 from ..errors import StructureError
 from .adapters import Adapter, AttentionSpec, FFNSpec, adapter_for, known_model_types, register_adapter
 from .groups import Coupling, UnitGroup
 from .layers import Layer, find_layers
+
+if TYPE_CHECKING:
+    from ..config.pruning_config import PruningConfig
 
 __all__ = ["Layer", "UnitGroup", "Coupling", "Adapter", "AttentionSpec", "FFNSpec", "adapter_for",
            "register_adapter", "target_layers",

@@ -7,6 +7,8 @@ the channels of one conv) together with every slice of every parameter that belo
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,3 +56,11 @@ class UnitGroup:
 def blocks(num_units: int, width: int, offset: int = 0) -> torch.Tensor:
     """Index tensor of contiguous blocks: unit u owns ``offset + u*width ... offset + (u+1)*width - 1``."""
     return torch.arange(offset, offset + num_units * width).view(num_units, width)
+
+
+def kept_count(group: UnitGroup, removed: float, round_to: int = 1, min_units: int = 1) -> int:
+    """Units ``group`` keeps after removing ``removed`` of them: rounded up to a multiple of ``round_to``, never
+    fewer than ``min_units`` (nor more than it has)."""
+    keep = group.num_units - removed
+    keep = int(math.ceil(round(keep, 6) / round_to) * round_to) if round_to > 1 else int(round(keep))
+    return max(min(keep, group.num_units), min(min_units, group.num_units))

@@ -65,8 +65,7 @@ class TrainingMasks:
 
     def set_masks(self, model: nn.Module, masks: dict[str, torch.Tensor], sparsity: float) -> None:
         """Adopt ``masks`` (e.g. from a checkpoint), derive the per-parameter masks and apply them."""
-        self.pruner.masks = {n: m.cpu().bool() for n, m in masks.items()}
-        self.pruner.sparsity = sparsity
+        self.pruner.adopt(masks, sparsity)
         self._dropped = self._parameter_drops(model)
         self.apply()
 
@@ -131,7 +130,7 @@ class TrainingMasks:
         os.makedirs(folder, exist_ok=True)
         save_file({n: m.to(torch.uint8).contiguous() for n, m in self.masks.items()}, os.path.join(folder, MASKS_FILE))
         with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump({"sparsity": self.sparsity, "global_step": global_step, "schedule": self.config.schedule,
+            json.dump({"sparsity": self.sparsity, "global_step": global_step, "schedule": self.config.training.schedule,
                        "pruning_config": self.config.to_dict()}, f, indent=2, sort_keys=True)
 
     def load(self, model: nn.Module, folder: str) -> bool:

@@ -4,8 +4,8 @@
 Why a trainer-side dataclass and not more `PruningConfig` fields: these settings say how a model is *trained*
 after (or while) it is pruned, not what is removed; `prune()` never reads them, and a pruned folder's
 ``pruning_config.json`` must stay the same whether or not it was recovered. The recovery that ran is recorded in
-``pruning_report.json`` (``recovery``) and the card instead. The older ``PruningConfig.distillation*`` fields stay as
-they are (PruningTrainer's logit distillation); a trainer given both raises a `ConfigError`.
+``pruning_report.json`` (``recovery``) and the card instead. This is the one place distillation is configured, for
+both trainers.
 
 Losses (weights add up with the task loss ``(1 - distillation_weight) * task``):
 
@@ -116,12 +116,6 @@ class RecoveryConfig:
         if self.lora_targets is not None and (isinstance(self.lora_targets, str) or not self.lora_targets
                                               or not all(isinstance(s, str) for s in self.lora_targets)):
             raise bad("lora_targets", "a non-empty list of module-name suffixes such as ['q_proj', 'v_proj']")
-
-    @classmethod
-    def from_pruning_config(cls, config: Any) -> "RecoveryConfig":
-        """The logit distillation the older ``PruningConfig.distillation*`` fields ask for."""
-        weight = config.distillation_weight if config.distillation else 0.0
-        return cls(distillation_weight=weight, temperature=config.distillation_temperature)
 
 
 # --- the teacher ---------------------------------------------------------------------------------------------------

@@ -24,12 +24,10 @@ from ..calibration.data import CalibrationSet, prepare_calibration
 from ..steps.compaction import Loader
 from ..checkpoint.record import PruningInfo, write_pruning_files
 from ..config.pruning_config import PruningConfig
-from ..criteria import Criterion, resolve_criterion
 from ..engine.pruner import Pruner
 from ..errors import CalibrationError, ConfigError
 from ..publishing.card import CARD_NAME, PLACEHOLDER_ID
 from ..report.pruning_report import PruningReport
-from ..width_depth.plan import is_width_depth
 from .callback import PruningCallback
 from .distilling import RecoveryMixin
 from .losses import LayerInputs, group_lasso, relative_importance, ri_layers
@@ -56,28 +54,26 @@ class PruningTrainer(RecoveryMixin, Trainer):
             raise ConfigError(f"pruning_config must be a PruningConfig, got {type(pruning_config).__name__}.")
         if model is None:
             raise ConfigError("PruningTrainer needs model= (model_init is not supported: masks belong to one model).")
-        if is_width_depth(pruning_config):
+        if pruning_config.prunes_width_depth:
             raise ConfigError(f"granularity {pruning_config.granularity!r} / target_params are one-shot: prune with "
                               "hfprune.prune(), then train the smaller model (RecoveryTrainer, docs/trainer.md).")
-        if pruning_config.schedule != "one_shot" and pruning_config.nm is not None:
+        if pruning_config.training.schedule != "one_shot" and pruning_config.nm is not None:
             raise ConfigError(f"granularity={pruning_config.granularity!r} (N:M) is a fixed pattern; use "
                               "schedule='one_shot'.")
         self._callback = PruningCallback(None)  # masks need the collator and columns that Trainer sets up
-        recovery = _recovery_of(pruning_config, recovery)
+        recovery = _recovery_of(recovery)
         super().__init__(model=model, args=args, callbacks=[self._callback] + list(callbacks or []), **kwargs)
         self.pruning_config = pruning_config
         if recovery.distills and teacher is None:  # a copy before any pruning and before the RI hooks
             teacher = copy.deepcopy(self.model)
         self._setup_recovery(recovery, teacher, teacher_tokenizer)  # sets max_steps from a token budget
         check_schedule(pruning_config, self.args.max_steps)
-        criterion = resolve_criterion(pruning_config)
-        calib = self._calibration(calibration_dataset, criterion)
-        self.pruning_masks = TrainingMasks(Pruner(self.model, pruning_config, calibration=calib, criterion=criterion,
-                                                  progress=False))
+        calib = self._calibration(calibration_dataset)
+        self.pruning_masks = TrainingMasks(Pruner(self.model, pruning_config, calibration=calib, progress=False))
         self._callback.masks = self.pruning_masks
         self.pruning_config = pruning_config = self.pruning_masks.config  # "auto" settled by the engine
         self._layer_inputs: LayerInputs | None = None
-        if pruning_config.regularizer == "relative_importance":
+        if pruning_config.training.regularizer == "relative_importance":
             self._layer_inputs = LayerInputs(ri_layers(self.pruning_masks))
         self._reg_sum, self._reg_count = 0.0, 0
         self._loader = Loader.TRANSFORMERS if hasattr(self.model, "save_pretrained") else Loader.STATE_DICT
@@ -87,10 +83,10 @@ class PruningTrainer(RecoveryMixin, Trainer):
         self._command: str | None = None
 
     # --- calibration --------------------------------------------------------------------------------------------
-    def _calibration(self, data: Any, criterion: Criterion) -> CalibrationSet | None:
+    def _calibration(self, data: Any) -> CalibrationSet | None:
         """Batches for scoring, identical on every process (`collect_statistics` splits them by rank)."""
         config = self.pruning_config
-        needed = Pruner.needs_data(criterion, config)
+        needed = Pruner.needs_data(config)
         if not needed and data is None:
             return None
         data = self.train_dataset if data is None else data
@@ -105,7 +101,7 @@ class PruningTrainer(RecoveryMixin, Trainer):
         return prepare_calibration(data, self.model, config, self.processing_class)
 
     def _collated(self, data: Any, config: PruningConfig) -> list[Any]:
-        n = min(config.num_samples, len(data))
+        n = min(config.calibration.num_samples, len(data))
         try:
             import datasets
         except ImportError:  # pragma: no cover
@@ -115,7 +111,7 @@ class PruningTrainer(RecoveryMixin, Trainer):
         else:
             subset = Subset(data, range(n)) if isinstance(data, Dataset) else list(data)[:n]
             collate = self._get_collator_with_removed_columns(self.data_collator, "calibration")
-        return list(DataLoader(subset, batch_size=config.batch_size, collate_fn=collate, shuffle=False))
+        return list(DataLoader(subset, batch_size=config.calibration.batch_size, collate_fn=collate, shuffle=False))
 
     # --- training -----------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -132,7 +128,7 @@ class PruningTrainer(RecoveryMixin, Trainer):
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         self._timings["training"] = self._timings.get("training", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
-        if not self.pruning_config.keep_masks:
+        if not self.pruning_config.training.keep_masks:
             self._loader = self.pruning_masks.compact().loader
             self._compacted = True
             if self._layer_inputs is not None:  # a compacted trainer does not train again
@@ -142,7 +138,7 @@ class PruningTrainer(RecoveryMixin, Trainer):
 
     def _regularizer(self, layer_inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The configured regulariser on the current weights (RI: on ``layer_inputs``, this batch's forward)."""
-        if self.pruning_config.regularizer == "group_lasso":
+        if self.pruning_config.training.regularizer == "group_lasso":
             return group_lasso(self.model, self.pruning_masks)
         if self._layer_inputs is not None:
             return relative_importance(self._layer_inputs.layers, layer_inputs)
@@ -151,7 +147,7 @@ class PruningTrainer(RecoveryMixin, Trainer):
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         """The task loss, plus the weighted regulariser and the distillation term while training."""
-        extras = model.training and (self.pruning_config.regularizer is not None or self.distiller is not None)
+        extras = model.training and (self.pruning_config.training.regularizer is not None or self.distiller is not None)
         if not extras:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         capture = self._layer_inputs.capture() if self._layer_inputs is not None else contextlib.nullcontext({})
@@ -162,7 +158,7 @@ class PruningTrainer(RecoveryMixin, Trainer):
         if reg is not None:
             self._reg_sum += float(reg.detach())
             self._reg_count += 1
-            loss = loss + config.regularizer_weight * reg
+            loss = loss + config.training.regularizer_weight * reg
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -241,14 +237,10 @@ class PruningTrainer(RecoveryMixin, Trainer):
                 f.write(text.replace(f'"{PLACEHOLDER_ID}"', f'"{repo_id}"'))
 
 
-def _recovery_of(config: PruningConfig, recovery: RecoveryConfig | None) -> RecoveryConfig:
-    """``recovery``, or the logit distillation of the older ``PruningConfig.distillation*`` fields (not both)."""
+def _recovery_of(recovery: RecoveryConfig | None) -> RecoveryConfig:
+    """``recovery`` (distillation is configured there only), or plain fine-tuning."""
     if recovery is None:
-        return RecoveryConfig.from_pruning_config(config)
-    if config.distillation:
-        raise ConfigError("Distillation is set twice: PruningConfig.distillation=True and recovery=RecoveryConfig(...)."
-                          " Set distillation_weight/temperature in the RecoveryConfig and leave "
-                          "PruningConfig.distillation False.")
+        return RecoveryConfig()
     if isinstance(recovery, RecoveryConfig) and recovery.lora_r is not None:
         raise ConfigError("PruningTrainer does not train LoRA adapters (they would bring removed units back when "
                           "merged): prune first, then use RecoveryTrainer on the compacted model.")

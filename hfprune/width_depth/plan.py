@@ -18,24 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..steps.compaction import Loader
+from ..steps.compaction import Compaction, Loader
+from ..config.groups import WidthDepthConfig
 from ..config.pruning_config import PruningConfig
+from ..structure.units import UNIT_AXES
 from ..criteria import get_criterion
-from .scores import hidden_statistics, magnitude_block_scores, random_scores
+from .scores import BLOCK_SCORES, CHANNEL_SCORES, hidden_statistics
 from .blocks import block_list, check_layers, remove_blocks
 from ..errors import ConfigError
 from ..steps.scoring import compute_masks
 from ..steps.selection import keep_top
-from ..structure.layers import Layer
 from ..structure.residual import compact_hidden, residual_stream, rms_scales
-
-UNIT_AXES = ("neurons", "heads")
-
-
-def is_width_depth(config: PruningConfig) -> bool:
-    """Whether ``config`` prunes blocks or residual channels, or asks for a parameter target (this module's runs)."""
-    return config.width_depth
-
 
 @dataclass
 class Plan:
@@ -72,22 +65,13 @@ def unit_config(config: PruningConfig, plan: Plan) -> PruningConfig | None:
                      head_sparsity=plan.heads if "heads" in parts else None)
 
 
-def axis_criterion(config: PruningConfig, axis: str) -> Any:
-    """The criterion object scoring ``axis`` ('layers' or 'hidden'), built for that axis alone."""
-    return get_criterion(_for_axes(config, axis), config.axis_criterion(axis))
-
-
 def _for_axes(config: PruningConfig, granularity: str, **changes: Any) -> PruningConfig:
     """``config`` narrowed to ``granularity``: the options of the other axes back to their defaults (the config
     refuses options that have no effect)."""
     parts = granularity.split("+")
-    reset = {"target_params": None}
+    reset: dict[str, Any] = {"width_depth": WidthDepthConfig()}
     if "heads" not in parts:
         reset.update(head_sparsity=None, gqa_mode="kv_groups")
-    if "hidden" not in parts:
-        reset.update(hidden_sparsity=None, hidden_criterion=None, hidden_rescale_norms=True)
-    if "layers" not in parts:
-        reset.update(layer_sparsity=None, layer_criterion=None)
     return dataclasses.replace(config, granularity=granularity, **{**reset, **changes})
 
 
@@ -145,25 +129,14 @@ def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progr
     parts = config.parts
     if "layers" in parts:
         _, blocks = block_list(model)
-        name = config.axis_criterion("layers")
-        if name == "magnitude":
-            scores.blocks = magnitude_block_scores(blocks, config.norm)
-        elif name == "random":
-            scores.blocks = random_scores(len(blocks), config.seed, "blocks")
-        else:
-            scores.blocks = axis_criterion(config, "layers").block_scores(model, blocks, batches)
+        score = BLOCK_SCORES[config.width_depth.block_score].score
+        scores.blocks = score(model, blocks, batches, config.seed)
     if "hidden" in parts:
         rs = residual_stream(model)
-        name = config.axis_criterion("hidden")
         stats = hidden_statistics(model, rs.spec.scored_norms, rs.spec.norms, batches) if batches else None
-        if stats is not None and config.hidden_rescale_norms:
+        if stats is not None and config.width_depth.rescale_norms:
             scores.norm_sq = stats["sq"]
-        if name == "minitron":
-            scores.hidden = stats["act"] / max(stats["tokens"], 1.0)
-        elif name == "random":
-            scores.hidden = random_scores(rs.width, config.seed, "hidden")
-        else:
-            scores.hidden = _magnitude_hidden(rs)
+        scores.hidden = CHANNEL_SCORES[config.width_depth.channel_score].score(rs, stats, config.seed)
     ucfg = unit_config(config, Plan(neurons=config.sparsity, heads=config.sparsity_for("heads")))
     if ucfg is not None:
         crit = get_criterion(ucfg)
@@ -174,23 +147,7 @@ def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progr
     return scores
 
 
-def _magnitude_hidden(rs: Any) -> torch.Tensor:
-    total = torch.zeros(rs.width, dtype=torch.float64)
-    for m in rs.embeddings.values():
-        total += m.weight.detach().double().abs().sum(0).cpu()
-    for n, m in rs.readers.items():
-        total += Layer(n, m).weight_matrix().detach().double().abs().sum(0).cpu()
-    for n, m in rs.writers.items():
-        total += Layer(n, m).weight_matrix().detach().double().abs().sum(1).cpu()
-    return total
-
-
-def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
-
-    return keep_top(scores, keep)
-
-
-def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scores | None) -> dict[str, Any]:
+def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scores | None) -> Compaction:
     """Remove what ``plan`` says, choosing by ``scores`` (None: the first units, for counting parameters on a
     meta-device skeleton). Returns the loader and the kept counts per axis."""
     from ..steps.compaction import compact_units, rewrite_config
@@ -211,7 +168,7 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
         width = residual_stream(model).width
         if plan.hidden < width:
             s = scores.hidden if scores is not None else -torch.arange(width, dtype=torch.float64)
-            keep = _top(s, plan.hidden)
+            keep = keep_top(s, plan.hidden)
             scale = rms_scales(scores.norm_sq, keep) if scores is not None and scores.norm_sq else None
             compact_hidden(model, keep, scale)
         kept["hidden"] = {"kind": "hidden", "total": width, "kept": plan.hidden}
@@ -219,15 +176,16 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
         _, blocks = block_list(model)
         n = len(blocks)
         s = scores.blocks if scores is not None else -torch.arange(n, dtype=torch.float64)
-        drop = sorted((~_top(s, n - plan.layers)).nonzero().flatten().tolist())
+        drop = sorted((~keep_top(s, n - plan.layers)).nonzero().flatten().tolist())
         if drop:
             remove_blocks(model, drop)
         kept["layers"] = {"kind": "layers", "total": n, "kept": n - len(drop), "removed": drop}
-    return {"loader": loader, "kept": kept}
+    return Compaction(loader, kept)
 
 
 def criterion_label(config: PruningConfig) -> str:
     """The criteria of a width/depth run, one per axis, e.g. 'block_influence+wanda'."""
-    axes = [config.axis_criterion(a) for a in ("layers", "hidden") if a in config.parts]
+    axes = [score for axis, score in (("layers", config.width_depth.block_score),
+                                      ("hidden", config.width_depth.channel_score)) if axis in config.parts]
     units = [config.criterion] if any(p in UNIT_AXES for p in config.parts) else []
     return "+".join(dict.fromkeys(axes + units))

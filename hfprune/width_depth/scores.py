@@ -1,4 +1,5 @@
-"""Scores of whole transformer blocks (``granularity="layers"``) and of residual-stream channels (``"hidden"``).
+"""Scores of whole transformer blocks (``granularity="layers"``) and of residual-stream channels (``"hidden"``), in
+their own registries (`BLOCK_SCORES`, `CHANNEL_SCORES`), chosen by ``width_depth.block_score`` / ``.channel_score``.
 
 Blocks (higher = keep), METHODS.md section 5:
 - ``block_influence`` (ShortGPT, Men et al. 2024): ``BI_k = 1 - E_t cos(x_k(t), x_{k+1}(t))`` between a block's
@@ -18,16 +19,16 @@ per-sample copies.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from ..criteria.registry import register_criterion as register
-from ..criteria.base import Criterion
 from ..criteria.baselines import seeded_generator
 from ..calibration.forward import no_kv_cache, primary_output, run_model, with_lm_labels
-from ..structure.layers import find_layers
+from ..structure.layers import Layer, find_layers
 
 
 def _hidden(x: Any) -> torch.Tensor:
@@ -46,45 +47,38 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
-@register
-class BlockInfluence(Criterion):
+@torch.no_grad()
+def block_influence(model: nn.Module, blocks: nn.ModuleList, batches: list, seed: int) -> torch.Tensor:
     """ShortGPT Block Influence: blocks that barely change the hidden state score low."""
+    sums = torch.zeros(len(blocks), dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)
+    inputs: dict[int, torch.Tensor] = {}
+    current: dict[str, Any] = {}
 
-    name = "block_influence"
-    needs_data = True
-    supports = ("layers",)
+    def pre(i: int):
+        def fn(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            inputs[i] = args[0] if args else kwargs["hidden_states"]
+        return fn
 
-    @torch.no_grad()
-    def block_scores(self, model: nn.Module, blocks: nn.ModuleList, batches: list) -> torch.Tensor:
-        sums = torch.zeros(len(blocks), dtype=torch.float64)
-        count = torch.zeros((), dtype=torch.float64)
-        inputs: dict[int, torch.Tensor] = {}
-        current: dict[str, Any] = {}
+    def post(i: int):
+        def fn(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            y = _hidden(out)
+            w = _token_mask(current["batch"], y)
+            sums[i] += float(((1 - _cos(inputs.pop(i), y)) * w).sum())
+        return fn
 
-        def pre(i: int):
-            def fn(module: nn.Module, args: tuple, kwargs: dict) -> None:
-                inputs[i] = args[0] if args else kwargs["hidden_states"]
-            return fn
-
-        def post(i: int):
-            def fn(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-                y = _hidden(out)
-                w = _token_mask(current["batch"], y)
-                sums[i] += float(((1 - _cos(inputs.pop(i), y)) * w).sum())
-            return fn
-
-        handles = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, b in enumerate(blocks)]
-        handles += [b.register_forward_hook(post(i), with_kwargs=True) for i, b in enumerate(blocks)]
-        try:
-            with no_kv_cache(model):
-                for batch in batches:
-                    current["batch"] = batch
-                    out = run_model(model, batch)
-                    count += float(_token_mask(batch, primary_output(out)).sum())
-        finally:
-            for h in handles:
-                h.remove()
-        return sums / count.clamp(min=1)
+    handles = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles += [b.register_forward_hook(post(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        with no_kv_cache(model):
+            for batch in batches:
+                current["batch"] = batch
+                out = run_model(model, batch)
+                count += float(_token_mask(batch, primary_output(out)).sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return sums / count.clamp(min=1)
 
 
 @contextlib.contextmanager
@@ -102,61 +96,93 @@ def bypassed(block: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
-@register
-class SkipLoss(Criterion):
+@torch.no_grad()
+def skip_loss(model: nn.Module, blocks: nn.ModuleList, batches: list, seed: int) -> torch.Tensor:
     """Calibration-loss increase when the block is bypassed: exact, one calibration pass per block."""
-
-    name = "skip_loss"
-    needs_data = True
-    supports = ("layers",)
-
-    @torch.no_grad()
-    def block_scores(self, model: nn.Module, blocks: nn.ModuleList, batches: list) -> torch.Tensor:
-        batches = [with_lm_labels(model, b) for b in batches]
-        with no_kv_cache(model):
-            reference = [run_model(model, b) for b in batches]
-            with_loss = all(getattr(r, "loss", None) is not None for r in reference)
-            base = self._loss(reference, reference, batches, with_loss)
-            if not with_loss:  # keep only the outputs, not every hidden state
-                reference = [primary_output(r) for r in reference]
-            scores = []
-            for block in blocks:
-                with bypassed(block):
-                    outs = [run_model(model, b) for b in batches]
-                scores.append(self._loss(outs, reference, batches, with_loss) - base)
-        return torch.tensor(scores, dtype=torch.float64)
-
-    @staticmethod
-    def _loss(outs: list, reference: list, batches: list, with_loss: bool) -> float:
-        if with_loss:  # token-weighted mean of the batches' mean losses
-            weights = [float((b["labels"] != -100).sum()) for b in batches]
-            return sum(float(o.loss) * w for o, w in zip(outs, weights)) / max(sum(weights), 1)
-        total, count = 0.0, 0.0
-        for o, r, b in zip(outs, reference, batches):
-            y, ref = primary_output(o), (r if isinstance(r, torch.Tensor) else primary_output(r))
-            w = _token_mask(b, y)
-            total += float(((1 - _cos(y, ref)) * w).sum())
-            count += float(w.sum())
-        return total / max(count, 1)
+    batches = [with_lm_labels(model, b) for b in batches]
+    with no_kv_cache(model):
+        reference = [run_model(model, b) for b in batches]
+        with_loss = all(getattr(r, "loss", None) is not None for r in reference)
+        base = _loss(reference, reference, batches, with_loss)
+        if not with_loss:  # keep only the outputs, not every hidden state
+            reference = [primary_output(r) for r in reference]
+        scores = []
+        for block in blocks:
+            with bypassed(block):
+                outs = [run_model(model, b) for b in batches]
+            scores.append(_loss(outs, reference, batches, with_loss) - base)
+    return torch.tensor(scores, dtype=torch.float64)
 
 
-def magnitude_block_scores(blocks: nn.ModuleList, norm: int) -> torch.Tensor:
-    """Sum of ``|W|^norm`` over each block's weight layers (hfprune extension of the magnitude baseline)."""
-    return torch.tensor([sum(float(l.weight.detach().float().abs().pow(norm).sum())
-                             for l in find_layers(b).values()) for b in blocks], dtype=torch.float64)
+def _loss(outs: list, reference: list, batches: list, with_loss: bool) -> float:
+    if with_loss:  # token-weighted mean of the batches' mean losses
+        weights = [float((b["labels"] != -100).sum()) for b in batches]
+        return sum(float(o.loss) * w for o, w in zip(outs, weights)) / max(sum(weights), 1)
+    total, count = 0.0, 0.0
+    for o, r, b in zip(outs, reference, batches):
+        y, ref = primary_output(o), (r if isinstance(r, torch.Tensor) else primary_output(r))
+        w = _token_mask(b, y)
+        total += float(((1 - _cos(y, ref)) * w).sum())
+        count += float(w.sum())
+    return total / max(count, 1)
+
+
+def magnitude_blocks(model: nn.Module, blocks: nn.ModuleList, batches: list, seed: int) -> torch.Tensor:
+    """Sum of ``|W|`` over each block's weight layers (hfprune extension of the magnitude baseline)."""
+    return torch.tensor([sum(float(l.weight.detach().float().abs().sum()) for l in find_layers(b).values())
+                         for b in blocks], dtype=torch.float64)
 
 
 def random_scores(n: int, seed: int, key: str) -> torch.Tensor:
     return torch.rand(n, generator=seeded_generator(seed, key)).double()
 
 
-@register
-class Minitron(Criterion):
-    """Minitron embedding-channel importance from the norm-output statistics (`hidden_statistics`)."""
+def random_blocks(model: nn.Module, blocks: nn.ModuleList, batches: list, seed: int) -> torch.Tensor:
+    return random_scores(len(blocks), seed, "blocks")
 
-    name = "minitron"
-    needs_data = True
-    supports = ("hidden",)
+
+def minitron_channels(rs: Any, stats: dict[str, Any] | None, seed: int) -> torch.Tensor:
+    """Minitron embedding-channel importance: mean over tokens of the norm outputs' ``|y_c|``."""
+    return stats["act"] / max(stats["tokens"], 1.0)  # type: ignore[index]
+
+
+def magnitude_channels(rs: Any, stats: dict[str, Any] | None, seed: int) -> torch.Tensor:
+    """``|W|`` summed over every weight slice a residual channel owns (hfprune extension)."""
+    total = torch.zeros(rs.width, dtype=torch.float64)
+    for m in rs.embeddings.values():
+        total += m.weight.detach().double().abs().sum(0).cpu()
+    for n, m in rs.readers.items():
+        total += Layer(n, m).weight_matrix().detach().double().abs().sum(0).cpu()
+    for n, m in rs.writers.items():
+        total += Layer(n, m).weight_matrix().detach().double().abs().sum(1).cpu()
+    return total
+
+
+def random_channels(rs: Any, stats: dict[str, Any] | None, seed: int) -> torch.Tensor:
+    return random_scores(rs.width, seed, "hidden")
+
+
+@dataclass(frozen=True)
+class AxisScore:
+    """One registered block or channel score: the function and whether it reads calibration data."""
+
+    score: Callable[..., torch.Tensor]
+    needs_data: bool
+
+
+#: ``width_depth.block_score`` -> score(model, blocks, batches, seed), higher = keep
+BLOCK_SCORES: dict[str, AxisScore] = {
+    "block_influence": AxisScore(block_influence, True),
+    "skip_loss": AxisScore(skip_loss, True),
+    "magnitude": AxisScore(magnitude_blocks, False),
+    "random": AxisScore(random_blocks, False),
+}
+#: ``width_depth.channel_score`` -> score(residual stream, hidden statistics, seed), higher = keep
+CHANNEL_SCORES: dict[str, AxisScore] = {
+    "minitron": AxisScore(minitron_channels, True),
+    "magnitude": AxisScore(magnitude_channels, False),
+    "random": AxisScore(random_channels, False),
+}
 
 
 def _last(name: str) -> str:

@@ -1,57 +1,85 @@
-"""The engine's width/depth step: whole blocks, residual channels (with FFN neurons and heads beside them) or a
-parameter target, checked before any work, then scored once, searched and removed in one step.
+"""The width/depth step: whole blocks, residual channels (with FFN neurons and heads beside them) or a parameter
+target, checked before any work, then scored once, searched and removed in one step.
 
-Moved out of `hfprune.engine.pruner` to keep the engine short; it drives `hfprune.width_depth.plan` (scores and removals) and
-`hfprune.width_depth.search` (the `target_params` search), neither of which imports it.
+The peer of `hfprune.engine.unit_step.UnitStep` behind the same methods, so the `Pruner` drives either without
+knowing which; it drives `hfprune.width_depth.plan` (scores and removals) and `hfprune.width_depth.search` (the
+`target_params` search), neither of which imports it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from ..steps.compaction import Loader
 from ..config.pruning_config import PruningConfig
-from ..criteria import get_criterion
+from ..criteria import criterion_class
 from ..errors import ConfigError
+from ..report.measure import count_params
+from ..report.pruning_report import LayerReport
+from ..steps.compaction import Compaction
+from ..steps.selection import Selection
+from ..structure.units import UNIT_AXES
+from .plan import Plan, apply_plan, compute_scores, criterion_label, initial_plan
+from .scores import BLOCK_SCORES, CHANNEL_SCORES
 from .search import check_target, search_target
-from .plan import Plan, apply_plan, axis_criterion, compute_scores, initial_plan, unit_config
 
 
-@dataclass
 class WidthDepthStep:
-    """What a width/depth run will do, decided before any work: the plan the fractions ask for, the parameter
-    target (if any) and whether calibration data is needed."""
+    """Blocks, residual channels or a parameter target: one step, removed as it runs (compaction only reads the
+    result)."""
 
-    plan: Plan
-    target: int | None
-    needs_data: bool
+    # the unit step's state, empty here: the axes are not masked, they are removed
+    criterion = None
+    groups = None
 
-    @classmethod
-    def prepare(cls, model: nn.Module, config: PruningConfig) -> WidthDepthStep:
-        """Check every axis (and the target) against ``model``; raises `ConfigError` before any work."""
-        for name in ("reconstruction", "protect"):
-            if getattr(config, name) not in ("none", "auto"):
-                raise ConfigError(f"PruningConfig.{name}={getattr(config, name)!r} is not built for granularity "
-                                  f"{config.granularity!r} (blocks / residual channels) yet; set {name}='none'.")
-        plan = initial_plan(model, config)
-        target = config.target_params_count
+    @staticmethod
+    def applies(config: PruningConfig) -> bool:
+        return config.prunes_width_depth
+
+    @staticmethod
+    def needs_data(config: PruningConfig) -> bool:
+        """Whether calibration batches are needed: a data-driven block or channel score, the norms' RMS rescaling,
+        the target search (scored on calibration loss), or a data-driven criterion for neurons / heads."""
+        wd = config.width_depth
+        return ("layers" in config.parts and BLOCK_SCORES[wd.block_score].needs_data) \
+            or ("hidden" in config.parts and (CHANNEL_SCORES[wd.channel_score].needs_data or wd.rescale_norms)) \
+            or wd.target_params is not None \
+            or (any(p in UNIT_AXES for p in config.parts) and criterion_class(config.criterion).needs_data)
+
+    @staticmethod
+    def check(model: nn.Module, config: PruningConfig) -> None:
+        """Check every axis (and the target) against ``model``, before any work (raises `ConfigError`)."""
+        for name, value in (("reconstruction.method", config.reconstruction.method),
+                            ("protection.mode", config.protection.mode)):
+            if value not in ("none", "auto"):
+                raise ConfigError(f"PruningConfig.{name}={value!r} is not built for granularity "
+                                  f"{config.granularity!r} (blocks / residual channels) yet; set it to 'none'.")
+        initial_plan(model, config)
+        target = config.width_depth.target_params_count
         if target is not None:
             check_target(model, config, target)
-        needs = any(axis_criterion(config, a).needs_data for a in ("layers", "hidden") if a in config.parts) \
-            or target is not None or ("hidden" in config.parts and config.hidden_rescale_norms)
-        ucfg = unit_config(config, plan)
-        return cls(plan, target, needs or (ucfg is not None and get_criterion(ucfg).needs_data))
 
-    def run(self, model: nn.Module, config: PruningConfig, batches: list, progress: bool,
-            timings: dict[str, float]) -> tuple[Loader, dict[str, Any]]:
-        """Score every axis once, search the plan for the target (if any), and remove: (loader, kept per axis; the
-        search's candidates and choice under ``"target_params"``)."""
+    def __init__(self, model: nn.Module, config: PruningConfig, example_inputs: Any, world_size: int,
+                 progress: bool) -> None:
+        self.model, self.config, self.progress = model, config, progress
+        self.plan: Plan = initial_plan(model, config)
+        self.target = config.width_depth.target_params_count
+        self.label = criterion_label(config)
+        self.layers: dict[str, Any] = {}
+        self.masks: dict[str, Any] = {}
+        self.result: Compaction | None = None
+
+    def run(self, sparsity: float, batches: list, timings: dict[str, float],
+            already: bool) -> tuple[Selection, float]:
+        """Score every axis once, search the plan for the target (if any), and remove. The sparsity reached is the
+        share of parameters removed (the fractions differ per axis); the search's candidates and choice are kept
+        under ``"target_params"`` of the kept units."""
+        model, config = self.model, self.config
+        before = count_params(model)[0]
         t = time.perf_counter()
-        scores = compute_scores(model, config, batches, progress)
+        scores = compute_scores(model, config, batches, self.progress)
         timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t
         plan, search = self.plan, None
         if self.target is not None:
@@ -61,9 +89,34 @@ class WidthDepthStep:
                       "candidates": [c.describe() for c in candidates]}
             timings["search"] = time.perf_counter() - t
         t = time.perf_counter()
-        done = apply_plan(model, config, plan, scores)
+        self.result = apply_plan(model, config, plan, scores)
         timings["compaction"] = time.perf_counter() - t
-        kept = done["kept"]
         if search is not None:
-            kept["target_params"] = search
-        return done["loader"], kept
+            self.result.kept["target_params"] = search
+        return Selection({}), round(1 - count_params(model)[0] / before, 4)
+
+    def compact(self) -> Compaction:
+        if self.result is None:
+            raise ConfigError("Pruner.compact() before Pruner.step(): nothing was chosen yet.")
+        return self.result
+
+    @property
+    def changes_shapes(self) -> bool:
+        return self.result is not None
+
+    def kept_units(self) -> dict[str, dict[str, Any]]:
+        return self.result.kept if self.result is not None else {}
+
+    def layer_reports(self) -> list[LayerReport]:
+        return [LayerReport(k, v["kind"], v["total"], v["kept"]) for k, v in self.kept_units().items()
+                if "kind" in v]
+
+    def report_sections(self) -> dict[str, Any]:
+        return {}
+
+    def warnings(self) -> list[str]:
+        after = count_params(self.model)[0]
+        if self.target is not None and after < 0.99 * self.target:
+            return [f"target_params={self.target:,}: the closest architecture found has {after:,} parameters (more "
+                    "than 1% below the target)"]
+        return []

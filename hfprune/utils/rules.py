@@ -1,8 +1,8 @@
 """Validation rules for dataclass fields: a predicate and the words an error message uses, one per field.
 
-`rule_for_hint` derives a rule from a field's type hint (booleans must be booleans, numbers finite); tables such as
-`hfprune.config.checks.FIELD_RULES` add ranges and fixed choices (which the CLI also passes to argparse). Used by
-`PruningConfig` and the recipe sections.
+`rule_for_hint` derives a rule from a field's type hint (``Literal`` choices, booleans that are booleans, finite
+numbers); tables such as `hfprune.config.checks.FIELD_RULES` add only ranges. Used by `PruningConfig` and its
+option groups, the criteria's options and the recipe sections.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..errors import ConfigError, shown
 
@@ -76,7 +76,10 @@ ANYTHING = Rule(lambda v: True, "anything")
 
 
 def rule_for_hint(hint: Any) -> Rule:
-    """The rule a type hint implies: ``bool``, ``int``, ``float``, ``str``, ``X | None``, ``list[str]``, ``dict``."""
+    """The rule a type hint implies: ``Literal[...]`` (its values are the choices), ``bool``, ``int``, ``float``,
+    ``str``, ``X | None``, ``list[str]``, ``dict``."""
+    if get_origin(hint) is Literal:
+        return choice(*get_args(hint))
     args = [a for a in get_args(hint) if a is not type(None)]
     if get_origin(hint) in (Union, types.UnionType) and len(args) == 1:
         return optional(rule_for_hint(args[0]))
