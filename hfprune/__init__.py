@@ -1,7 +1,7 @@
 """hfprune: prune Hugging Face models with research criteria, fine-tune with Trainer, publish with model cards."""
 
 from .config.pruning_config import PruningConfig
-from .criteria import Criterion, available_criteria, register_criterion
+from .criteria import Criterion, CriterionOptions, available_criteria, register_criterion
 from .structure import Adapter, AttentionSpec, FFNSpec, register_adapter
 from .checkpoint.loading import load_pruned
 from .prune import PruningResult, prune
@@ -26,6 +26,7 @@ __all__ = [
     "PruningConfig",
     "available_criteria",
     "Criterion",
+    "CriterionOptions",
     "register_criterion",
     "Adapter",
     "AttentionSpec",

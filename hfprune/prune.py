@@ -15,10 +15,11 @@ from .config.pruning_config import PruningConfig
 from .utils.distributed import main_process_writes
 from .engine.pruner import Pruner
 from .report.pruning_report import PruningReport
+from .report.records import EvaluationRecords
 
 
 @dataclass
-class PruningResult:
+class PruningResult(EvaluationRecords):
     """The pruned (compacted) model, its report, and the record `load_pruned` needs to rebuild it."""
 
     model: nn.Module
@@ -33,13 +34,16 @@ class PruningResult:
         """The extra content of ``pruning_config.json`` besides the config itself."""
         return self.info.to_dict()
 
-    def record_evaluation(self, metric: str, before: float | None = None, after: float | None = None) -> None:
-        """Add a quality number measured outside `prune()` to the report and the card (as PruningTrainer's)."""
-        entry = self.report.evaluation.setdefault(metric, {})
-        entry.update({k: float(v) for k, v in (("before", before), ("after", after)) if v is not None})
+    @property
+    def _evaluation(self) -> dict[str, dict[str, Any]]:  # type: ignore[override]  (the report holds them)
+        return self.report.evaluation
 
-    def record_command(self, command: str | None) -> None:
-        """The command or recipe that reproduces this result (report and card)."""
+    @property
+    def _command(self) -> str | None:  # type: ignore[override]
+        return self.report.command
+
+    @_command.setter
+    def _command(self, command: str | None) -> None:
         self.report.command = command
 
     def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = False,

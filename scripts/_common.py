@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -18,6 +17,7 @@ import torch
 
 from hfprune.calibration.data import prepare_calibration
 from hfprune.config.pruning_config import PruningConfig
+from hfprune.evaluation.perplexity import perplexity  # noqa: F401  (re-exported: the library's one protocol)
 from hfprune.examples import lee_texts, load_minilm, load_smollm2  # noqa: F401  (re-exported)
 
 
@@ -81,25 +81,6 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
 def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)
-
-
-@torch.no_grad()
-def perplexity(model: Any, tok: Any, texts: list[str], seq_len: int = 512, max_tokens: int | None = None) -> float:
-    """Perplexity over ``texts`` packed (EOS-separated) into non-overlapping windows of ``seq_len`` tokens."""
-    ids: list[int] = []
-    for t in texts:
-        ids += tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    if max_tokens:
-        ids = ids[:max_tokens]
-    n = len(ids) // seq_len
-    x = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
-    model.eval()
-    nll, count = 0.0, 0
-    for row in x:
-        out = model(input_ids=row[None], labels=row[None])
-        nll += out.loss.item() * (seq_len - 1)
-        count += seq_len - 1
-    return math.exp(nll / count)
 
 
 @torch.no_grad()

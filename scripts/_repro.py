@@ -142,7 +142,7 @@ def publish(name: str, argv: Sequence[str] | None, args: argparse.Namespace, pay
             report: Callable[[dict[str, Any]], str], plot: Callable[[dict[str, Any], str], None]) -> dict[str, Any]:
     """Add the run's command, date and machine to ``payload``; write ``{out}/{name}.json`` and the plot
     ``{img}/repro_{name}.png``; print the markdown report."""
-    payload = {**payload, "info": run_info(f"repro_{name}.py", argv)}
+    payload = {**payload, "info": run_info(f"repro/{name}.py", argv)}
     save_json(os.path.join(args.out, f"{name}.json"), payload)
     plot(payload, os.path.join(args.img, f"repro_{name}.png"))
     print(report(payload))

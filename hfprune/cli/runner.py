@@ -21,7 +21,8 @@ from ..checkpoint.io import atomic_output_dir, check_output_dir
 from ..prune import PruningResult, prune
 from ..report.pruning_report import PruningReport
 from .common import Console, UsageError
-from ..evaluation.quality import embeddings, mean_cosine, perplexity, text_accuracy
+from ..evaluation.perplexity import PerplexityProtocol, measure_perplexity
+from ..evaluation.quality import embeddings, mean_cosine, text_accuracy
 from .recipe import EvaluationSection, Recipe, TrainingSection
 from .sources import LoadedModel, calibration_input, load_model, load_rows
 
@@ -62,7 +63,7 @@ def _check_before_work(recipe: Recipe) -> None:
     if recipe.training or recipe.recovery:
         import_trainer()
     if recipe.recovery and recipe.recovery.settings.lora_r is not None:
-        from ..trainer.lora import require_peft
+        from ..trainer.recovery.lora import require_peft
 
         require_peft()
     needs_data = Pruner.needs_data(cfg)
@@ -85,9 +86,13 @@ def _check_loaded(recipe: Recipe, loaded: LoadedModel) -> None:
 class Evaluator:
     """Measures one quality number, the same way before and after pruning."""
 
+    #: the perplexity protocol of `hfprune evaluate` and ``--evaluate`` (512-token windows, as the benchmarks)
+    PROTOCOL = PerplexityProtocol(seq_len=512, max_tokens=4096)
+
     def __init__(self, section: EvaluationSection, loaded: LoadedModel, console: Console,
                  rows: tuple[list[str], list | None] | None = None) -> None:
         self.loaded, self.progress, self.reference = loaded, console.progress, None
+        self.details: dict[str, Any] = {}  # how the metric was measured, recorded next to it
         if loaded.vision is not None:
             self.metric = "accuracy"
             return
@@ -106,7 +111,11 @@ class Evaluator:
 
             return accuracy(model, v.test_x, v.test_y)
         if self.metric == "perplexity":
-            return perplexity(model, tok, self.texts, progress=self.progress)
+            ppl = measure_perplexity(model, tok, self.texts, self.PROTOCOL, progress=self.progress)
+            p = ppl.protocol
+            self.details = {"protocol": f"{p.seq_len}-token non-overlapping windows, EOS between texts, "
+                                        f"{ppl.tokens:,} predicted tokens"}
+            return ppl.value
         if self.metric == "accuracy":
             return text_accuracy(model, tok, self.texts, self.labels, progress=self.progress)
         emb = embeddings(model, tok, self.texts, progress=self.progress)
@@ -163,7 +172,7 @@ def _recover(recipe: Recipe, loaded: LoadedModel, result: PruningResult, teacher
     from transformers import TrainingArguments
 
     from ..trainer import RecoveryTrainer
-    from ..trainer.recovery import pack_texts
+    from ..trainer.recovery.budget import pack_texts
 
     section = recipe.recovery
     tok = loaded.tokenizer
@@ -224,19 +233,19 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
         console.info(f"{evaluator.metric} after pruning: {after:.4f}")
     if recipe.recovery:  # the pruned result's report records dense -> pruned; the trainer's, -> recovered
         if evaluator is not None:
-            result.record_evaluation(evaluator.metric, before=before, after=after)
+            result.record_evaluation(evaluator.metric, before=before, after=after, **evaluator.details)
         result.record_command(command)
         trainer = _recover(recipe, loaded, result, teacher, console)
         model = trainer.model
         if evaluator is not None:
             pruned, after = after, evaluator.measure(model)
             console.info(f"{evaluator.metric} after recovery: {after:.4f}")
-            trainer.record_evaluation(evaluator.metric, before=pruned, after=after)
+            trainer.record_evaluation(evaluator.metric, before=pruned, after=after, **evaluator.details)
         trainer.record_command(command)
     else:
         target = trainer if trainer is not None else result  # both record evaluation and command the same way
         if evaluator is not None:
-            target.record_evaluation(evaluator.metric, before=before, after=after)
+            target.record_evaluation(evaluator.metric, before=before, after=after, **evaluator.details)
         target.record_command(command)
     report = trainer.pruning_report if trainer is not None else result.report
     with main_process_writes() as main:  # one process writes and pushes; the others wait for the folder

@@ -65,7 +65,9 @@ _AXIS_SCORES = {"block_influence": "block_score", "skip_loss": "block_score", "m
 
 
 def is_legacy(data: dict[str, Any]) -> bool:
-    return any(k in data for k in (*MOVED, *OPTIONS, *DROPPED) if not isinstance(data.get(k), dict))
+    """Whether ``data`` has a key of the older flat shape (a group given as a mapping is the current shape)."""
+    return data.get("criterion") in _AXIS_SCORES or any(
+        k in data for k in (*MOVED, *OPTIONS, *DROPPED) if not isinstance(data.get(k), dict))
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,9 @@
-"""Quick quality numbers before and after pruning: perplexity (causal LMs), accuracy (classifiers), and for bare
-encoders the cosine similarity of mean-pooled sentence embeddings to the unpruned model's."""
+"""Quality numbers before and after pruning besides perplexity (`hfprune.evaluation.perplexity`): accuracy
+(classifiers), and for bare encoders the cosine similarity of mean-pooled sentence embeddings to the unpruned
+model's."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,39 +13,6 @@ from tqdm.auto import tqdm
 
 from ..calibration.checks import check_token_ids, max_positions
 from ..errors import EvaluationError
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, tokenizer: Any, texts: list[str], seq_len: int = 256, max_tokens: int = 4096,
-               progress: bool = False) -> float:
-    """Perplexity over the texts joined and cut into ``seq_len``-token windows (at most ``max_tokens``; windows no
-    longer than the model's position embeddings). Raises `EvaluationError` when there is nothing to predict: a
-    perplexity of 1.0 from zero tokens would read as a perfect model."""
-    ids: list[int] = []
-    for t in texts:
-        ids += tokenizer(t, add_special_tokens=False)["input_ids"]
-        if len(ids) >= max_tokens:
-            break
-    ids = ids[:max_tokens]
-    if len(ids) < 2:
-        raise EvaluationError(f"The evaluation data holds {len(ids)} token(s) from {len(texts)} text(s); perplexity "
-                              "needs at least two tokens. Pass more (non-blank) evaluation text or a larger "
-                              "--max-samples.")
-    seq_len = min(seq_len, max_positions(model) or seq_len)
-    windows = [ids[i:i + seq_len] for i in range(0, len(ids) - 1, seq_len) if len(ids[i:i + seq_len]) > 1]
-    check_token_ids(torch.tensor(ids).view(-1, 1), model, tokenizer, evaluation=True)  # every id in range
-    check_token_ids(torch.tensor([windows[0]]), model, tokenizer, evaluation=True)  # window length
-    nll, count = 0.0, 0
-    model.eval()
-    for w in tqdm(windows, desc="perplexity", disable=not progress):
-        x = torch.tensor([w])
-        out = model(input_ids=x, labels=x)
-        nll += float(out.loss) * (len(w) - 1)
-        count += len(w) - 1
-    if math.isnan(nll):
-        raise EvaluationError("The model's loss on the evaluation text is NaN; the pruned model is broken: prune "
-                              "less, or check the weights.")
-    return math.exp(min(nll / count, 709.0))  # beyond e^709 a float overflows: the perplexity is inf in all but name
 
 
 def _batches(model: nn.Module, tokenizer: Any, texts: list[str], batch_size: int, max_length: int, progress: bool,

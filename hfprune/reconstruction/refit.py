@@ -1,4 +1,4 @@
-"""Weight reconstruction after selection (hfprune extension; METHODS.md section 4): refit the kept weights of each
+"""Weight reconstruction after selection (hfprune extension, after SparseGPT's layer-wise least squares, Frantar & Alistarh 2023): refit the kept weights of each
 layer so that it reproduces the unpruned layer's output on the calibration inputs. The masks do not change.
 
 With ``a`` a layer input, the statistics are ``H = sum a a^T``, ``sum a`` and the count, accumulated by matrix

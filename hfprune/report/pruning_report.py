@@ -47,7 +47,7 @@ class PruningReport:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     calibration: dict[str, Any] = field(default_factory=dict)  # source, name, num_samples, seq_len, tokens
     warnings: list[str] = field(default_factory=list)
-    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {"before", "after"}
+    evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {"before", "after", "protocol"}
     latency: dict[str, Any] = field(default_factory=dict)  # dense_ms, pruned_ms, input_shape, device
     command: str | None = None  # the command or recipe that reproduces the result
     protected: dict[str, list[int]] = field(default_factory=dict)  # outlier units kept by `protect` (per group/layer)

@@ -1,4 +1,5 @@
-"""Find what can be pruned in a model: target layers (unstructured) or unit groups (structured).
+"""Find what can be pruned in a model: target layers (unstructured) or unit groups (structured). ``config`` is a
+`PruningConfig`, typed ``Any`` here because structure sits below config in the layering (docs/architecture.md).
 
 FFN neurons and attention heads of Hugging Face families come from the family adapters; conv channels (plain and
 residual CNNs, any architecture) come from Torch-Pruning's `DependencyGraph`, which traces the coupling through
@@ -8,7 +9,7 @@ BatchNorm, residual additions and concatenations.
 from __future__ import annotations
 
 import fnmatch
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,21 +19,18 @@ from .adapters import Adapter, AttentionSpec, FFNSpec, adapter_for, known_model_
 from .groups import Coupling, UnitGroup
 from .layers import Layer, find_layers
 
-if TYPE_CHECKING:
-    from ..config.pruning_config import PruningConfig
-
 __all__ = ["Layer", "UnitGroup", "Coupling", "Adapter", "AttentionSpec", "FFNSpec", "adapter_for",
            "register_adapter", "target_layers",
            "find_groups", "find_layers"]
 
 
-def _selected(name: str, config: PruningConfig) -> bool:
+def _selected(name: str, config: Any) -> bool:
     if any(fnmatch.fnmatchcase(name, p) for p in config.ignore):
         return False
     return not config.targets or any(fnmatch.fnmatchcase(name, p) for p in config.targets)
 
 
-def target_layers(model: nn.Module, config: PruningConfig) -> dict[str, Layer]:
+def target_layers(model: nn.Module, config: Any) -> dict[str, Layer]:
     """Scorable layers that the config's `targets` / `ignore` patterns select."""
     layers = {n: l for n, l in find_layers(model).items() if _selected(n, config)}
     if not layers:
@@ -41,7 +39,7 @@ def target_layers(model: nn.Module, config: PruningConfig) -> dict[str, Layer]:
     return layers
 
 
-def find_groups(model: nn.Module, config: PruningConfig, example_inputs: Any = None) -> list[UnitGroup]:
+def find_groups(model: nn.Module, config: Any, example_inputs: Any = None) -> list[UnitGroup]:
     """Unit groups of every kind named in ``config.granularity``, filtered by `targets` / `ignore`."""
     all_layers = find_layers(model)
     kinds = config.parts
@@ -70,7 +68,7 @@ def find_groups(model: nn.Module, config: PruningConfig, example_inputs: Any = N
     return groups
 
 
-def channel_groups(model: nn.Module, config: PruningConfig, example_inputs: Any) -> list[UnitGroup]:
+def channel_groups(model: nn.Module, config: Any, example_inputs: Any) -> list[UnitGroup]:
     """Conv output-channel groups from Torch-Pruning's dependency graph."""
     import torch_pruning as tp
 

@@ -2,8 +2,7 @@
 `RecoveryTrainer` and `RecoveryConfig` (distillation, LoRA, token budgets)."""
 
 from .callback import PruningCallback
-from .recovery import RecoveryConfig
-from .recovery_trainer import RecoveryTrainer
+from .recovery import RecoveryConfig, RecoveryTrainer
 from .schedule import pruning_positions, sparsity_at
 from .trainer import PruningTrainer
 

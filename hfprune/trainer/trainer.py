@@ -28,11 +28,12 @@ from ..engine.pruner import Pruner
 from ..errors import CalibrationError, ConfigError
 from ..publishing.card import CARD_NAME, PLACEHOLDER_ID
 from ..report.pruning_report import PruningReport
+from ..report.records import EvaluationRecords
 from .callback import PruningCallback
-from .distilling import RecoveryMixin
+from .recovery.mixin import RecoveryMixin
 from .losses import LayerInputs, group_lasso, relative_importance, ri_layers
 from .masks import TrainingMasks
-from .recovery import RecoveryConfig
+from .recovery.config import RecoveryConfig
 from .schedule import check_schedule, sparsity_at
 
 
@@ -40,7 +41,7 @@ from .schedule import check_schedule, sparsity_at
 _NOT_QUALITY = ("_runtime", "_samples_per_second", "_steps_per_second", "epoch")
 
 
-class PruningTrainer(RecoveryMixin, Trainer):
+class PruningTrainer(EvaluationRecords, RecoveryMixin, Trainer):
     """`Trainer` plus ``pruning_config`` (what, how and when to prune) and an optional ``calibration_dataset``
     (default: the first ``num_samples`` rows of ``train_dataset``). ``recovery`` adds the teacher terms
     (intermediate states too) and a token budget; ``teacher`` defaults to a frozen copy of the model before any
@@ -188,15 +189,6 @@ class PruningTrainer(RecoveryMixin, Trainer):
         """The `PruningReport` of the model as it is now (what ``save_model`` writes as ``pruning_report.json``)."""
         return self.pruning_masks.pruner.report(self._loader, self._evaluation, self._command, self._timings,
                                                 compacted=self._compacted)
-
-    def record_command(self, command: str | None) -> None:
-        """The command or recipe that reproduces this run (report and card), as `PruningResult.record_command`."""
-        self._command = command
-
-    def record_evaluation(self, metric: str, before: float | None = None, after: float | None = None) -> None:
-        """Add a metric measured outside `evaluate` (e.g. the CLI's held-out accuracy) to the report and card."""
-        entry = self._evaluation.setdefault(metric, {})
-        entry.update({k: float(v) for k, v in (("before", before), ("after", after)) if v is not None})
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Trainer's `evaluate`; its metrics also go into the pruning report and card: those measured while nothing

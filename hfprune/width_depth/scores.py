@@ -1,7 +1,7 @@
 """Scores of whole transformer blocks (``granularity="layers"``) and of residual-stream channels (``"hidden"``), in
 their own registries (`BLOCK_SCORES`, `CHANNEL_SCORES`), chosen by ``width_depth.block_score`` / ``.channel_score``.
 
-Blocks (higher = keep), METHODS.md section 5:
+Blocks (higher = keep):
 - ``block_influence`` (ShortGPT, Men et al. 2024): ``BI_k = 1 - E_t cos(x_k(t), x_{k+1}(t))`` between a block's
   input and output hidden states, one calibration pass for all blocks;
 - ``skip_loss``: calibration loss with block k bypassed minus the full model's (one pass per block). Models without
