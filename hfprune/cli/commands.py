@@ -122,8 +122,8 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
                      "the demo uses 'wanda' instead.")
     recipe = parse_recipe({
         "model": {"name": "example:minilm"},
-        "pruning": {"criterion": criterion, "granularity": "neurons", "sparsity": 0.3, "num_samples": 16,
-                    "seq_len": 128},
+        "pruning": {"criterion": criterion, "granularity": "neurons", "sparsity": 0.3,
+                    "calibration": {"num_samples": 16, "seq_len": 128}},
         "calibration": {"data": "example:lee_background"},
         "evaluation": {"data": "example:lee_test", "max_samples": 50},
         "output": {"dir": args.output, "overwrite": args.overwrite},

@@ -65,8 +65,9 @@ def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field, hint: Any, 
         kw.update(nargs="*", metavar=f.name.upper())
     elif typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
-        kw.update(type=_typed(type(choices[0])), choices=choices + ((None,) if kind is not hint else ()),
-                  metavar="{" + ",".join(map(str, choices)) + "}")
+        optional = kind is not hint and "none" not in choices  # 'none' is None only where None is allowed
+        kw.update(type=_typed(type(choices[0])) if optional else type(choices[0]),
+                  choices=choices + ((None,) if optional else ()), metavar="{" + ",".join(map(str, choices)) + "}")
     else:
         alternatives = [a for a in typing.get_args(hint) if a not in (kind, type(None))]
         kw.update(type=_typed(kind, alternatives[0] if alternatives else None), metavar=kind.__name__.upper())
