@@ -27,6 +27,7 @@ from ..config.pruning_config import PruningConfig, read_pruning_file
 from ..errors import CheckpointError, ConfigError, PruningError, reason, shorten, shown
 from ..structure import adapter_for, find_groups
 from ..structure.layers import Conv1D
+from ..structure.loaders import Loader
 
 SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLE_WEIGHTS, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -172,13 +173,13 @@ def check_checkpoint(path: str | os.PathLike, auto_class: str | None = None,
     except ConfigError as e:
         raise CheckpointError(f"{os.path.join(path, 'pruning_config.json')} holds an invalid pruning config ({e}); "
                               "save the pruned model again.") from None
-    if info.get("loader") == "state_dict":
+    if info.get("loader") == Loader.STATE_DICT:
         raise CheckpointError(f"{path} holds the state dict of a plain torch module ({shown(info.get('example'))}), "
                               "not a transformers model: build the module and load model.safetensors into it with "
                               "safetensors.torch.load_file.")
     config, files, pickled, shapes = check_model_folder(path, allow_pickle)
     checked = CheckedCheckpoint(path, info, config, _model_class(info, auto_class), files, pickled, shapes)
-    if info.get("loader") == "transformers" and checked.shapes:
+    if info.get("loader") == Loader.TRANSFORMERS and checked.shapes:
         _check_shapes_match_config(checked)
     return checked
 
@@ -287,7 +288,7 @@ def load_pruned(path: str | os.PathLike, auto_class: str | None = None, allow_pi
     path = resolve_checkpoint(path, kwargs.pop("revision", None), kwargs.pop("token", None))
     checked = check_checkpoint(path, auto_class, allow_pickle)
     cls = checked.model_class
-    if checked.info.get("loader") == "transformers":
+    if checked.info.get("loader") == Loader.TRANSFORMERS:
         model = cls.from_pretrained(path, use_safetensors=not checked.pickled, **kwargs)
     else:
         model = _load_resized(checked, **kwargs)

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .io import atomic_output_dir
-from ..steps.compaction import Loader
-from ..publishing import write_model_card
+from ..structure.loaders import Loader
+from ..report.card import write_model_card
 
 if TYPE_CHECKING:
     from ..config.pruning_config import PruningConfig
@@ -51,15 +51,23 @@ class PruningInfo:
     compacted: bool = True  # False: masks still applied (PruningTrainer with keep_masks=True)
     training: dict[str, Any] | None = None  # the PruningTrainer run, if any
     example: str | None = None  # plain torch modules: the packaged example that rebuilds the architecture
+    recovery: dict[str, Any] | None = None  # RecoveryTrainer: the method and tokens trained after pruning
 
     def to_dict(self) -> dict[str, Any]:
         data = {"base_model": self.base_model, "loader": self.loader.value, "auto_class": self.auto_class,
                 "groups": self.groups, "compacted": self.compacted}
-        if self.training is not None:
-            data["training"] = self.training
-        if self.example is not None:
-            data["example"] = self.example
+        for key in ("training", "example", "recovery"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruningInfo":
+        """The record of a ``pruning_config.json`` read by `read_pruning_file` (which checked the loader)."""
+        return cls(base_model=data.get("base_model"), loader=Loader(data.get("loader", Loader.TRANSFORMERS.value)),
+                   auto_class=data.get("auto_class", "AutoModel"), groups=dict(data.get("groups") or {}),
+                   compacted=bool(data.get("compacted", True)), training=data.get("training"),
+                   example=data.get("example"), recovery=data.get("recovery"))
 
 
 def write_pruning_files(folder: str, config: "PruningConfig", info: PruningInfo,

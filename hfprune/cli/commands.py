@@ -11,6 +11,7 @@ from ..config.pruning_config import read_pruning_file
 from ..criteria import available_criteria
 from ..errors import CheckpointError, reason
 from ..report.pruning_report import REPORT_NAME, PruningReport
+from ..structure.loaders import Loader
 from .common import EXIT_OK, Console, UsageError
 from .options import picked
 from .recipe import load_recipe, parse_recipe
@@ -66,9 +67,9 @@ def _checkpoint(folder: str) -> dict:
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     info = _checkpoint(args.dir)
     console.result(format_report(PruningReport.load(args.dir)))
-    if info.get("loader") != "state_dict":
+    if info.get("loader") != Loader.STATE_DICT:
         try:
-            from ..publishing import write_model_card
+            from ..report.card import write_model_card
         except ImportError:
             return EXIT_OK
         write_model_card(args.dir)
@@ -92,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     from .recipe import EvaluationSection
 
     info = _checkpoint(args.dir)
-    if info.get("loader") == "state_dict":
+    if info.get("loader") == Loader.STATE_DICT:
         raise UsageError(f"{args.dir} holds a plain torch module ({info.get('example')}); its recipe evaluates it "
                          "while pruning (see the report's evaluation).")
     auto = info.get("auto_class") or "AutoModel"

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..calibration.checks import check_config_for_model, check_weights
-from ..steps.compaction import Loader
+from ..structure.loaders import Loader
 from ..checkpoint.record import PruningInfo, save_checkpoint
 from ..utils.distributed import main_process_writes
 from ..engine.pruner import Pruner

@@ -22,13 +22,14 @@ from ..errors import CheckpointError, ConfigError, reason, shorten, shown
 from ..criteria.base import CriterionOptions
 from ..criteria.registry import criterion_class
 from ..structure.units import STRUCTURED_GRANULARITIES, WIDTH_DEPTH_AXES, granularity_parts, nm_pattern
+from ..structure.loaders import Loader
 from .checks import check_config
 from .groups import (CalibrationConfig, ProtectionConfig, ReconstructionConfig, TrainingConfig, WidthDepthConfig,
                      build_group, option)
 from .legacy import upgrade
 
 CONFIG_NAME = "pruning_config.json"
-LOADERS = ("transformers", "hfprune", "state_dict")  # how `load_pruned` rebuilds a saved model
+LOADERS = tuple(loader.value for loader in Loader)  # how `load_pruned` rebuilds a saved model
 
 DEFAULT_IGNORE = (
     "*embed*",

@@ -39,7 +39,8 @@ from ..config.settle import settle
 from ..errors import ConfigError
 from ..report.measure import count_macs, count_params, dummy_input
 from ..report.pruning_report import LayerReport, PruningReport
-from ..steps.compaction import Compaction, Loader
+from ..steps.compaction import Compaction
+from ..structure.loaders import Loader
 from ..steps.selection import Selection
 from ..utils.distributed import process_state, rank_world
 from ..utils.logging import get_logger

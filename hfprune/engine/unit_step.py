@@ -22,7 +22,8 @@ from ..criteria import criterion_class, get_criterion
 from ..errors import ConfigError
 from ..reconstruction.refit import ReconstructionReport, reconstruct
 from ..report.pruning_report import LayerReport
-from ..steps.compaction import Compaction, Loader, add_bias, compact_units, rewrite_config
+from ..steps.compaction import Compaction, add_bias, compact_units, rewrite_config
+from ..structure.loaders import Loader
 from ..steps.masks import apply_weight_masks, removed_columns
 from ..steps.protection import Protection, detect_outliers
 from ..steps.scoring import compute_masks

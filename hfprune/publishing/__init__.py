@@ -1,6 +1,6 @@
-"""Publishing pruned checkpoints: model cards generated from the saved report, and pushing to the Hub."""
+"""Publishing pruned checkpoints to the Hub (the model card itself is rendered by `hfprune.report.card`)."""
 
-from .card import render_model_card, write_model_card
+from ..report.card import render_model_card, write_model_card
 from .push import push_to_hub
 
 __all__ = ["push_to_hub", "render_model_card", "write_model_card"]

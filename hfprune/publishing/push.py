@@ -15,10 +15,12 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub import errors as hub_errors
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from ..checkpoint.loading import check_checkpoint
 from ..config.pruning_config import read_pruning_file
 from ..errors import CheckpointError, PublishError, shown
+from ..structure.loaders import Loader
 from ..utils.redact import register_secret, scrub, scrub_logs
-from .card import CARD_NAME, PLACEHOLDER_ID
+from ..report.card import CARD_NAME, PLACEHOLDER_ID
 
 # The transport library's base error (httpx2 in huggingface_hub 2.x, requests before), plus OSError for sockets.
 _NETWORK_ERRORS = (hub_errors.HfHubHTTPError, getattr(hub_errors, "HTTPError", OSError), OSError)
@@ -81,7 +83,8 @@ def _push_folder(folder: str, repo_id: str, private: bool | None, token: str | N
                  create_pr: bool, commit_message: str | None, endpoint: str | None) -> str:
     if not os.path.isdir(folder):
         raise PublishError(f"{folder} is not a folder: pass a PruningResult or the folder its save_pretrained wrote.")
-    read_pruning_file(folder)
+    if read_pruning_file(folder).get("loader") != Loader.STATE_DICT:
+        check_checkpoint(folder)  # the folder check of load_pruned and `hfprune evaluate`, before any upload
     if not os.path.isfile(os.path.join(folder, CARD_NAME)):
         raise CheckpointError(f"{folder} has no {CARD_NAME}: write the card with "
                               "hfprune.publishing.write_model_card(folder) before pushing.")

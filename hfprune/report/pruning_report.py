@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CheckpointError, reason
+from ..structure.loaders import Loader
 
 REPORT_NAME = "pruning_report.json"
 
@@ -105,7 +106,8 @@ class PruningReport:
             f"({self.achieved_sparsity:.1%} removed)",
             f"MACs for input {self.macs_input_shape}: {self.macs_before:,} -> {self.macs_after:,} "
             f"({self.macs_ratio:.2f}x fewer)",
-            f"load with: {'transformers from_pretrained' if self.loader == 'transformers' else 'hfprune.load_pruned'}",
+            "load with: " + ("transformers from_pretrained" if self.loader == Loader.TRANSFORMERS
+                             else "hfprune.load_pruned"),
             "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
         if self.recovery:

@@ -8,7 +8,6 @@ Everything else is recorded (per-group kept counts) so that `hfprune.load_pruned
 from __future__ import annotations
 
 import copy
-import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +16,7 @@ from torch import nn
 
 from ..structure import Adapter, Layer, UnitGroup
 from ..structure.layers import slice_layer
-
-
-class Loader(str, enum.Enum):
-    """What reads a pruned folder back, decided once at compaction."""
-
-    TRANSFORMERS = "transformers"  # plain `from_pretrained` (the config expresses every width)
-    HFPRUNE = "hfprune"  # `hfprune.load_pruned` (non-uniform widths, heads the config cannot express)
-    STATE_DICT = "state_dict"  # a plain torch module: a safetensors state dict for its own class
+from ..structure.loaders import Loader
 
 
 @dataclass

@@ -21,12 +21,12 @@ from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..calibration.data import CalibrationSet, prepare_calibration
-from ..steps.compaction import Loader
+from ..structure.loaders import Loader
 from ..checkpoint.record import PruningInfo, write_pruning_files
 from ..config.pruning_config import PruningConfig
 from ..engine.pruner import Pruner
 from ..errors import CalibrationError, ConfigError
-from ..publishing.card import CARD_NAME, PLACEHOLDER_ID
+from ..report.card import CARD_NAME, PLACEHOLDER_ID
 from ..report.pruning_report import PruningReport
 from ..report.records import EvaluationRecords
 from .callback import PruningCallback

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..steps.compaction import Compaction, Loader
+from ..steps.compaction import Compaction
+from ..structure.loaders import Loader
 from ..config.groups import WidthDepthConfig
 from ..config.pruning_config import PruningConfig
 from ..structure.units import UNIT_AXES

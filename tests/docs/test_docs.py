@@ -11,7 +11,8 @@ import pytest
 from tests.helpers.models import save_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+# the changelog names modules that moved away, by design
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("**/*.md") if p.name != "changelog.md")]
 
 
 def _resolves(dotted: str) -> bool:

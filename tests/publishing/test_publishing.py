@@ -22,7 +22,7 @@ from transformers import AutoModelForSequenceClassification
 import hfprune
 from hfprune.errors import CheckpointError, PublishError
 from hfprune.publishing import push_to_hub, render_model_card, write_model_card
-from hfprune.publishing.card import PLACEHOLDER_ID, TEMPLATE_PATH
+from hfprune.report.card import PLACEHOLDER_ID, TEMPLATE_PATH
 from hfprune.report.pruning_report import PruningReport
 from tests.helpers.hub_server import HUB_TOKEN as TOKEN  # noqa: E402  (the `hub` fixture lives in conftest.py)
 from tests.helpers.publish import BASE_MODEL, KINDS, folder_digest, tiny_bert, write_pruned_folder  # noqa: E402
@@ -158,7 +158,7 @@ def test_template_ships_in_the_wheel(tmp_path):
     (wheel,) = tmp_path.glob("hfprune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "hfprune/model_cards/pruned_model_card.md" in names
-    assert "hfprune/publishing/card.py" in names
+    assert "hfprune/report/card.py" in names
 
 
 # --- with the core engine: prune() -> PruningResult.save_pretrained -> write_model_card -------------------------

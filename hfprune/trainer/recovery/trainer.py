@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ...config.pruning_config import PruningConfig, read_pruning_file
 from ...errors import ConfigError
-from ...publishing import write_model_card
+from ...checkpoint.record import PruningInfo, write_pruning_files
 from ...report.pruning_report import PruningReport
 from ...report.records import EvaluationRecords
 from .mixin import RecoveryMixin
@@ -30,16 +30,16 @@ from .config import RecoveryConfig
 _NOT_QUALITY = ("_runtime", "_samples_per_second", "_steps_per_second", "_preparation_time", "epoch")
 
 
-def _pruned_files(pruned: Any) -> tuple[PruningConfig, PruningReport, dict[str, Any]] | None:
-    """(config, report, extra pruning_config.json content) of a `PruningResult` or a folder saved by hfprune."""
+def _pruned_files(pruned: Any) -> tuple[PruningConfig, PruningReport, PruningInfo] | None:
+    """(config, report, record) of a `PruningResult` or a folder saved by hfprune."""
     if pruned is None:
         return None
     if isinstance(pruned, (str, os.PathLike)):
         saved = read_pruning_file(pruned)
-        info = {k: v for k, v in saved.items() if k != "pruning_config"}
-        return PruningConfig.from_dict(saved["pruning_config"]), PruningReport.load(pruned), info
-    if all(hasattr(pruned, a) for a in ("config", "report", "pruning_info")):
-        return pruned.config, dataclasses.replace(pruned.report), dict(pruned.pruning_info)
+        return PruningConfig.from_dict(saved["pruning_config"]), PruningReport.load(pruned), \
+            PruningInfo.from_dict(saved)
+    if all(hasattr(pruned, a) for a in ("config", "report", "info")):
+        return pruned.config, dataclasses.replace(pruned.report), pruned.info
     raise ConfigError(f"pruned= must be a PruningResult or a folder saved by hfprune, got {type(pruned).__name__}.")
 
 
@@ -138,7 +138,5 @@ class RecoveryTrainer(EvaluationRecords, RecoveryMixin, Trainer):
             return
         folder = output_dir or self.args.output_dir
         config, _, info = self._pruned
-        config.save_pretrained(folder, extra={**info, "recovery": {"method": self.recovery.method,
-                                                                   "tokens": self.tokens_trained}})
-        self.pruning_report.save(folder)
-        write_model_card(folder)
+        recovered = dataclasses.replace(info, recovery={"method": self.recovery.method, "tokens": self.tokens_trained})
+        write_pruning_files(folder, config, recovered, self.pruning_report)  # the one writer

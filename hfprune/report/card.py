@@ -17,7 +17,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from ..config.pruning_config import PruningConfig, read_pruning_file
 from ..criteria import criterion_class
 from ..errors import CheckpointError
-from ..report.pruning_report import REPORT_NAME, PruningReport
+from ..structure.loaders import Loader
+from .pruning_report import REPORT_NAME, PruningReport
 from .plot import PLOT_NAME, plot_kept_units
 
 CARD_NAME = "README.md"
@@ -109,7 +110,7 @@ def _card_data(saved: dict[str, Any], report: PruningReport, license: str | None
         base_model=base,
         # Plain transformers loading gets the Hub's working "Use in Transformers" snippet and widget; a folder
         # only hfprune can load must not advertise a snippet that fails, so it names hfprune instead.
-        library_name="transformers" if report.loader == "transformers" else "hfprune",
+        library_name="transformers" if report.loader == Loader.TRANSFORMERS else "hfprune",
         license=license or saved.get("license") or _license_of(report.base_model),
         pipeline_tag=task,
         tags=["pruned", "hfprune", report.criterion, _granularity_text(report.granularity).split(":")[0]],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..report.pruning_report import LayerReport
+from .pruning_report import LayerReport
 
 PLOT_NAME = "kept_units.png"
 
