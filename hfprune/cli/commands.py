@@ -10,12 +10,14 @@ import sys
 from ..config.pruning_config import read_pruning_file
 from ..criteria import available_criteria
 from ..errors import CheckpointError, reason
+from ..publishing.push import push_to_hub
+from ..report.card import write_model_card
 from ..report.pruning_report import REPORT_NAME, PruningReport
 from ..structure.loaders import Loader
 from .common import EXIT_OK, Console, UsageError
 from .options import picked
 from .recipe import load_recipe, parse_recipe
-from .runner import Evaluator, import_publishing, run_recipe
+from .runner import Evaluator, run_recipe
 from .sources import LoadedModel
 
 DEMO_CRITERION = "elimination_compensation"  # best MiniLM embedding fidelity at 30% FFN (0.931, docs/benchmarks.md)
@@ -68,10 +70,6 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     info = _checkpoint(args.dir)
     console.result(format_report(PruningReport.load(args.dir)))
     if info.get("loader") != Loader.STATE_DICT:
-        try:
-            from ..report.card import write_model_card
-        except ImportError:
-            return EXIT_OK
         write_model_card(args.dir)
         console.info(f"model card re-rendered: {os.path.join(args.dir, 'README.md')}")
     return EXIT_OK
@@ -79,7 +77,6 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_push(args: argparse.Namespace, console: Console) -> int:
     _checkpoint(args.dir)
-    push_to_hub = import_publishing()
     url = push_to_hub(args.dir, args.repo_id, private=args.private, token=args.token, revision=args.revision,
                       create_pr=args.create_pr)
     console.result(url)

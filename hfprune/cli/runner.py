@@ -16,35 +16,17 @@ from ..structure.loaders import Loader
 from ..checkpoint.record import PruningInfo, save_checkpoint
 from ..utils.distributed import main_process_writes
 from ..engine.pruner import Pruner
-from ..errors import ConfigError, PruningError, shorten
+from ..errors import ConfigError, shorten
 from ..checkpoint.io import atomic_output_dir, check_output_dir
 from ..prune import PruningResult, prune
+from ..publishing.push import check_repo_id, push_to_hub
 from ..report.pruning_report import PruningReport
 from .common import Console, UsageError
 from ..evaluation.perplexity import PerplexityProtocol, measure_perplexity
 from ..evaluation.quality import embeddings, mean_cosine, text_accuracy
 from .recipe import EvaluationSection, Recipe, TrainingSection
 from .sources import LoadedModel, calibration_input, load_model, load_rows
-
-
-def import_publishing() -> Any:
-    """`hfprune.publishing.push_to_hub`, or a clear error while that module is not installed."""
-    try:
-        from ..publishing import push_to_hub
-    except ImportError:
-        raise PruningError("Pushing needs hfprune.publishing, which this installation does not include; save with "
-                           "--output and upload the folder with `huggingface-cli upload`.") from None
-    return push_to_hub
-
-
-def import_trainer() -> Any:
-    try:
-        from ..trainer import PruningTrainer
-    except ImportError:
-        raise PruningError("The recipe has a 'training' section, which needs hfprune.trainer.PruningTrainer; this "
-                           "installation does not include it. Remove the section to prune without "
-                           "fine-tuning.") from None
-    return PruningTrainer
+from ..trainer import PruningTrainer
 
 
 def _check_before_work(recipe: Recipe) -> None:
@@ -56,12 +38,7 @@ def _check_before_work(recipe: Recipe) -> None:
     if out.push_to_hub:
         if not out.dir:
             raise UsageError("Pushing to the Hub needs an output folder: set output.dir (--output).")
-        import_publishing()
-        from ..publishing.push import check_repo_id
-
         check_repo_id(out.push_to_hub)
-    if recipe.training or recipe.recovery:
-        import_trainer()
     if recipe.recovery and recipe.recovery.settings.lora_r is not None:
         from ..trainer.recovery.lora import require_peft
 
@@ -147,7 +124,6 @@ def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) ->
     `pruning_report` says what was removed)."""
     from transformers import DataCollatorWithPadding, TrainingArguments
 
-    trainer_cls = import_trainer()
     args = {"output_dir": tempfile.mkdtemp(prefix="hfprune-train-"), "report_to": "none",
             "disable_tqdm": not console.progress, **recipe.training.args}
     try:
@@ -155,7 +131,7 @@ def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) ->
     except (TypeError, ValueError) as e:
         raise ConfigError(f"Recipe section 'training' has a TrainingArguments value that transformers refuses: "
                           f"{shorten(' '.join(str(e).split()))}") from None
-    trainer = trainer_cls(model=loaded.model, args=training_args, pruning_config=recipe.pruning,
+    trainer = PruningTrainer(model=loaded.model, args=training_args, pruning_config=recipe.pruning,
                           train_dataset=split["train"], eval_dataset=split["test"], processing_class=loaded.tokenizer,
                           data_collator=DataCollatorWithPadding(loaded.tokenizer))
     console.info("fine-tuning with PruningTrainer")
@@ -259,7 +235,7 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
                                 out.overwrite)
             console.info(f"saved to {out.dir}")
         if main and out.push_to_hub:
-            console.info(f"pushed: {import_publishing()(out.dir, out.push_to_hub, private=out.private)}")
+            console.info(f"pushed: {push_to_hub(out.dir, out.push_to_hub, private=out.private)}")
     return report
 
 

@@ -39,9 +39,9 @@ def optional(rule: Rule) -> Rule:
                 rule.choices + (None,) if rule.choices else ())
 
 
-def integer(low: int | None = None) -> Rule:
+def integer(low: int | None = None, allowed: str | None = None) -> Rule:
     return Rule(lambda v: is_int(v) and (low is None or v >= low),
-                "an integer" + (f" >= {low}" if low is not None else ""))
+                allowed or "an integer" + (f" >= {low}" if low is not None else ""))
 
 
 def number(low: float | None = None, high: float | None = None, *, open_low: bool = False,

@@ -247,16 +247,6 @@ def test_push_without_publishing_or_bad_folder(tmp_path: Path, capsys: pytest.Ca
     _one_line_error(capsys, "does not exist")
 
 
-def test_training_section_without_trainer_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "hfprune.trainer", None)  # as in an installation without the trainer
-    data = {"model": {"name": "example:minilm", "task": "sequence-classification"}, "pruning": {},
-            "training": {"dataset": "example:polarity", "num_train_epochs": 1}, "output": {"dir": str(tmp_path / "o")}}
-    assert main(["run", str(_write_recipe(tmp_path, data)), "--quiet"]) == 1
-    _one_line_error(capsys, "PruningTrainer", "Remove the section")
-    assert not (tmp_path / "o").exists()
-
-
 # --- push to a loopback Hub ----------------------------------------------------------------------------------------
 
 
