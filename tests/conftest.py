@@ -12,6 +12,7 @@ import transformers as T
 from transformers.utils import hub as transformers_hub
 
 from tests.helpers.hub_server import HUB_TOKEN, HubServer
+from hfprune.cli import main
 from tests.helpers.models import save_tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +29,18 @@ def tmp_out(tmp_path):
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight LlamaForCausalLM with a word-level tokenizer, saved like a Hub checkpoint."""
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def pruned_dirs(tmp_path_factory, tiny_llama):
+    """A uniform (loader 'transformers') and a non-uniform (loader 'hfprune') pruned tiny llama."""
+    root = tmp_path_factory.mktemp("pruned")
+    base = dict(criterion="magnitude", granularity="neurons", sparsity=0.5)
+    for name, scope in (("uniform", "local"), ("nonuniform", "global")):
+        assert main(["prune", str(tiny_llama), *sum((["--" + k.replace("_", "-"), str(v)] for k, v in base.items()),
+                                                    []), "--scope", scope, "--output", str(root / name),
+                     "--quiet"]) == 0
+    return root
 
 
 @pytest.fixture

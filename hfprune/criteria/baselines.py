@@ -58,11 +58,11 @@ class Taylor(Criterion):
     - ``"absolute"`` (Molchanov et al. 2017; Torch-Pruning's ``GroupTaylorImportance``): ``|w * mean_b g_b|``.
 
     ``"auto"`` (the default) is squared for single weights and N:M, absolute for units (a unit sums its weights'
-    scores; with the squared form that sum ranked SmolLM2's FFN neurons worse: 57.7 against 53.7).
+    scores, and the squared sum ranked SmolLM2's FFN neurons worse).
 
     On a trained model the mean gradient is close to zero and noisy, so the absolute form ranks single weights
-    almost at random (SmolLM2 at 50% unstructured: perplexity 8.3x dense with reconstruction); the squared form
-    keeps the size of each batch's contribution (docs/criteria.md)."""
+    almost at random; the squared form keeps the size of each batch's contribution (measurements:
+    docs/criteria.md)."""
 
     @dataclass
     class Options(CriterionOptions):
@@ -73,7 +73,8 @@ class Taylor(Criterion):
     grad_mode = "loss"
     needs_weight_grads = True
     #: hfprune's choice (the papers rank a layer's weights together): compared within output rows, the refit
-    #: SmolLM2 at 50% keeps 98.4 perplexity, against 506 within layers; ``compare_within="layer"`` for the latter
+    #: SmolLM2 at 50% stays usable, within layers it does not (docs/criteria.md); ``compare_within="layer"`` for the
+    #: papers' rule
     per_row = True
 
     @property
