@@ -18,6 +18,7 @@ from .errors import (
     PruningError,
     PublishError,
     StructureError,
+    TrainingError,
 )
 
 __version__ = "0.1.0"
@@ -49,4 +50,5 @@ __all__ = [
     "OutputPathError",
     "CheckpointError",
     "PublishError",
+    "TrainingError",
 ]

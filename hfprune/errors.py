@@ -68,5 +68,9 @@ class CheckpointError(PruningError, OSError):
     """A checkpoint folder is missing a file, holds a corrupt one, or disagrees with itself."""
 
 
+class TrainingError(PruningError, RuntimeError):
+    """Training went wrong in a way that would hand back a broken model (a non-finite loss)."""
+
+
 class PublishError(PruningError, RuntimeError):
     """Pushing to the Hub failed; the local folder is left as it was."""

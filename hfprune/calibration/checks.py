@@ -54,16 +54,17 @@ def check_config_for_model(config: Any, model: nn.Module) -> None:
                           f"position embeddings hold; set seq_len <= {limit}.")
 
 
-def check_weights(model: nn.Module) -> None:
-    """Every parameter is loaded (not on the meta device) and finite: a NaN model cannot be scored or trained."""
+def check_weights(model: nn.Module, what: str = "the model") -> None:
+    """Every parameter is loaded (not on the meta device) and finite: a NaN model cannot be scored, trained or
+    distilled from. ``what`` names the model in the message (e.g. "the teacher")."""
     for name, p in model.named_parameters():
         if p.is_meta:
             raise ConfigError(f"Parameter {name} is on the 'meta' device (not loaded, or offloaded by accelerate's "
                               "device_map to 'cpu'/'disk'); scoring reads every weight. Load the model with its "
                               "weights on real devices (device_map over GPUs, or on CPU): see docs/scaling.md.")
         if not torch.isfinite(p).all():
-            raise ConfigError(f"Parameter {name} holds NaN or inf; the model is corrupt and cannot be pruned or "
-                              "trained. Load the original weights again.")
+            raise ConfigError(f"Parameter {name} of {what} holds NaN or inf; {what} is corrupt and cannot be "
+                              "pruned, trained or distilled from. Load the original weights again.")
 
 
 def check_units(config: Any, groups: list[Any]) -> None:

@@ -188,6 +188,12 @@ def stack_rows(rows: list[Any], pad_id: int = 0) -> dict[str, torch.Tensor]:
                                    "row the same keys.")
         if "input_ids" in v and "attention_mask" not in v:
             v["attention_mask"] = torch.ones_like(v["input_ids"])
+        ids = v.get("input_ids")
+        short = [k for k, x in v.items() if ids is not None and x.shape[0] != ids.shape[0]]
+        if short:  # padding each key to the longest row would hide it (and miscount the tokens)
+            raise CalibrationError(f"Calibration row {i} has {ids.shape[0]} input_ids but {short[0]} holds "
+                                   f"{v[short[0]].shape[0]} values; every token-level key ({', '.join(sorted(v))}) "
+                                   "must have one value per token. Tokenize the row's keys together.")
     length = max(t.shape[0] for v in values for t in v.values())
     if length == 0:
         raise CalibrationError("The calibration set is empty: every tokenized row has no tokens.")

@@ -43,10 +43,10 @@ def _check_before_work(recipe: Recipe) -> None:
         from ..trainer.recovery.lora import require_peft
 
         require_peft()
-    needs_data = Pruner.needs_data(cfg)
-    if needs_data and recipe.calibration.data is None and cfg.calibration.source != "random":
-        raise UsageError(f"Criterion {cfg.criterion!r} needs calibration data: pass --calibration-data FILE (or "
-                         "calibration.data in a recipe), or 'random' for data-agnostic inputs.")
+    needs = Pruner.needs_data(cfg)
+    if needs and recipe.calibration.data is None and cfg.calibration.source != "random":
+        raise UsageError(f"{needs} needs calibration data: pass --calibration-data FILE (or calibration.data in a "
+                         "recipe), or 'random' for data-agnostic inputs.")
 
 
 def _check_loaded(recipe: Recipe, loaded: LoadedModel) -> None:

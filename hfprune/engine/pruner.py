@@ -36,7 +36,7 @@ from ..calibration.sequential import has_blocks
 from ..checkpoint.record import PruningInfo, auto_class_name
 from ..config.pruning_config import PruningConfig
 from ..config.settle import settle
-from ..errors import ConfigError
+from ..errors import CalibrationError, ConfigError
 from ..report.measure import count_macs, count_params, dummy_input
 from ..report.pruning_report import LayerReport, PruningReport
 from ..steps.compaction import Compaction
@@ -69,6 +69,7 @@ class Baseline:
     shape: list[int]
     warning: str | None = None
     probe_loss: float | None = None  # causal LMs: loss on the first calibration batch (`probe_loss`)
+    probe_skipped: str | None = None  # why a causal LM's probe did not run (stated in the report, never a NaN)
 
 
 def measure_baseline(model: nn.Module, seq_len: int, example_inputs: Any = None) -> Baseline:
@@ -84,13 +85,22 @@ def measure_baseline(model: nn.Module, seq_len: int, example_inputs: Any = None)
 BROKEN_RATIO = 3.0
 
 
-def probe_loss(model: nn.Module, batches: list) -> float | None:
-    """Next-token loss of a causal LM on the first calibration batch (None for other models or without data):
-    two forward passes per run that let every run say when it hands back a broken model."""
+def probe_loss(model: nn.Module, batches: list) -> tuple[float | None, str | None]:
+    """(next-token loss of a causal LM on the first calibration batch, why it was skipped): two forward passes per
+    run that let every run say when it hands back a broken model. (None, None) for other models or without data;
+    a skipped probe is stated in the report, never written as a NaN."""
     if not batches or auto_class_name(model) != "AutoModelForCausalLM" or not isinstance(batches[0], dict) \
             or "input_ids" not in batches[0]:
-        return None
-    return lm_loss(model, batches[:1])
+        return None, None
+    batch = batches[0]
+    mask = batch.get("attention_mask")
+    tokens = mask.sum(dim=-1) if isinstance(mask, torch.Tensor) else \
+        torch.full((batch["input_ids"].shape[0],), batch["input_ids"].shape[-1])
+    if int((tokens - 1).clamp(min=0).sum()) == 0:
+        return None, ("the perplexity probe was skipped: the first calibration batch has no token to predict "
+                      "(rows of one token); longer calibration texts give it")
+    loss = lm_loss(model, batches[:1])
+    return (loss, None) if math.isfinite(loss) else (None, "the loss on the first calibration batch is NaN or inf")
 
 
 def add_probe(calibration: dict[str, Any], warnings: list[str], before: float | None, after: float | None,
@@ -147,12 +157,16 @@ class Pruner:
         self.model, self.progress = model, progress
         step_class = step_for(config)
         step_class.check(model, config)  # what the shapes can tell, before any forward pass
-        needs = step_class.needs_data(config)
+        needs = step_class.needs_data(config)  # what needs calibration data, if anything
         self.state = process_state()
         _, self.world_size = rank_world()
         if self.world_size > 1:
             _to_process_device(model, self.state.device)
         self.calibration = calibration
+        if calibration is None and needs and calibration_data is None and config.calibration.source != "random":
+            raise CalibrationError(f"{needs} needs calibration data: pass calibration_data= (texts with a "
+                                   "tokenizer, a Dataset, a DataLoader, a tensor) or 'random' for data-agnostic "
+                                   "inputs.")
         if calibration is None and (needs or calibration_data is not None):
             self.calibration = prepare_calibration(calibration_data, model, config, tokenizer, example_inputs)
         elif calibration is not None:  # collated elsewhere (PruningTrainer): the same check before any forward
@@ -170,7 +184,8 @@ class Pruner:
         self.compaction: Compaction | None = None
         self.timings: dict[str, float] = {"calibration": 0.0, "scoring": 0.0, "selection": 0.0}
         self.baseline = measure_baseline(model, config.calibration.seq_len, example_inputs)
-        self.baseline.probe_loss = probe_loss(model, self.calibration.batches if self.calibration else [])
+        batches = self.calibration.batches if self.calibration else []
+        self.baseline.probe_loss, self.baseline.probe_skipped = probe_loss(model, batches)
         self.timings["setup"] = time.perf_counter() - t
         logger.info("pruning %s with %s (%s, sparsity %g) on %d process(es)", type(model).__name__,
                     self.run_step.label, config.granularity, config.sparsity, self.world_size)
@@ -193,8 +208,8 @@ class Pruner:
         return self.run_step.criterion
 
     @staticmethod
-    def needs_data(config: PruningConfig) -> bool:
-        """Whether a run of ``config`` needs calibration batches."""
+    def needs_data(config: PruningConfig) -> str | None:
+        """What in ``config`` needs calibration batches (e.g. "criterion 'wanda'"), or None."""
         return step_for(config).needs_data(config)
 
     # --- the run ------------------------------------------------------------------------------------------------
@@ -255,8 +270,12 @@ class Pruner:
         if per_process:
             calibration["batches_per_process"] = list(per_process)
         if base.probe_loss is not None:
-            add_probe(calibration, warnings, base.probe_loss, probe_loss(model, self.calibration.batches),
-                      self.config)
+            after, why = probe_loss(model, self.calibration.batches)
+            if after is None:
+                warnings.append(f"the pruned model is broken: {why} (dense: finite)")
+            add_probe(calibration, warnings, base.probe_loss, after, self.config)
+        elif base.probe_skipped:
+            warnings.append(base.probe_skipped)
         return PruningReport(
             base_model=getattr(cfg, "_name_or_path", None) or None,
             model_type=getattr(cfg, "model_type", type(model).__name__),

@@ -48,12 +48,18 @@ class UnitStep:
         and the groups are checked when the step is built."""
 
     @staticmethod
-    def needs_data(config: PruningConfig) -> bool:
-        """Whether the run needs calibration batches: the criterion reads activations, conv channels must be
-        traced, or an explicit protection / reconstruction reads layer inputs."""
-        return criterion_class(config.criterion).needs_data or "channels" in config.parts \
-            or config.protection.mode not in ("none", "auto") \
-            or config.reconstruction.method not in ("none", "auto")
+    def needs_data(config: PruningConfig) -> str | None:
+        """What in the config needs calibration batches (None: nothing): the criterion reads activations, conv
+        channels are traced on a batch, or an explicit protection / reconstruction reads layer inputs."""
+        if criterion_class(config.criterion).needs_data:
+            return f"criterion {config.criterion!r}"
+        if "channels" in config.parts:
+            return "granularity 'channels' (traced on a calibration batch)"
+        if config.protection.mode not in ("none", "auto"):
+            return f"protection.mode={config.protection.mode!r}"
+        if config.reconstruction.method not in ("none", "auto"):
+            return f"reconstruction.method={config.reconstruction.method!r}"
+        return None
 
     def __init__(self, model: nn.Module, config: PruningConfig, example_inputs: Any, world_size: int,
                  progress: bool) -> None:

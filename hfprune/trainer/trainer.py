@@ -92,7 +92,7 @@ class PruningTrainer(EvaluationRecords, RecoveryMixin, Trainer):
             return None
         data = self.train_dataset if data is None else data
         if data is None:
-            raise CalibrationError("The criterion needs calibration data: pass calibration_dataset= or "
+            raise CalibrationError(f"{needed} needs calibration data: pass calibration_dataset= or "
                                    "train_dataset=.")
         rows = _is_rows(data)
         if rows and len(data) == 0:

@@ -153,8 +153,8 @@ def candidates(model: nn.Module, config: PruningConfig, target: int) -> list[Pla
 
 
 def check_target(model: nn.Module, config: PruningConfig, target: int) -> None:
-    """Bad targets fail before any calibration: at or above the model's size, or below what the parts that are not
-    pruned (token embeddings, LM head) need."""
+    """Bad targets fail before any calibration: at or above the model's size, below what the parts that are not
+    pruned (token embeddings, LM head) need, or beyond every candidate architecture."""
     total = stored_params(model)
     if target >= total:
         raise ConfigError(f"target_params={target:,} is not below the model's {total:,} parameters; nothing to "
@@ -166,8 +166,16 @@ def check_target(model: nn.Module, config: PruningConfig, target: int) -> None:
         floor += head.weight.numel()
     if "hidden" not in config.parts and target < floor:
         raise ConfigError(f"target_params={target:,} is below the {floor:,} parameters of the embeddings (and LM "
-                          "head), which granularity {config.granularity!r} does not shrink; add 'hidden' or give a "
+                          f"head), which granularity {config.granularity!r} does not shrink; add 'hidden' or give a "
                           "larger target.")
+    if not candidates(model, config, target):  # parameter counts of meta-device skeletons: shapes only
+        raise _unreachable(config, target)
+
+
+def _unreachable(config: PruningConfig, target: int) -> ConfigError:
+    return ConfigError(f"No architecture of granularity {config.granularity!r} reaches "
+                       f"width_depth.target_params={target:,} (widths up to {_MAX_WIDTH_FRACTION:.0%} removed); add "
+                       "an axis or give a larger target.")
 
 
 def search_target(model: nn.Module, config: PruningConfig, target: int, scores: Scores,
@@ -175,9 +183,7 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
     """(chosen plan, every candidate with its parameter count and, within 1% of the target, its loss)."""
     found = candidates(model, config, target)
     if not found:
-        raise ConfigError(f"No architecture of granularity {config.granularity!r} reaches target_params="
-                          f"{target:,} (widths up to {_MAX_WIDTH_FRACTION:.0%} removed); add an axis or give a "
-                          "larger target.")
+        raise _unreachable(config, target)
     close = [c for c in found if c.params >= 0.99 * target]
     if len(close) > 1 or (close and batches):
         for c in close:

@@ -39,14 +39,21 @@ class WidthDepthStep:
         return config.prunes_width_depth
 
     @staticmethod
-    def needs_data(config: PruningConfig) -> bool:
-        """Whether calibration batches are needed: a data-driven block or channel score, the norms' RMS rescaling,
-        the target search (scored on calibration loss), or a data-driven criterion for neurons / heads."""
+    def needs_data(config: PruningConfig) -> str | None:
+        """What needs calibration batches (None: nothing): a data-driven block or channel score, the norms' RMS
+        rescaling, the target search (scored on calibration loss), or a data-driven criterion for neurons / heads."""
         wd = config.width_depth
-        return ("layers" in config.parts and BLOCK_SCORES[wd.block_score].needs_data) \
-            or ("hidden" in config.parts and (CHANNEL_SCORES[wd.channel_score].needs_data or wd.rescale_norms)) \
-            or wd.target_params is not None \
-            or (any(p in UNIT_AXES for p in config.parts) and criterion_class(config.criterion).needs_data)
+        if "layers" in config.parts and BLOCK_SCORES[wd.block_score].needs_data:
+            return f"width_depth.block_score={wd.block_score!r}"
+        if "hidden" in config.parts and CHANNEL_SCORES[wd.channel_score].needs_data:
+            return f"width_depth.channel_score={wd.channel_score!r}"
+        if "hidden" in config.parts and wd.rescale_norms:
+            return "width_depth.rescale_norms=True"
+        if wd.target_params is not None:
+            return "width_depth.target_params (its search is scored on calibration loss)"
+        if any(p in UNIT_AXES for p in config.parts) and criterion_class(config.criterion).needs_data:
+            return f"criterion {config.criterion!r}"
+        return None
 
     @staticmethod
     def check(model: nn.Module, config: PruningConfig) -> None:

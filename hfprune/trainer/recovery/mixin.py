@@ -9,12 +9,14 @@ import math
 import os
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ...errors import ConfigError
+from ...calibration.checks import check_weights
+from ...errors import ConfigError, TrainingError
 from .budget import steps_for_tokens, tokens_per_row
 from .config import PROJECTIONS_FILE, RecoveryConfig
 from .teacher import Distiller, check_teacher
@@ -66,6 +68,7 @@ class RecoveryMixin:
             if teacher is None:
                 raise ConfigError("Distillation needs teacher= (the unpruned model).")
             student = self.model if student is None else student
+            check_weights(teacher, "the teacher")  # a NaN teacher would train a NaN student, silently
             check_teacher(student, teacher, self.processing_class, teacher_tokenizer)
             self.distiller = Distiller(student, teacher, recovery, self.args.device)
             if self.distiller.projections is not None:
@@ -94,6 +97,16 @@ class RecoveryMixin:
             self._recovery_sums[k] = self._recovery_sums.get(k, 0.0) + float(v.detach())
         self._recovery_count += 1
         return (1 - self.recovery.distillation_weight) * loss + extra, outputs
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        """Trainer's step, refusing a non-finite loss before the optimizer applies its gradients (Trainer's own
+        logging filters NaN losses out, so a run would otherwise end with NaN weights and exit 0)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise TrainingError(f"The training loss is {float(loss)} at step {self.state.global_step + 1}: the "
+                                "weights would become NaN. Lower the learning rate, check the training data, and "
+                                "check that the model (and teacher) hold finite weights.")
+        return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         self._recovery_logs(logs)
