@@ -13,6 +13,7 @@ import ctypes
 import errno
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -136,14 +137,21 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     try:
         yield tmp
         _move_into_place(tmp, path, parent, name)
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno in _WRITE_ERRORS:
-            raise _write_error(path, e) from e
+        code = _os_error_code(e)
+        if code in _WRITE_ERRORS:
+            raise _write_error(path, e if isinstance(e, OSError) else OSError(code, os.strerror(code))) from e
         raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def _os_error_code(error: BaseException) -> int | None:
+    """The errno of a failed write: an `OSError`'s own, or the one a writer quotes in its message (safetensors
+    raises ``SafetensorError("... IoError(Os { code: 28, ... })")``, which is not an OSError)."""
+    if isinstance(error, OSError):
+        return error.errno
+    found = re.search(r"\bcode: (\d+)|os error (\d+)", str(error))
+    return int(found.group(1) or found.group(2)) if found else None
 
 
 def _move_into_place(tmp: str, path: str, parent: str, name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import traceback
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.handler(args, console)
         except PruningError as e:
             if args.debug:
-                raise
+                _print_traceback()
             print(f"hfprune: error: {_one_line(e)}", file=sys.stderr)
             return exit_code(e)
         except KeyboardInterrupt:
@@ -85,11 +86,17 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILURE
         except Exception as e:
             if args.debug:
-                raise
+                _print_traceback()
             print(f"hfprune: internal error (a bug in hfprune, not in your input): {type(e).__name__}: "
                   f"{_one_line(e)}. Rerun the same command with --debug and report the command and the traceback "
                   "to the hfprune maintainers.", file=sys.stderr)
             return EXIT_BUG
+
+
+def _print_traceback() -> None:
+    """``--debug``: the traceback of the error being handled, scrubbed of tokens like every other line (users paste
+    it into bug reports)."""
+    print(scrub(traceback.format_exc()), file=sys.stderr, end="")
 
 
 __all__ = ["main"]

@@ -97,3 +97,20 @@ def test_cli_empty_output_is_refused_before_work(tiny_llama, tmp_path, capsys, m
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     assert main(["prune", str(tiny_llama), "--criterion", "magnitude", "--output", "", "--quiet"]) == 2
     one_line(capsys, "output.dir=''")
+
+
+def test_disk_full_while_saving_from_python_is_the_same_error_as_on_the_command_line(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    result = prune(tiny_model("llama"), PruningConfig(criterion="magnitude"), progress=False)
+    result.save_pretrained(tmp_path / "out")
+    before = digest(tmp_path)
+
+    def full(*args, **kwargs):  # what safetensors raises when the disk fills up: not an OSError
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+                              'space left on device" })')
+
+    monkeypatch.setattr(type(result.model), "save_pretrained", full)
+    with pytest.raises(OutputPathError, match="the disk is full"):
+        result.save_pretrained(tmp_path / "out", overwrite=True)
+    assert digest(tmp_path) == before  # the old folder intact, no temporary sibling left

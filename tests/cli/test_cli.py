@@ -230,11 +230,20 @@ def test_output_exists(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert [p.name for p in tmp_path.iterdir()] == ["o"] and os.listdir(out) == ["keep.txt"]
 
 
-def test_debug_shows_traceback(tmp_path: Path) -> None:
-    from hfprune.cli.common import UsageError
+def test_debug_shows_a_scrubbed_traceback(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from hfprune.cli import commands
+    from hfprune.errors import PublishError
 
-    with pytest.raises(UsageError):
-        main(["prune", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--debug"])
+    def leaky(args, console):
+        raise PublishError(f"the server echoed the token {TOKEN}")
+
+    monkeypatch.setattr(commands, "cmd_report", leaky)
+    assert main(["report", str(tmp_path), "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "PublishError" in err and "leaky" in err
+    assert TOKEN not in err and err.strip().splitlines()[-1].startswith("hfprune: error:")
+    assert main(["prune", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--debug"]) == 2
 
 
 def test_report_of_a_folder_not_saved_by_hfprune(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
