@@ -18,21 +18,23 @@ def run(model: Any, tok: Any, cfg: PruningConfig, texts: list[str], *, reconstru
         protect: float | None = None) -> dict:
     """Prune ``model`` in place; returns timings (s), the reconstruction report (dict) and the protected units.
     ``cg_steps``: the reconstruction's conjugate-gradient steps after OBS (None: the config's default)."""
-    cfg = dataclasses.replace(cfg,
-                              reconstruction=dataclasses.replace(cfg.reconstruction, method="weights" if reconstruction else "none", damp=damp),
-                              protection=dataclasses.replace(cfg.protection, mode="outliers" if protect else "none", threshold=protect or 20.0))
+    recon = {"method": "weights", "damp": damp} if reconstruction else {"method": "none"}
+    guard = {"mode": "outliers", "threshold": protect} if protect else {"mode": "none"}
+    cfg = dataclasses.replace(cfg, reconstruction=dataclasses.replace(cfg.reconstruction, **recon),
+                              protection=dataclasses.replace(cfg.protection, **guard))
     if reconstruction and cg_steps is not None:
         cfg = dataclasses.replace(cfg, reconstruction=dataclasses.replace(cfg.reconstruction, cg_steps=cg_steps))
     if method == "obs" and sequential:
         report = prune(model, cfg, texts, tok, progress=False).report
         return {"timings": report.timings, "reconstruction": report.reconstruction, "protected": report.protected}
     t = time.perf_counter()
-    pruner = Pruner(model, dataclasses.replace(cfg,
-                                               reconstruction=dataclasses.replace(cfg.reconstruction, method="none")), texts, tok, progress=False)
+    unrefit = dataclasses.replace(cfg, reconstruction=dataclasses.replace(cfg.reconstruction, method="none",
+                                                                          damp=0.01, cg_steps=20))
+    pruner = Pruner(model, unrefit, texts, tok, progress=False)
     pruner.step()
     rep = reconstruct(model, pruner.layers, pruner.masks, pruner.calibration.batches, groups=pruner.groups,
                       damp=damp, method=method, cg_steps=cfg.reconstruction.cg_steps if method == "obs" else 0,
-                      sequential=sequential, adapter=pruner.adapter)
+                      sequential=sequential, adapter=pruner.run_step.adapter)
     pruner.compact()
     timings = {**pruner.timings, "reconstruction": rep.seconds, "total": time.perf_counter() - t}
     return {"timings": timings, "reconstruction": rep.to_dict(), "protected": {}}

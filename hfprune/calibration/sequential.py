@@ -9,7 +9,7 @@ selects that block's units and lets the statistics go. Memory beyond the weights
 (samples x seq_len x hidden), one block's activations for one batch, and one block's statistics.
 
 Forward-only criteria see exactly the inputs they see in a whole-model pass, so the masks are the same as with
-``calibration_mode='full'``. Criteria needing network or loss gradients cannot run this way (the config rejects
+``calibration.mode='full'``. Criteria needing network or loss gradients cannot run this way (the config rejects
 them). Blocks after the last one with an observed layer are never run; the model's head never runs.
 """
 
@@ -58,9 +58,9 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
         named = [(n, m) for n, m in lists if n == adapter.blocks or n.endswith("." + adapter.blocks)]
         lists = named or lists
     if not lists:
-        raise ConfigError(f"calibration_mode='sequential' needs a model built from a list of blocks (an "
+        raise ConfigError(f"calibration.mode='sequential' needs a model built from a list of blocks (an "
                           f"nn.ModuleList of transformer layers); {type(model).__name__} has none. Use "
-                          "calibration_mode='full'.")
+                          "calibration.mode='full'.")
     return max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
 
 
@@ -120,7 +120,7 @@ def capture_block_inputs(model: nn.Module, first: nn.Module, batches: list[Any])
                     pass
                 if not seen:
                     raise CalibrationError("Sequential calibration: the model ran without calling its first "
-                                           "block; use calibration_mode='full'.")
+                                           "block; use calibration.mode='full'.")
                 args, kwargs = seen.pop()
                 hidden = args[0] if args else kwargs.pop("hidden_states")
                 args = tuple(_no_cache(a) for a in args[1:])
@@ -142,14 +142,14 @@ def block_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, L
     none). Observed layers outside the blocks are an error (name them in ``ignore``, or use full mode)."""
     if criterion.grad_mode is not None:  # the config rejects this; a criterion built by hand may not
         raise ConfigError(f"criterion {criterion.name!r} needs gradients; layer-by-layer calibration is forward "
-                          "only. Use calibration_mode='full'.")
+                          "only. Use calibration.mode='full'.")
     prefix, blocks = find_blocks(model)
     where = block_of(observed, prefix, len(blocks))
     outside = sorted(n for n, i in where.items() if i is None)
     if outside:
-        raise ConfigError(f"calibration_mode='sequential' calibrates layers inside the transformer blocks "
+        raise ConfigError(f"calibration.mode='sequential' calibrates layers inside the transformer blocks "
                           f"({prefix}.N); {outside} lie outside. Add them to `ignore`, or use "
-                          "calibration_mode='full'.")
+                          "calibration.mode='full'.")
     last = max(where.values(), default=-1)
     was_training = model.training
     model.eval()  # before the capture: dropout in the embeddings would change the cached inputs

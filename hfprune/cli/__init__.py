@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         except MemoryError:
             print("hfprune: error: out of memory; lower batch_size / num_samples / seq_len, or use "
-                  "calibration_mode='sequential' (docs/scaling.md).", file=sys.stderr)
+                  "calibration.mode='sequential' (docs/scaling.md).", file=sys.stderr)
             return EXIT_FAILURE
         except Exception as e:
             if args.debug:

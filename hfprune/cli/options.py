@@ -88,7 +88,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
                 _add_field(group, g, sub[g.name], f.name + _SEP)
                 names.append(f.name + _SEP + g.name)
         elif any(a is dict or typing.get_origin(a) is dict for a in typing.get_args(hint)):
-            group.add_argument(f"--{f.name}", dest=f.name, nargs="+", type=_pairs, default=argparse.SUPPRESS,
+            group.add_argument(f"--{f.name}", dest=f.name, nargs="+", action="extend", type=_pairs,
+                               default=argparse.SUPPRESS,
                                metavar="KEY=VALUE", help=f.metadata.get("help", "").replace("%", "%%"))
             names.append(f.name)
         else:

@@ -6,13 +6,11 @@ is written as a nested mapping in ``pruning_config.json`` and recipes, e.g. ``ca
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from ..errors import ConfigError, shown
+from ..errors import ConfigError
 from ..utils.rules import Rule, check_fields, integer, is_int, number, optional
 
 SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMbBgG]?)\s*$")
@@ -26,24 +24,6 @@ def option(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-def build_group(cls: type, value: Any, where: str) -> Any:
-    """``value`` as an instance of the group ``cls``: an instance is kept, a mapping is checked key by key (unknown
-    keys name the closest valid one) and built; anything else is an error naming the field."""
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}={shown(value)} is not allowed: a {cls.__name__} or a mapping of its fields "
-                          f"({', '.join(f.name for f in dataclasses.fields(cls)) or 'none'}).")
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in value:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else (
-                f" Valid keys: {', '.join(known)}." if known else " It takes no options.")
-            raise ConfigError(f"{where} has no option {shown(key)}.{hint}")
-    return cls(**value)
-
-
 class OptionGroup:
     """Base of the option groups: fields checked at construction (Literal choices, type hints, `RULES`)."""
 
@@ -53,12 +33,6 @@ class OptionGroup:
 
     def __post_init__(self) -> None:
         check_fields(self, self.RULES, self.where or type(self).__name__)
-
-    def changed(self) -> dict[str, Any]:
-        """The fields set to something other than their default."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                if getattr(self, f.name) != (f.default if f.default is not dataclasses.MISSING
-                                             else f.default_factory())}  # type: ignore[misc]
 
 
 @dataclass

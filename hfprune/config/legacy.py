@@ -71,37 +71,37 @@ def is_legacy(data: dict[str, Any]) -> bool:
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` in the current shape: old flat keys moved into their groups and the criterion's options. A mapping
-    already in the current shape is returned unchanged."""
+    """``data`` in the current shape: old flat keys moved into their groups and the criterion's options (merged
+    with groups given in the current shape; ``data`` itself is not changed). A mapping already in the current shape
+    is returned unchanged."""
     if not is_legacy(data):
         return data
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()
+                           if k not in MOVED and k not in OPTIONS and k not in DROPPED}
     options: dict[str, Any] = dict(data.get("options") or {})
     criterion = data.get("criterion", "magnitude")
-    if criterion in _AXIS_SCORES:  # a width/depth run whose `criterion` named the axis score
-        key = _AXIS_SCORES[criterion]
-        field = "layer_criterion" if key == "block_score" else "hidden_criterion"
-        if data.get(field) is None:
+    axis_score = _AXIS_SCORES.get(criterion)
+    if axis_score is not None:  # a width/depth run whose `criterion` named the axis score
+        field = "layer_criterion" if axis_score == "block_score" else "hidden_criterion"
+        axis = "layers" if axis_score == "block_score" else "hidden"
+        parts = [p.strip() for p in str(data.get("granularity", "weights")).split("+")]
+        if data.get(field) is None and axis in parts:  # the score only ever applied to its own axis
             data = {**data, field: criterion}
-        criterion = "magnitude"
-        data = {**data, "criterion": criterion}
+        criterion = out["criterion"] = "magnitude"
     for key, value in data.items():
         if key in MOVED:
             if value is not None:  # None was the default of every moved key (block/channel score: "criterion's")
                 group, new = MOVED[key]
-                out.setdefault(group, {})[new] = value
+                out.setdefault(group, {}).setdefault(new, value)  # a value given in the current shape wins
         elif key in OPTIONS:
             owners, new = OPTIONS[key]
             if criterion in owners:
-                options[new] = value
+                options.setdefault(new, value)
             elif criterion == "hybrid" and data.get("hybrid_importance", "magnitude") in owners:
-                options.setdefault("importance_options", {})[new] = value
-        elif key in DROPPED:
-            if key == "distillation" and value:
-                logger.warning("The saved config asks for distillation; distillation is now configured in "
-                               "hfprune.trainer.RecoveryConfig (PruningTrainer(recovery=...)): it is ignored here.")
-        else:
-            out[key] = value
+                options.setdefault("importance_options", {}).setdefault(new, value)
+        elif key == "distillation" and value:
+            logger.warning("The saved config asks for distillation; distillation is now configured in "
+                           "hfprune.trainer.RecoveryConfig (PruningTrainer(recovery=...)): it is ignored here.")
     if options:
         out["options"] = options
     return out

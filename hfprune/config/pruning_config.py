@@ -24,8 +24,9 @@ from ..criteria.registry import criterion_class
 from ..structure.units import STRUCTURED_GRANULARITIES, WIDTH_DEPTH_AXES, granularity_parts, nm_pattern
 from ..structure.loaders import Loader
 from .checks import check_config
+from ..utils.rules import build_group
 from .groups import (CalibrationConfig, ProtectionConfig, ReconstructionConfig, TrainingConfig, WidthDepthConfig,
-                     build_group, option)
+                     option)
 from .legacy import upgrade
 
 CONFIG_NAME = "pruning_config.json"

@@ -74,7 +74,7 @@ class Criterion:
     #: computes only the gradients flowing into their outputs, skipping every weight gradient
     needs_weight_grads: ClassVar[bool] = False
     #: the criterion reads only ``G = sum over backward passes of (dy/dz)^2``: the collector keeps that one running
-    #: ``[samples, out]`` sum per layer instead of every pass's gradient (``ec_projections`` times less memory)
+    #: ``[samples, out]`` sum per layer instead of every pass's gradient (``projections`` times less memory)
     squared_output_grads: ClassVar[bool] = False
     #: the sides of a unit whose weight scores are summed into the unit's score
     structured_sides: ClassVar[tuple[str, ...]] = ("out", "in")
@@ -89,7 +89,7 @@ class Criterion:
         if options is None:
             options = config.options if config.criterion == self.name else self.Options()
         self.options: Any = options
-        # hidden channels and blocks are scored by `config.axis_criterion`, not by this criterion
+        # hidden channels and blocks are scored by the width/depth scores, not by this criterion
         asked = ["weights" if config.nm is not None else p for p in config.parts
                  if p not in WIDTH_DEPTH_AXES or p in self.supports]
         unsupported = [p for p in asked if p not in self.supports]
@@ -105,8 +105,9 @@ class Criterion:
 
     @property
     def compensates(self) -> bool:
-        """Whether `bias_compensation` adds a bias change after removal (elimination-compensation)."""
-        return False
+        """Whether `bias_compensation` adds a bias change after removal: true for a criterion that implements it
+        (elimination-compensation, or one of yours); a criterion whose options can turn it off overrides this."""
+        return type(self).bias_compensation is not Criterion.bias_compensation
 
     _GRADIENTS: ClassVar[dict[str, str]] = {"loss": "the loss gradient", "output": "gradients of the network output"}
 
@@ -138,7 +139,7 @@ class Criterion:
         return f"criterion {self.name!r}" + (f" with {option}" if option else ""), fix
 
     def gradient_option(self) -> tuple[str, str]:
-        """(the option that makes this criterion need gradients, e.g. "ec_output='loss'", or ""; the fix)."""
+        """(the option that makes this criterion need gradients, e.g. "options.output='loss'", or ""; the fix)."""
         return "", "use calibration.mode='full'"
 
     # --- statistics ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ constant relative to their mean (whose score is nearly 0 either way) feel float3
 
 The option ``output`` chooses ``y`` (the first is the paper's, the other two are hfprune extensions):
 - ``"network"``: the network output; exact per output when it has at most 16 per sample, otherwise a Hutchinson
-  estimate of ``G`` from ``ec_projections`` random output projections (the engine scales the cotangents);
+  estimate of ``G`` from the option ``projections`` random output projections (the engine scales the cotangents);
 - ``"loss"``: the loss gradient, ``G = (dL/dz_i)^2`` (empirical Fisher; one backward pass);
 - ``"layer"``: the layer's own output, ``G = 1``: ``I = W^2 Var[a_j]``, ``Db = W E[a_j]`` (forward only, fits
   layer-by-layer calibration).

@@ -20,7 +20,7 @@ change any ranking. A unit that is always on or always off scores 0: it redistri
   by several consumer layers, the mean over them.
 
 The score is stateless in the paper's sense: it is meaningful at initialisation and can be estimated from random
-inputs (``PruningConfig(source="random")``: the engine feeds random token ids or Gaussian images) or from a single
+inputs (``PruningConfig(calibration={"source": "random"})``: the engine feeds random token ids or Gaussian images) or from a single
 sample. Units only: a single weight has no activation of its own.
 """
 

@@ -28,7 +28,7 @@ from .expressiveness import Expressiveness
 from ..errors import ConfigError
 from ..structure.groups import UnitGroup
 from ..structure.layers import Layer
-from ..utils.rules import NAME, MAPPING, number
+from ..utils.rules import MAPPING, NAME, build_group, number
 
 
 
@@ -68,15 +68,14 @@ class Hybrid(Criterion):
 
     @staticmethod
     def _importance_class(options: Any) -> type[Criterion]:
+        """The importance criterion's class, its options checked (``build_group``: unknown keys are named with the
+        closest valid one)."""
         importance = criterion_class(options.importance, field="options.importance")
         if importance.name in ("hybrid", "expressiveness"):
             raise ConfigError(f"PruningConfig.options.importance={importance.name!r} is not allowed: an importance "
                               "criterion such as magnitude, taylor or wanda.")
-        known = [f.name for f in dataclasses.fields(importance.Options)]
-        unknown = [k for k in options.importance_options if k not in known]
-        if unknown:
-            raise ConfigError(f"PruningConfig.options.importance_options has {unknown[0]!r}, not an option of "
-                              f"{importance.name!r} (its options: {', '.join(known) or 'none'}).")
+        build_group(importance.Options, options.importance_options,
+                    f"PruningConfig.options.importance_options (of {importance.name!r})")
         return importance
 
     @classmethod

@@ -2,7 +2,7 @@
 
 Published method, reimplemented: the layer-wise structured OBS of ZipLM (Kurtic et al. 2023), after Optimal Brain
 Surgeon (Hassibi & Stork 1993) and SparseGPT's statistics (Frantar & Alistarh 2023); ZipLM's latency search is
-not part of it. It pairs with ``reconstruction="weights"`` (required), which then applies exactly the refit this
+not part of it. It pairs with ``reconstruction.method="weights"`` (required; "auto" settles to it), which then applies exactly the refit this
 criterion assumes.
 
 A unit of an FFN or attention layer owns a block B of input columns of its consumer (``down_proj``, ``o_proj``).
@@ -17,7 +17,7 @@ after which ``W' -= W'_B [(Ht^-1)_BB]^-1 (Ht^-1)_B,:`` and ``Ht^-1 -= (Ht^-1)_:,
 cumulative relative error ``(E_0 + ... + dE(unit)) / E||W a||^2`` at its removal (monotone along the order, so
 local selection removes a prefix of it; in a global ranking it compares layers by the error each removal leaves).
 Units never reached keep a score above every removed one. Producers (``gate/up/q/k/v`` rows) cost nothing more:
-their rows only feed the removed columns. ``lambda`` = ``reconstruction_damp`` x the mean diagonal.
+their rows only feed the removed columns. ``lambda`` = ``reconstruction.damp`` x the mean diagonal.
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ class UnitStep:
             self.layers = target_layers(model, config)
             self.masks = {n: torch.ones(l.weight_matrix().shape, dtype=torch.bool) for n, l in self.layers.items()}
         self.forced_min: set[str] = set()
+        self.over_protected: dict[str, tuple[int, int]] = {}
         self.batches_per_process: list[int] = []
         self.protection: Protection | None = None  # detected once, on the dense model (config.protection)
         self.reconstruction: ReconstructionReport | None = None  # of the latest step (config.reconstruction)
@@ -115,6 +116,7 @@ class UnitStep:
         self._compensate({n: v for n, v in stats.items() if n not in refit}, newly)
         timings["compensation"] = timings.get("compensation", 0.0) + time.perf_counter() - t
         self.masks, self.forced_min = new, set(selection.forced_min)
+        self.over_protected = dict(selection.over_protected)
         for n in sorted(self.forced_min):
             logger.warning("%s would have lost every unit; kept %d (min_units)", n, self.config.min_units)
         return selection, sparsity
@@ -197,7 +199,11 @@ class UnitStep:
                 "reconstruction": self.reconstruction.to_dict() if self.reconstruction else {}}
 
     def warnings(self) -> list[str]:
-        return [f"{n} would have lost every unit; kept {self.config.min_units}" for n in sorted(self.forced_min)]
+        out = [f"{n} would have lost every unit; kept {self.config.min_units}" for n in sorted(self.forced_min)]
+        out += [f"{n}: protection (protection.mode={self.config.protection.mode!r}) keeps {kept} units where the "
+                f"sparsity keeps {keep}, so this group reaches a lower sparsity; raise protection.threshold or set "
+                "protection.mode='none' to remove them" for n, (keep, kept) in sorted(self.over_protected.items())]
+        return out
 
 
 def check_reconstruction(model_has_blocks: bool, config: PruningConfig, model: nn.Module) -> None:

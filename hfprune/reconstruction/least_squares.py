@@ -156,7 +156,7 @@ def _cholesky(m: torch.Tensor) -> torch.Tensor:
             bump *= 10
         else:
             raise CalibrationError("Reconstruction: the input statistics are not positive definite even after "
-                                   "damping; raise reconstruction_damp.")
+                                   "damping; raise reconstruction.damp.")
     return L
 
 

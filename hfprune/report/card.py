@@ -128,6 +128,11 @@ def _granularity_text(granularity: str) -> str:
     return "structured: " + " and ".join(granularity.split("+")) + " physically removed"
 
 
+def _scores_units(cfg: dict[str, Any]) -> bool:
+    """Whether ``criterion`` scored anything (a pure blocks / residual-channels run uses its own scores only)."""
+    return any(p.strip() not in ("hidden", "layers") for p in str(cfg.get("granularity", "")).split("+"))
+
+
 def _config_args(cfg: dict[str, Any]) -> str:
     """``PruningConfig`` keyword arguments: the main settings and every non-default one (of a group: the non-default
     fields; of the criterion's options: those that differ from the criterion's defaults)."""
@@ -166,15 +171,20 @@ def _training_recipe(cfg: dict[str, Any], report: PruningReport, auto_class: str
     base = report.base_model or "BASE_MODEL"
     steps = (f"max_steps={training.get('max_steps')}" if (training.get("max_steps") or 0) > 0
              else f"num_train_epochs={training.get('num_train_epochs')}")
+    recovery = training.get("recovery")  # distillation settings (RecoveryConfig), when the run distilled
     return "\n".join([
-        "from hfprune import PruningConfig", "from hfprune.trainer import PruningTrainer",
+        "from hfprune import PruningConfig",
+        "from hfprune.trainer import PruningTrainer" + (", RecoveryConfig" if recovery else ""),
         f"from transformers import {auto_class}, TrainingArguments", "",
         f'model = {auto_class}.from_pretrained("{base}")',
         "train = ...  # the training data (not recorded)",
         f"config = PruningConfig({_config_args(cfg)})",
         f'args = TrainingArguments("pruned", {steps}, learning_rate={training.get("learning_rate")!r}, '
         f"per_device_train_batch_size={training.get('per_device_train_batch_size')})",
-        "trainer = PruningTrainer(model=model, args=args, train_dataset=train, pruning_config=config)",
+        *([f"recovery = RecoveryConfig({', '.join(f'{k}={v!r}' for k, v in recovery.items())})"] if recovery
+          else []),
+        "trainer = PruningTrainer(model=model, args=args, train_dataset=train, pruning_config=config"
+        + (", recovery=recovery)" if recovery else ")"),
         "trainer.train()", "trainer.save_model()"])
 
 
@@ -200,7 +210,7 @@ def _render(folder: str | os.PathLike, saved: dict[str, Any], report: PruningRep
         base_model=report.base_model,
         base_link=_hub_id(report.base_model),
         granularity_text=_granularity_text(report.granularity),
-        criterion_options=cfg.get("options") or {},
+        criterion_options=(cfg.get("options") or {}) if _scores_units(cfg) else {},
         selection_options={k: cfg[k] for k in SELECTION_OPTIONS if cfg.get(k) not in (None, [], "auto")
                            and (k != "gqa_mode" or "heads" in report.granularity)},
         auto_class=auto_class,

@@ -84,7 +84,7 @@ def _sequential_masks(model: nn.Module, criterion: Criterion, layers: dict[str, 
     """Block by block: statistics of one block (`block_statistics`), its scores and masks, then the next block.
 
     Kept across blocks: masks; per-unit scores (structured: small; global scope selects once all are in);
-    statistics only where compensation needs them (elimination-compensation with ec_output='layer': two vectors
+    statistics only where compensation needs them (elimination-compensation with the option output='layer': two vectors
     per layer). Per-weight scores and the other statistics are dropped after each block, and unstructured masks
     are stored one bit per weight (`PackedMasks`); the returned scores are empty for unstructured runs.
     """
@@ -96,8 +96,8 @@ def _sequential_masks(model: nn.Module, criterion: Criterion, layers: dict[str, 
     home = {n: where[ls[0]] if ls and len({where[l] for l in ls}) == 1 else None for n, ls in members.items()}
     split = sorted(n for n, h in home.items() if h is None and set(members[n]) & set(observed))
     if split:
-        raise ConfigError(f"calibration_mode='sequential': the units {split} span several blocks or lie outside "
-                          f"{prefix}.N; use calibration_mode='full'.")
+        raise ConfigError(f"calibration.mode='sequential': the units {split} span several blocks or lie outside "
+                          f"{prefix}.N; use calibration.mode='full'.")
     keep_stats = criterion.compensates
     deferred = groups is not None and config.scope == "global"
     selection = Selection({} if groups is not None else PackedMasks())

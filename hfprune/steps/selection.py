@@ -21,6 +21,14 @@ from ..structure.groups import kept_count
 class Selection:
     masks: dict[str, torch.Tensor]
     forced_min: set[str] = field(default_factory=set)  # groups/layers that kept `min_units` instead of nothing
+    #: groups where protection kept more units than the sparsity leaves: name -> (units the sparsity keeps, kept)
+    over_protected: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _keep_protected(scores: torch.Tensor, keep: int) -> int:
+    """Units kept: at least every protected unit (score +inf, `protect_scores`): protection is a promise, so a
+    group whose protected units outnumber what the sparsity leaves keeps them all and reaches a lower sparsity."""
+    return max(keep, int(torch.isposinf(scores).sum()))
 
 
 def _keep_top_rows(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -102,11 +110,15 @@ def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], c
     """Unit masks per group; local = same fraction per group, global = one ranking per unit kind."""
     masks: dict[str, torch.Tensor] = {}
     forced: set[str] = set()
+    over: dict[str, tuple[int, int]] = {}
     by_name = {g.name: g for g in groups}
     if config.scope == "local":
         for g in groups:
             keep = kept_count(g, config.sparsity_for(g.kind) * g.num_units, config.round_to, config.min_units)
-            masks[g.name] = keep_top(scores[g.name], keep)
+            kept = _keep_protected(scores[g.name], keep)
+            if kept > keep:
+                over[g.name] = (keep, kept)
+            masks[g.name] = keep_top(scores[g.name], kept)
     else:
         for kind in {g.kind for g in groups}:
             names = [g.name for g in groups if g.kind == kind]
@@ -119,11 +131,14 @@ def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], c
                                   config.min_units)
                 if want < config.min_units:
                     forced.add(n)
-                masks[n] = keep_top(scores[n], keep)
+                kept = _keep_protected(scores[n], keep)
+                if kept > keep:
+                    over[n] = (keep, kept)
+                masks[n] = keep_top(scores[n], kept)
     for g in groups:
         if config.scope == "local" and config.sparsity_for(g.kind) * g.num_units > g.num_units - config.min_units:
             forced.add(g.name)
-    return Selection(masks, forced)
+    return Selection(masks, forced, over)
 
 
 def protect_scores(scores: dict[str, torch.Tensor], protected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import time
 from typing import Any
@@ -182,6 +183,9 @@ class PruningTrainer(EvaluationRecords, RecoveryMixin, Trainer):
                     "max_steps": self.args.max_steps, "num_train_epochs": self.args.num_train_epochs,
                     "learning_rate": self.args.learning_rate,
                     "per_device_train_batch_size": self.args.per_device_train_batch_size}
+        if self.recovery.distills:  # distillation is configured in RecoveryConfig: recorded with the run
+            training["recovery"] = {k: v for k, v in dataclasses.asdict(self.recovery).items()
+                                    if v != RecoveryConfig.__dataclass_fields__[k].default}
         return self.pruning_masks.pruner.pruning_info(self._loader, self._compacted, training)
 
     @property

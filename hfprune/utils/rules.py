@@ -8,6 +8,7 @@ option groups, the criteria's options and the recipe sections.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 from collections.abc import Callable
@@ -96,3 +97,21 @@ def check_fields(obj: Any, rules: dict[str, Rule], where: str) -> None:
         value = getattr(obj, f.name)
         if not rule.ok(value):
             raise ConfigError(f"{where}.{f.name}={shown(value)} is not allowed: {rule.allowed}.")
+
+
+def build_group(cls: type, value: Any, where: str) -> Any:
+    """``value`` as an instance of the group ``cls``: an instance is kept, a mapping is checked key by key (unknown
+    keys name the closest valid one) and built; anything else is an error naming the field."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}={shown(value)} is not allowed: a {cls.__name__} or a mapping of its fields "
+                          f"({', '.join(f.name for f in dataclasses.fields(cls)) or 'none'}).")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in value:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else (
+                f" Valid keys: {', '.join(known)}." if known else " It takes no options.")
+            raise ConfigError(f"{where} has no option {shown(key)}.{hint}")
+    return cls(**value)

@@ -50,7 +50,8 @@ def one(row: str, threads: int, ppl_tokens: int) -> dict:
     if crit == "dense":
         r["ppl"] = perplexity(model, tok, lee_texts("test"), 512, ppl_tokens)
         return r
-    cfg = PruningConfig(criterion=crit, granularity=gran, sparsity=sp, **overrides)
+    # overrides use the fields' short names (num_samples=8): from_dict reads them as the older flat keys
+    cfg = PruningConfig.from_dict({"criterion": crit, "granularity": gran, "sparsity": sp, **overrides})
     t = time.perf_counter()
     result = prune(model, cfg, lee_texts("background"), tok, progress=False)
     r["prune_s"] = time.perf_counter() - t

@@ -1,10 +1,10 @@
-"""llm-compressor's one-shot Wanda / SparseGPT on SmolLM2-135M, for comparison with hfprune (bench_quality.py).
+"""llm-compressor's one-shot Wanda / SparseGPT on SmolLM2-135M, for comparison with hfprune (scripts/bench/quality.py).
 
 llm-compressor pins an older transformers (<= 5.17), so it lives in its own venv:
     python -m venv /tmp/llmc && /tmp/llmc/bin/pip install torch==2.13.0 llmcompressor
     PYTHONPATH=. python scripts/bench/llmcompressor.py --prepare /tmp/smollm2_hf      # system python + hfprune
     /tmp/llmc/bin/python scripts/bench/llmcompressor.py --model /tmp/smollm2_hf        # the venv
-Calibration and perplexity use the same Lee texts, packing and windows as bench_quality.py (the perplexity
+Calibration and perplexity use the same Lee texts, packing and windows as scripts/bench/quality.py (the perplexity
 function is repeated here because hfprune is not installed in that venv).
 """
 

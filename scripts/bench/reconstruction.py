@@ -119,9 +119,10 @@ def main() -> None:
                  "calibration": f"{args.num_samples} x {args.seq_len}", "ppl_tokens": args.ppl_tokens}
             model = copy.deepcopy(base)
             if crit != "dense":
-                cfg = PruningConfig(criterion=crit, granularity=gran, sparsity=sp,
-                                    options={"compensate": args.compensate == "1"},
-                                    calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size})
+                options = {"compensate": args.compensate == "1"} if crit == "elimination_compensation" else None
+                cfg = PruningConfig(criterion=crit, granularity=gran, sparsity=sp, options=options,
+                                    calibration={"num_samples": args.num_samples, "seq_len": args.seq_len,
+                                                 "batch_size": args.batch_size})
                 t = time.perf_counter()
                 try:
                     info = run(model, tok, cfg, lee_texts("background"),

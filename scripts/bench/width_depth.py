@@ -133,7 +133,7 @@ def depth_part(base, tok, batches, args) -> list[dict]:
         for n in args.blocks:
             m = copy.deepcopy(base)
             done = apply_plan(m, cfg, Plan(layers=n), scores)
-            rows.append({"method": f"hfprune {crit}", "removed": n, "blocks": done["kept"]["layers"]["removed"],
+            rows.append({"method": f"hfprune {crit}", "removed": n, "blocks": done.kept["layers"]["removed"],
                          "params": params(m), "ppl": ppl(m, tok, args), "score_s": round(score_s, 1),
                          "calibration": f"{sum(len(b['input_ids']) for b in data)} x {args.seq_len}"})
             del m

@@ -37,7 +37,7 @@ def test_at_most_25_top_level_fields_and_choices_are_literal_types():
     ({"scope": "globl"}, "one of 'local', 'global'"),
     ({"criterion": "hybrid", "granularity": "neurons", "options": {"importance": "hybrid"}}, "importance='hybrid'"),
     ({"criterion": "hybrid", "granularity": "neurons", "options": {"importance_options": {"projections": 2}}},
-     "not an option of 'magnitude'"),
+     "importance_options (of 'magnitude') has no option 'projections'"),
 ])
 def test_what_a_config_can_know_is_refused_at_construction(kwargs, words):
     with pytest.raises(ConfigError) as info:

@@ -122,6 +122,10 @@ def test_regulariser_and_distillation_are_logged_and_change_the_loss(tmp_path):
     logs = [h for h in reg.state.log_history if "loss" in h]
     assert all(h["pruning/regularizer"] > 0 for h in logs)
     assert logs[0]["loss"] != [h for h in base.state.log_history if "loss" in h][0]["loss"]
+    reg.save_model(str(tmp_path / "saved"))  # the distillation (RecoveryConfig) is on the card and in the rerun code
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert "distillation from the unpruned model" in card
+    assert "RecoveryConfig(distillation_weight=0.5, temperature=2.0)" in card and "recovery=recovery" in card
 
 
 # --- distributed ----------------------------------------------------------------------------------------------------
