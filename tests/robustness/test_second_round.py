@@ -100,3 +100,19 @@ def test_an_unreachable_target_is_refused_before_any_forward():
 def test_missing_data_is_blamed_on_the_option_that_needs_it(kwargs, named):
     with pytest.raises(CalibrationError, match=named):
         prune(tiny_model("llama"), PruningConfig(**kwargs), progress=False)
+
+
+# --- 3. protection is a promise: the report says the sparsity it reached ----------------------------------------------
+def test_protection_beyond_the_sparsity_keeps_every_protected_unit_and_says_so():
+    config = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.9,
+                           protection={"mode": "energy", "threshold": 1.0001}, reconstruction={"method": "none"},
+                           calibration={"num_samples": 8, "seq_len": 12, "batch_size": 4})
+    result = prune(tiny_model("llama"), config, calibration_data=calibration("llama"), progress=False)
+    report = result.report
+    for layer in report.layers:
+        protected = report.protected[layer.name]
+        assert len(protected) > round(0.1 * layer.total)  # more than the sparsity leaves
+        assert layer.kept == len(protected)  # every protected unit kept
+        assert all(bool(result.masks[layer.name][i]) for i in protected)
+    warnings = [w for w in report.warnings if "protection" in w and "lower sparsity" in w]
+    assert len(warnings) == len(report.layers)
