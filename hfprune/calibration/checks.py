@@ -45,13 +45,24 @@ def max_positions(model: nn.Module) -> int | None:
     return min(limits) if limits else None
 
 
+def resolved_seq_len(config: Any, model: nn.Module) -> int:
+    """The calibration window: an explicit ``calibration.seq_len``, or for "auto" the model's positions capped at
+    `CalibrationConfig.AUTO_SEQ_LEN` (a default adapts to the model instead of refusing it)."""
+    seq_len = config.calibration.seq_len
+    if seq_len != "auto":
+        return seq_len
+    cap = type(config.calibration).AUTO_SEQ_LEN
+    return min(cap, max_positions(model) or cap)
+
+
 def check_config_for_model(config: Any, model: nn.Module) -> None:
-    """Config limits that depend on the model (``seq_len`` against learned position embeddings), for the runs
-    that build sequences of ``seq_len`` tokens (texts packed, random calibration); before any work."""
+    """Config limits that depend on the model (an explicit ``seq_len`` against learned position embeddings), for
+    the runs that build sequences of ``seq_len`` tokens (texts packed, random calibration); before any work."""
     limit = max_positions(model)
-    if limit is not None and not is_vision(model) and config.calibration.seq_len > limit:
-        raise ConfigError(f"PruningConfig.seq_len={config.calibration.seq_len} is longer than the {limit} positions the model's "
-                          f"position embeddings hold; set seq_len <= {limit}.")
+    seq_len = config.calibration.seq_len
+    if limit is not None and not is_vision(model) and seq_len != "auto" and seq_len > limit:
+        raise ConfigError(f"PruningConfig.calibration.seq_len={seq_len} is longer than the {limit} positions the "
+                          f"model's position embeddings hold; set it to at most {limit}, or to 'auto'.")
 
 
 def check_weights(model: nn.Module, what: str = "the model") -> None:

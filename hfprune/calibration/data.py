@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config.pruning_config import PruningConfig
 from ..errors import CalibrationError
-from .checks import check_batches, check_config_for_model, is_vision
+from .checks import check_batches, check_config_for_model, is_vision, resolved_seq_len
 
 Batch = Any  # a dict of tensors (Hugging Face models) or a tensor (plain modules)
 
@@ -35,14 +35,19 @@ class CalibrationSet:
     tokens: int = 0
     warnings: list[str] = field(default_factory=list)
 
+    layout: str | None = None  # how texts became sequences: "packed windows" or "padded rows"
+
     def describe(self, seq_len: int) -> dict[str, Any]:
         """``seq_len`` is the token batches' own length when they have one (None when padded to different lengths,
         e.g. by `DataCollatorWithPadding`), else the configured one."""
         lengths = {b["input_ids"].shape[-1] for b in self.batches if isinstance(b, dict) and "input_ids" in b}
         if lengths:
             seq_len = lengths.pop() if len(lengths) == 1 else None
-        return {"source": self.source, "name": self.name, "num_samples": self.num_samples, "seq_len": seq_len,
-                "tokens": self.tokens}
+        out = {"source": self.source, "name": self.name, "num_samples": self.num_samples, "seq_len": seq_len,
+               "tokens": self.tokens}
+        if self.layout:
+            out["layout"] = self.layout
+        return out
 
 
 def _chunks(items: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -64,7 +69,7 @@ def random_calibration(model: nn.Module, config: PruningConfig, example_inputs: 
         return CalibrationSet([{"pixel_values": b} for b in _chunks(x, config.calibration.batch_size)], "random",
                               "gaussian images", n, 0)
     if cfg is not None and getattr(cfg, "vocab_size", None):
-        ids = torch.randint(0, cfg.vocab_size, (n, config.calibration.seq_len), generator=g)
+        ids = torch.randint(0, cfg.vocab_size, (n, resolved_seq_len(config, model)), generator=g)
         return CalibrationSet(_ids_batches(ids, config), "random", "uniform token ids", n, ids.numel())
     if isinstance(example_inputs, torch.Tensor):
         x = torch.randn((n, *example_inputs.shape[1:]), generator=g)
@@ -73,29 +78,50 @@ def random_calibration(model: nn.Module, config: PruningConfig, example_inputs: 
                            "settings, or example_inputs for a plain module.")
 
 
-def _pack_texts(texts: list[str], tokenizer: Any, config: PruningConfig, name: str | None) -> CalibrationSet:
+def _pack_texts(texts: list[str], tokenizer: Any, config: PruningConfig, name: str | None,
+                model: nn.Module) -> CalibrationSet:
+    """Texts joined (EOS between them) and cut into windows of ``seq_len`` tokens; with ``seq_len="auto"``, texts
+    too short for one window are calibrated as padded rows, one text a row, instead of being refused."""
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise CalibrationError("The calibration set is empty: it holds no non-blank text.")
     if tokenizer is None:
         raise CalibrationError("Calibration texts need a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...).")
+    seq_len, num_samples = resolved_seq_len(config, model), config.calibration.num_samples
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     ids: list[int] = []
-    need = config.calibration.num_samples * config.calibration.seq_len
     for t in texts:
         ids += tokenizer(t, add_special_tokens=False)["input_ids"] + ([sep] if sep is not None else [])
-        if len(ids) >= need:
+        if len(ids) >= num_samples * seq_len:
             break
-    if len(ids) < config.calibration.seq_len:
+    if len(ids) < seq_len and config.calibration.seq_len == "auto":
+        return _padded_rows(texts, tokenizer, config, name, seq_len)
+    if len(ids) < seq_len:
         raise CalibrationError(f"The calibration set is too short: {len(ids)} tokens, fewer than one sequence of "
-                               f"seq_len={config.calibration.seq_len}. Pass more text or lower seq_len.")
-    n = min(config.calibration.num_samples, len(ids) // config.calibration.seq_len)
+                               f"calibration.seq_len={seq_len}. Pass more text, lower seq_len, or set it to 'auto' "
+                               "(short texts are then calibrated as padded rows).")
+    n = min(num_samples, len(ids) // seq_len)
     warnings = []
-    if n < config.calibration.num_samples:
-        warnings.append(f"calibration text gave {n} sequences of {config.calibration.seq_len} tokens, fewer than "
-                        f"num_samples={config.calibration.num_samples}")
-    seqs = torch.tensor(ids[: n * config.calibration.seq_len]).view(n, config.calibration.seq_len)
-    return CalibrationSet(_ids_batches(seqs, config), "data", name, n, seqs.numel(), warnings)
+    if n < num_samples:
+        warnings.append(f"calibration text gave {n} sequences of {seq_len} tokens, fewer than "
+                        f"num_samples={num_samples}")
+    seqs = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+    return CalibrationSet(_ids_batches(seqs, config), "data", name, n, seqs.numel(), warnings, "packed windows")
+
+
+def _padded_rows(texts: list[str], tokenizer: Any, config: PruningConfig, name: str | None,
+                 seq_len: int) -> CalibrationSet:
+    """One text a row (at most ``seq_len`` tokens), padded to the longest with an attention mask."""
+    rows = [{"input_ids": torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"][:seq_len])}
+            for t in texts[: config.calibration.num_samples]]
+    rows = [r for r in rows if len(r["input_ids"])]
+    whole = stack_rows(rows, _pad_id(tokenizer))
+    tokens = int(whole["attention_mask"].sum())
+    batches = [{k: v[i:i + config.calibration.batch_size] for k, v in whole.items()}
+               for i in range(0, len(rows), config.calibration.batch_size)]
+    note = (f"calibration texts hold {tokens} tokens, fewer than one window of {seq_len}: calibrated on "
+            f"{len(rows)} texts as padded rows (seq_len='auto')")
+    return CalibrationSet(batches, "data", name, len(rows), tokens, [note], "padded rows")
 
 
 def _from_tensor(x: torch.Tensor, model: nn.Module, config: PruningConfig, name: str | None) -> CalibrationSet:
@@ -262,12 +288,12 @@ def _prepare(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any,
             rows = data.select(range(min(len(data), config.calibration.num_samples))).select_columns(columns)
             return _from_mapping(stack_rows(list(rows), _pad_id(tokenizer)), config, name)
         if "text" in data.column_names:
-            return _pack_texts(list(data["text"]), tokenizer, config, name)
+            return _pack_texts(list(data["text"]), tokenizer, config, name, model)
         raise CalibrationError(f"The Dataset needs a 'text' or 'input_ids' column; it has {data.column_names}.")
     if _is_rows(data):
         return _from_mapping(stack_rows(list(data[: config.calibration.num_samples]), _pad_id(tokenizer)), config, name)
     if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
-        return _pack_texts(list(data), tokenizer, config, name)
+        return _pack_texts(list(data), tokenizer, config, name, model)
     if isinstance(data, Mapping):
         return _from_mapping(data, config, name)
     if isinstance(data, Iterable):

@@ -31,13 +31,16 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     return inner, False
 
 
-def _typed(kind: type, alternative: type | None = None) -> Any:
+def _typed(kind: type, alternative: Any = None) -> Any:
     """An argparse ``type=`` that also accepts 'none' for optional fields; with ``int | str`` (``target_params``)
-    digits become an int and anything else stays text ('100M')."""
+    digits become an int and anything else stays text ('100M'); with ``int | Literal["auto"]`` the literal's
+    words stay text."""
+    words = typing.get_args(alternative) if typing.get_origin(alternative) is Literal else ()
+
     def parse(text: str) -> Any:
         if text.lower() == "none":
             return None
-        if alternative is str and not text.strip().isdigit():
+        if (alternative is str and not text.strip().isdigit()) or text in words:
             return text
         return kind(text)
     parse.__name__ = kind.__name__

@@ -39,11 +39,18 @@ class OptionGroup:
 class CalibrationConfig(OptionGroup):
     """How the calibration data are read and fed."""
 
-    RULES = {"num_samples": integer(1), "seq_len": integer(1), "batch_size": integer(1)}
+    RULES = {"num_samples": integer(1), "batch_size": integer(1),
+             "seq_len": Rule(lambda v: v == "auto" or (is_int(v) and v >= 1),
+                             "a positive integer, or 'auto' (the model's positions, at most 512)")}
     where = "PruningConfig.calibration"
+    #: the longest window "auto" gives (the calibration size the defaults were measured with)
+    AUTO_SEQ_LEN: ClassVar[int] = 512
 
     num_samples: int = option(64, "Number of calibration sequences (or images).")
-    seq_len: int = option(512, "Tokens per calibration sequence (texts are packed and cut to this length).")
+    seq_len: int | Literal["auto"] = option(
+        "auto", "Tokens per calibration sequence (texts are packed and cut to this length). 'auto' (default): the "
+        "model's positions, at most 512, settled once and saved; texts too short for one window are then "
+        "calibrated as padded rows (stated in the report). An explicit length that does not fit is an error.")
     batch_size: int = option(8, "Calibration batch size.")
     source: Literal["data", "random"] = option("data", "'data': the calibration data given; 'random': "
                                                "data-agnostic inputs matched to the model (random token ids, "

@@ -11,11 +11,13 @@ from .groups import ProtectionConfig
 from .pruning_config import PruningConfig
 
 
-def settle(config: PruningConfig, has_data: bool, has_blocks: bool = True) -> PruningConfig:
+def settle(config: PruningConfig, has_data: bool, has_blocks: bool = True,
+           seq_len: int | None = None) -> PruningConfig:
     """The config with ``"auto"`` settled for this run (the engine calls it once it knows whether there is
     calibration data and whether the model is a list of blocks, which reconstruction refits one by one):
     reconstruction 'weights' and protection 'energy' (neurons / heads only) where they can run, else 'none'; the
-    protection threshold of the chosen mode; the unstructured comparison group (`compare_within`) the criterion
+    protection threshold of the chosen mode; the calibration window (for "auto", ``seq_len``: what the
+    calibration resolved against the model); the unstructured comparison group (`compare_within`) the criterion
     uses; the criterion's own options (`Criterion.settle_options`). The defaults
     are measured (docs/criteria.md): with them no criterion's default collapses SmolLM2; set
     ``reconstruction.method`` and ``protection.mode`` to 'none' for the criteria exactly as published."""
@@ -35,8 +37,11 @@ def settle(config: PruningConfig, has_data: bool, has_blocks: bool = True) -> Pr
     compare_within = config.compare_within
     if compare_within == "auto" and config.parts == ["weights"] and config.nm is None:
         compare_within = "row" if cls(config).compares_rows else "layer"  # the criterion's own, saved as such
+    calibration = config.calibration
+    if calibration.seq_len == "auto" and seq_len is not None:
+        calibration = dataclasses.replace(calibration, seq_len=seq_len)
     settled = dataclasses.replace(
-        config, options=options, compare_within=compare_within,
+        config, options=options, compare_within=compare_within, calibration=calibration,
         reconstruction=dataclasses.replace(config.reconstruction, method=method),
         protection=dataclasses.replace(config.protection, mode=mode, threshold=threshold))
     return config if settled == config else settled

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibration.checks import check_batches, check_weights
+from ..calibration.checks import check_batches, check_weights, resolved_seq_len
 from ..calibration.data import CalibrationSet, prepare_calibration
 from ..calibration.forward import lm_loss
 from ..calibration.sequential import has_blocks
@@ -176,7 +176,7 @@ class Pruner:
         blocks = has_blocks(model)
         check_reconstruction(blocks, config, model)
         #: the settled config: every "auto" decided once, the criterion built from it, saved as it is
-        self.config = config = settle(config, self.calibration is not None, blocks)
+        self.config = config = settle(config, self.calibration is not None, blocks, resolved_seq_len(config, model))
         if example_inputs is None and self.calibration is not None and self.calibration.batches:
             example_inputs = self.calibration.batches[0]
         self.run_step = step_class(model, config, example_inputs, self.world_size, progress)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+import transformers as T
 
 from hfprune import CalibrationError, CheckpointError, ConfigError, PruningConfig, TrainingError, prune
 from hfprune.trainer import RecoveryConfig, RecoveryTrainer
@@ -116,3 +118,35 @@ def test_protection_beyond_the_sparsity_keeps_every_protected_unit_and_says_so()
         assert all(bool(result.masks[layer.name][i]) for i in protected)
     warnings = [w for w in report.warnings if "protection" in w and "lower sparsity" in w]
     assert len(warnings) == len(report.layers)
+
+
+# --- 6. defaults adapt to the model and the data; an explicit value that does not fit is still an error --------------
+FIVE = ["The cat sat on the mat.", "Stocks fell sharply on Monday.", "A storm is coming from the west.",
+        "She read the report twice.", "The museum opens at nine."]
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda"])
+def test_minilm_with_five_sentences_runs_with_defaults_and_says_how_it_calibrated(criterion):
+    from hfprune.examples import load_minilm
+
+    model, tok = load_minilm()
+    result = prune(model, PruningConfig(criterion=criterion, granularity="neurons", sparsity=0.3),
+                   calibration_data=FIVE, tokenizer=tok, progress=False)
+    cal = result.report.calibration
+    assert cal["layout"] == "padded rows" and cal["num_samples"] == 5 and 5 < cal["tokens"] < 100
+    assert any("padded rows" in w for w in result.report.warnings)
+    assert result.config.calibration.seq_len == 512  # "auto" settled against MiniLM's 512 positions, and saved
+    assert result.report.params_after < result.report.params_before
+
+
+def test_a_short_position_table_settles_auto_and_refuses_an_explicit_length():
+    bert = T.BertForSequenceClassification(T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                        intermediate_size=64, vocab_size=100,
+                                                        max_position_embeddings=128)).eval()
+    config = PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5,
+                           calibration={"source": "random", "num_samples": 4})
+    result = prune(copy.deepcopy(bert), config, progress=False)
+    assert result.config.calibration.seq_len == 128
+    with pytest.raises(ConfigError, match="calibration.seq_len=256 is longer than the 128 positions"):
+        prune(bert, PruningConfig(criterion="wanda", calibration={"seq_len": 256}), calibration_data=["a b c"] * 3,
+              tokenizer=None, progress=False)
