@@ -6,6 +6,7 @@ gave are quoted with `shown`, so a 5 MB string or a huge list never floods a ter
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 MAX_SHOWN = 120
@@ -29,10 +30,16 @@ def shorten(text: str, limit: int = MAX_SHOWN) -> str:
     return f"{text[: keep * 2 // 3]}...[{len(text):,} chars]...{text[-(keep // 3):]}"
 
 
+def shorten_values(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` with every long run of non-space characters (a value quoted in a message: a 5 MB model name, a
+    path, a repr, also inside a library's message that quotes it) shortened to ``limit`` characters."""
+    return re.sub(r"\S{%d,}" % (limit + 1), lambda m: shorten(m.group(0), limit), text)
+
+
 def reason(error: BaseException, limit: int = MAX_SHOWN) -> str:
     """The first line of an exception's message (or its type name), shortened: for wrapping library errors."""
     text = str(error).strip()
-    return shorten(text.splitlines()[0] if text else type(error).__name__, limit)
+    return shorten(shorten_values(text.splitlines()[0]) if text else type(error).__name__, limit)
 
 
 class PruningError(Exception):

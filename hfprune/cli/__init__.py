@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from ..utils.distributed import launched_with_processes, process_state
-from ..errors import PruningError, shorten
+from ..errors import PruningError, shorten, shorten_values
 from ..utils.redact import register_secret, scrub, scrub_logs
 from .common import EXIT_BUG, EXIT_FAILURE, EXIT_INTERRUPTED, Console, exit_code
 
@@ -49,7 +49,7 @@ def _scrubbed_output() -> Iterator[None]:
 
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    return scrub(shorten(text, MAX_MESSAGE))
+    return scrub(shorten(shorten_values(text), MAX_MESSAGE))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,3 +61,11 @@ def test_interrupt_exit_code(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(commands, "cmd_report", interrupted)
     assert main(["report", str(tmp_path)]) == 130
     one_line(capsys, "interrupted")
+
+
+def test_a_huge_value_is_shortened_inside_any_message(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: " + "m" * 5_000_000 + "}\npruning: {criterion: magnitude}\n")
+    assert main(["run", str(recipe), "--quiet"]) != 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("hfprune: error") and len(line) < 600 and "chars]" in line  # was 2,008 characters
