@@ -23,3 +23,5 @@ result.save_pretrained(os.path.join(out, "model"))  # the main process writes; t
 rank = int(os.environ.get("RANK", 0))
 with open(os.path.join(out, f"report_rank{rank}.json"), "w") as f:
     json.dump(result.report.calibration, f)
+if torch.distributed.is_initialized():  # a clean shutdown: a process group left open can abort at exit
+    torch.distributed.destroy_process_group()
