@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from typing import Any
@@ -119,13 +120,39 @@ def _training_data(section: TrainingSection, loaded: LoadedModel, seed: int) -> 
     return rows.train_test_split(test_size=section.eval_fraction, seed=seed)
 
 
+def _checkpoint_dir(recipe: Recipe, kind: str, section_args: dict[str, Any]) -> tuple[str, bool]:
+    """Where Trainer writes its checkpoints, and whether hfprune owns (and so removes) the folder: the user's
+    ``output_dir``; else, with an output folder, a sibling ``.NAME.KIND-checkpoints`` that belongs to this run (a
+    re-run after a crash resumes from it; removed once the run succeeds); else a temporary folder."""
+    if "output_dir" in section_args:
+        return section_args["output_dir"], False
+    out = recipe.output.dir
+    if out:
+        out = os.path.abspath(out)
+        return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{kind}-checkpoints"), True
+    return tempfile.mkdtemp(prefix=f"hfprune-{kind}-"), True
+
+
+def _fit(trainer: Any, folder: str, owned: bool, console: Console) -> None:
+    """Train, resuming from the newest checkpoint a crashed run of this recipe left in ``folder``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(folder) if owned and os.path.isdir(folder) else None
+    if last:
+        console.info(f"resuming from {last} (a previous run of this recipe stopped there; delete the folder to "
+                     "start over)")
+    trainer.train(resume_from_checkpoint=last)
+    if owned:  # the checkpoints of a finished run are not kept
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) -> Any:
     """Prune while fine-tuning with `PruningTrainer`; returns the trainer (its model is the pruned one, its
     `pruning_report` says what was removed)."""
     from transformers import DataCollatorWithPadding, TrainingArguments
 
-    args = {"output_dir": tempfile.mkdtemp(prefix="hfprune-train-"), "report_to": "none",
-            "disable_tqdm": not console.progress, **recipe.training.args}
+    folder, owned = _checkpoint_dir(recipe, "train", recipe.training.args)
+    args = {"report_to": "none", "disable_tqdm": not console.progress, **recipe.training.args, "output_dir": folder}
     try:
         training_args = TrainingArguments(**args)
     except (TypeError, ValueError) as e:
@@ -135,9 +162,7 @@ def _train(recipe: Recipe, loaded: LoadedModel, split: Any, console: Console) ->
                           train_dataset=split["train"], eval_dataset=split["test"], processing_class=loaded.tokenizer,
                           data_collator=DataCollatorWithPadding(loaded.tokenizer))
     console.info("fine-tuning with PruningTrainer")
-    trainer.train()
-    if "output_dir" not in recipe.training.args:  # checkpoints of a temporary folder nobody asked for
-        shutil.rmtree(args["output_dir"], ignore_errors=True)
+    _fit(trainer, folder, owned, console)
     return trainer
 
 
@@ -157,15 +182,14 @@ def _recover(recipe: Recipe, loaded: LoadedModel, result: PruningResult, teacher
     if section.eval_data:
         evals = pack_texts(tok, load_rows(section.eval_data, section.text_column)[0], section.seq_len,
                            section.eval_tokens)
-    args = {"output_dir": tempfile.mkdtemp(prefix="hfprune-recover-"), "report_to": "none", "save_strategy": "no",
-            "disable_tqdm": not console.progress, "seed": recipe.pruning.seed, **section.args}
+    folder, owned = _checkpoint_dir(recipe, "recover", section.args)
+    args = {"report_to": "none", "save_strategy": "no", "disable_tqdm": not console.progress,
+            "seed": recipe.pruning.seed, **section.args, "output_dir": folder}
     trainer = RecoveryTrainer(model=result.model, args=TrainingArguments(**args), recovery=section.settings,
                               teacher=teacher, pruned=result, data_name=section.data, train_dataset=rows,
                               eval_dataset=evals, processing_class=tok)
     console.info(f"recovering with {section.settings.method} ({trainer.args.max_steps} steps)")
-    trainer.train()
-    if "output_dir" not in section.args:
-        shutil.rmtree(args["output_dir"], ignore_errors=True)
+    _fit(trainer, folder, owned, console)
     return trainer
 
 

@@ -315,3 +315,50 @@ def test_recovery_recipe_runs_end_to_end(tmp_path, method):
         reloaded = load_pruned(out)
         assert sum(layer.mlp.up_proj.out_features for layer in reloaded.model.layers) < 64 * 2
     assert "## Recovery" in (out / "README.md").read_text()
+
+
+def test_a_killed_recovery_run_resumes_from_its_checkpoints_beside_the_output(tmp_path, monkeypatch, capsys):
+    """Checkpoints of a recipe's recovery live beside its output, not in $TMPDIR; a re-run after a crash resumes
+    from them, and a finished run removes them. The crash leaves the existing output folder as it was."""
+    from hfprune.cli import main
+    from tests.helpers.checks import digest
+
+    model = _tiny_folder(tmp_path / "model")
+    g = torch.Generator().manual_seed(0)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(" ".join(WORDS[i] for i in torch.randint(0, 40, (20,), generator=g).tolist())
+                              for _ in range(40)))
+    recipe = {"model": {"name": str(model)}, "calibration": {"data": str(text)},
+              "pruning": {"criterion": "magnitude", "granularity": "neurons", "sparsity": 0.5},
+              "recovery": {"data": str(text), "seq_len": 16, "max_tokens": 4 * 16 * 4, "per_device_train_batch_size": 4,
+                           "save_strategy": "steps", "save_steps": 1, "learning_rate": 1e-3},
+              "output": {"dir": str(tmp_path / "out"), "overwrite": True}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "earlier.txt").write_text("a folder the crashed run must not touch")
+    before = digest(tmp_path / "out")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    calls = {"n": 0}
+    real = RecoveryTrainer.training_step
+
+    def crash_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as a kill would stop it, after two saved steps
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecoveryTrainer, "training_step", crash_on_third)
+    assert main(["run", str(path), "--quiet"]) != 0
+    checkpoints = tmp_path / ".out.recover-checkpoints"
+    assert (checkpoints / "checkpoint-2").is_dir()
+    assert digest(tmp_path / "out") == before  # the old output folder byte-identical after the crash
+    assert list((tmp_path / "tmp").iterdir()) == []  # nothing left in $TMPDIR
+    monkeypatch.setattr(RecoveryTrainer, "training_step", real)
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0
+    assert "resuming from" in capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "pruning_report.json").read_text())
+    assert report["recovery"]["steps"] == 4
+    assert not checkpoints.exists()  # a finished run keeps no checkpoints
