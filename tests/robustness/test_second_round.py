@@ -150,3 +150,25 @@ def test_a_short_position_table_settles_auto_and_refuses_an_explicit_length():
     with pytest.raises(ConfigError, match="calibration.seq_len=256 is longer than the 128 positions"):
         prune(bert, PruningConfig(criterion="wanda", calibration={"seq_len": 256}), calibration_data=["a b c"] * 3,
               tokenizer=None, progress=False)
+
+
+@pytest.mark.parametrize("data, tokenizer, words", [
+    (["   ", ""], "tok", "no non-blank text"),
+    (["some words here"], None, "need a tokenizer"),
+])
+def test_on_a_short_position_table_data_problems_are_named_not_hidden_behind_seq_len(data, tokenizer, words):
+    from tests.helpers.models import WORDS
+
+    bert = T.BertModel(T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                    vocab_size=len(WORDS) + 3, max_position_embeddings=128)).eval()
+    tok = None
+    if tokenizer:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *WORDS])},
+                                         unk_token="<unk>"))
+        raw.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok = T.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+    with pytest.raises(CalibrationError, match=words):
+        prune(bert, PruningConfig(criterion="wanda", granularity="neurons"), calibration_data=data, tokenizer=tok,
+              progress=False)
