@@ -1,7 +1,8 @@
 """Reading configs of the older flat shape (hfprune before the option groups): old keys in, new shape out.
 
 A ``pruning_config.json`` written before the change (51 flat fields such as ``num_samples``, ``ec_projections``,
-``protect``) loads and prunes the same way: each old key moves to its group or to the criterion's options. The
+``protect``) loads and prunes the same way (one exception: the magnitude block score is now L1 whatever
+``norm`` said): each old key moves to its group or to the criterion's options. The
 trainer-only distillation keys moved to `hfprune.trainer.RecoveryConfig`; they never changed what was removed, so
 they are dropped with a warning when set.
 """
