@@ -232,8 +232,8 @@ def _reconstruction_summary(rec: dict[str, Any]) -> dict[str, Any] | None:
         return None
     return {"layers": len(fits), "before": sum(f["error_before"] for f in fits) / len(fits),
             "after": sum(f["error_after"] for f in fits) / len(fits),
-            "rank_deficient": sum(bool(f["rank_deficient"]) for f in fits),
-            "reverted": sum(bool(f["reverted"]) for f in fits)}
+            "rank_deficient": sum(bool(f.get("rank_deficient")) for f in fits),
+            "reverted": sum(bool(f["reverted"]) for f in fits), "compacted": bool(rec.get("compacted"))}
 
 
 def write_model_card(folder: str | os.PathLike, license: str | None = None) -> None:

@@ -8,6 +8,7 @@ knowing which; it drives `hfprune.width_depth.plan` (scores and removals) and `h
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -18,8 +19,10 @@ from ..criteria import criterion_class
 from ..errors import ConfigError
 from ..report.measure import count_params
 from ..report.pruning_report import LayerReport
+from ..reconstruction.dense_refit import DenseRefitReport, refit_to_dense
 from ..steps.compaction import Compaction
 from ..steps.selection import Selection
+from ..structure.layers import track_origins
 from ..structure.units import UNIT_AXES
 from .plan import Plan, apply_plan, compute_scores, criterion_label, initial_plan
 from .scores import BLOCK_SCORES, CHANNEL_SCORES
@@ -53,16 +56,17 @@ class WidthDepthStep:
             return "width_depth.target_params (its search is scored on calibration loss)"
         if any(p in UNIT_AXES for p in config.parts) and criterion_class(config.criterion).needs_data:
             return f"criterion {config.criterion!r}"
+        if config.reconstruction.method == "weights":
+            return "reconstruction.method='weights'"
         return None
 
     @staticmethod
     def check(model: nn.Module, config: PruningConfig) -> None:
         """Check every axis (and the target) against ``model``, before any work (raises `ConfigError`)."""
-        for name, value in (("reconstruction.method", config.reconstruction.method),
-                            ("protection.mode", config.protection.mode)):
-            if value not in ("none", "auto"):
-                raise ConfigError(f"PruningConfig.{name}={value!r} is not built for granularity "
-                                  f"{config.granularity!r} (blocks / residual channels) yet; set it to 'none'.")
+        if config.protection.mode not in ("none", "auto"):
+            raise ConfigError(f"PruningConfig.protection.mode={config.protection.mode!r} is not built for "
+                              f"granularity {config.granularity!r} (blocks / residual channels) yet; set it to "
+                              "'none'.")
         initial_plan(model, config)
         target = config.width_depth.target_params_count
         if target is not None:
@@ -77,6 +81,7 @@ class WidthDepthStep:
         self.layers: dict[str, Any] = {}
         self.masks: dict[str, Any] = {}
         self.result: Compaction | None = None
+        self.reconstruction: DenseRefitReport | None = None
 
     def run(self, sparsity: float, batches: list, timings: dict[str, float],
             already: bool) -> tuple[Selection, float]:
@@ -96,8 +101,17 @@ class WidthDepthStep:
                       "candidates": [c.describe() for c in candidates]}
             timings["search"] = time.perf_counter() - t
         t = time.perf_counter()
-        self.result = apply_plan(model, config, plan, scores)
-        timings["compaction"] = time.perf_counter() - t
+        refit = config.reconstruction.method == "weights"
+        dense = copy.deepcopy(model) if refit else None
+        with track_origins(model):
+            self.result = apply_plan(model, config, plan, scores)
+            timings["compaction"] = time.perf_counter() - t
+            if dense is not None:
+                removed = self.result.kept.get("layers", {}).get("removed", [])
+                self.reconstruction = refit_to_dense(dense, model, removed, batches, config.reconstruction.damp,
+                                                     self.progress)
+                timings["reconstruction"] = self.reconstruction.seconds
+        del dense
         if search is not None:
             self.result.kept["target_params"] = search
         return Selection({}), round(1 - count_params(model)[0] / before, 4)
@@ -119,7 +133,7 @@ class WidthDepthStep:
                 if "kind" in v]
 
     def report_sections(self) -> dict[str, Any]:
-        return {}
+        return {"reconstruction": self.reconstruction.to_dict()} if self.reconstruction else {}
 
     def warnings(self) -> list[str]:
         after = count_params(self.model)[0]

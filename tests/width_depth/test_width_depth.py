@@ -61,7 +61,10 @@ def tiny(family: str):
 
 
 def cfg(**kw) -> PruningConfig:
-    return PruningConfig(**{**kw, "calibration": {"num_samples": 8, "seq_len": 12, "batch_size": 4}})
+    """Structure tests compare with plain references: no refit unless asked (tests/reconstruction/test_dense_refit.py
+    covers it)."""
+    return PruningConfig(**{"reconstruction": {"method": "none"}, **kw,
+                            "calibration": {"num_samples": 8, "seq_len": 12, "batch_size": 4}})
 
 
 @torch.no_grad()
