@@ -20,6 +20,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 T.logging.set_verbosity_error()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def generated_cache(tmp_path_factory) -> Path:
+    """Self-generated calibration data are cached in a folder of the test session, never in the user's cache."""
+    path = tmp_path_factory.mktemp("hfprune-cache")
+    os.environ["HFPRUNE_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture
 def tmp_out(tmp_path):
     return tmp_path / "out"

@@ -4,12 +4,15 @@ Accepted: a list of strings plus a tokenizer (packed into `seq_len`-token sequen
 ``text`` or ``input_ids`` column), a `DataLoader` or any iterable of batches (each a tensor or a Mapping of tensors:
 a dict, or the `BatchEncoding` a tokenizer or a `DataCollatorWithPadding` returns), one Mapping of tensors (e.g.
 ``tokenizer(texts, padding=True, return_tensors="pt")``; split into ``batch_size`` rows), a tensor (token ids or
-images), or ``"random"`` (data-agnostic: uniform token ids, Gaussian images). Everything is checked before any
+images), or ``"random"`` (data-agnostic: uniform token ids, Gaussian images). ``calibration.source="generated"``
+needs no data (the model samples its own, `hfprune.calibration.generated`); ``"mixed"`` adds such samples to the
+data given. Everything is checked before any
 forward pass. Mappings become plain dicts, so the model is always called as ``model(**batch)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +22,7 @@ from torch import nn
 
 from ..config.pruning_config import PruningConfig
 from ..errors import CalibrationError
+from .generated import TOP_P, generated_token_ids
 from .checks import check_batches, check_config_for_model, is_vision, resolved_seq_len
 
 Batch = Any  # a dict of tensors (Hugging Face models) or a tensor (plain modules)
@@ -29,7 +33,7 @@ class CalibrationSet:
     """Batches plus what the report and the model card say about them."""
 
     batches: list[Batch]
-    source: str  # "data" | "random"
+    source: str  # "data" | "random" | "generated" | "mixed"
     name: str | None = None
     num_samples: int = 0
     tokens: int = 0
@@ -244,7 +248,7 @@ def _is_rows(data: Any) -> bool:
 def _packs_to_seq_len(data: Any, config: PruningConfig) -> bool:
     """Whether the sequences are built ``seq_len`` tokens long here (random ids, packed texts), so that limit
     can be checked before any tokenizing."""
-    if config.calibration.source == "random" or isinstance(data, str):
+    if config.calibration.source in ("random", "generated") or isinstance(data, str):
         return True
     if isinstance(data, (list, tuple)):
         return bool(data) and isinstance(data[0], str)
@@ -263,10 +267,37 @@ def prepare_calibration(data: Any, model: nn.Module, config: PruningConfig, toke
     return calib
 
 
+def generated_calibration(model: nn.Module, config: PruningConfig, num_samples: int) -> CalibrationSet:
+    """``num_samples`` sequences the model samples itself (`hfprune.calibration.generated`)."""
+    ids = generated_token_ids(model, num_samples, resolved_seq_len(config, model), config.seed)
+    return CalibrationSet(_ids_batches(ids, config), "generated", f"self-generated (from BOS, top-p {TOP_P})",
+                          num_samples, ids.numel())
+
+
+def _mixed(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any, example_inputs: Any
+           ) -> CalibrationSet:
+    """The data given, plus generated sequences for ``generated_share`` of ``num_samples``."""
+    c = config.calibration
+    if c.num_samples < 2:
+        raise CalibrationError(f"calibration.source='mixed' splits num_samples={c.num_samples} between the data "
+                               "given and generated text; use num_samples >= 2, or source 'data' / 'generated'.")
+    k = min(c.num_samples - 1, max(1, int(round(c.generated_share * c.num_samples))))
+    given = _prepare(data, model, dataclasses.replace(
+        config, calibration=dataclasses.replace(c, num_samples=c.num_samples - k, source="data", generated_share=0.5)),
+        tokenizer, example_inputs)
+    gen = generated_calibration(model, config, k)
+    return CalibrationSet(given.batches + gen.batches, "mixed", f"{given.name or 'data'} + {gen.name}",
+                          given.num_samples + k, given.tokens + gen.tokens, given.warnings, given.layout)
+
+
 def _prepare(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any, example_inputs: Any
              ) -> CalibrationSet:
     if config.calibration.source == "random" or (isinstance(data, str) and data == "random"):
         return random_calibration(model, config, example_inputs)
+    if config.calibration.source == "generated":
+        return generated_calibration(model, config, config.calibration.num_samples)
+    if config.calibration.source == "mixed":
+        return _mixed(data, model, config, tokenizer, example_inputs)
     if data is None:
         raise CalibrationError("This criterion needs calibration data: pass calibration_data=texts, a Dataset, a "
                                "DataLoader, a tensor, or 'random' for data-agnostic inputs.")

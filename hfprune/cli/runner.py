@@ -45,9 +45,10 @@ def _check_before_work(recipe: Recipe) -> None:
 
         require_peft()
     needs = Pruner.needs_data(cfg)
-    if needs and recipe.calibration.data is None and cfg.calibration.source != "random":
+    if needs and recipe.calibration.data is None and not cfg.calibration.data_free:
         raise UsageError(f"{needs} needs calibration data: pass --calibration-data FILE (or calibration.data in a "
-                         "recipe), or 'random' for data-agnostic inputs.")
+                         "recipe), 'random' for data-agnostic inputs, or --calibration.source generated (the "
+                         "model writes its own).")
 
 
 def _check_loaded(recipe: Recipe, loaded: LoadedModel) -> None:

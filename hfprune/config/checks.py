@@ -47,6 +47,7 @@ _ONLY_WITH: list[tuple[str, Callable[[Any], bool], str]] = [
     ("reconstruction.damp", lambda c: c.reconstruction.method != "none", "with reconstruction.method='weights'"),
     ("reconstruction.cg_steps", lambda c: c.reconstruction.method != "none", "with reconstruction.method='weights'"),
     ("reconstruction.target", lambda c: c.reconstruction.method != "none", "with reconstruction.method='weights'"),
+    ("calibration.generated_share", lambda c: c.calibration.source == "mixed", "with calibration.source='mixed'"),
     ("protection.threshold", lambda c: c.protection.mode != "none", "with protection.mode='outliers' or 'energy'"),
 ]
 

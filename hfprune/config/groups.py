@@ -40,6 +40,7 @@ class CalibrationConfig(OptionGroup):
     """How the calibration data are read and fed."""
 
     RULES = {"num_samples": integer(1), "batch_size": integer(1),
+             "generated_share": number(0, 1, open_low=True, open_high=True, allowed="a number in (0, 1)"),
              "seq_len": Rule(lambda v: v == "auto" or (is_int(v) and v >= 1),
                              "a positive integer, or 'auto' (the model's positions, at most 512)")}
     where = "PruningConfig.calibration"
@@ -52,14 +53,22 @@ class CalibrationConfig(OptionGroup):
         "model's positions, at most 512, settled once and saved; texts too short for one window are then "
         "calibrated as padded rows (stated in the report). An explicit length that does not fit is an error.")
     batch_size: int = option(8, "Calibration batch size.")
-    source: Literal["data", "random"] = option("data", "'data': the calibration data given; 'random': "
-                                               "data-agnostic inputs matched to the model (random token ids, "
-                                               "Gaussian images).")
+    source: Literal["data", "random", "generated", "mixed"] = option(
+        "data", "'data': the calibration data given; 'random': data-agnostic inputs matched to the model (random "
+        "token ids, Gaussian images); 'generated': text the language model samples itself from its BOS token "
+        "(seeded, cached; no data needed); 'mixed': the data given plus generated text (`generated_share`).")
+    generated_share: float = option(0.5, "With source 'mixed': the share of the calibration sequences the model "
+                                    "generates (the rest come from the data given).")
     mode: Literal["full", "sequential"] = option("full", "'full': whole-model forward (and backward) passes, "
                                                  "statistics of every layer held at once; 'sequential': "
                                                  "layer-by-layer for large models, one transformer block's inputs "
                                                  "and statistics at a time (forward-only criteria; same masks as "
                                                  "'full' for them). See docs/scaling.md.")
+
+    @property
+    def data_free(self) -> bool:
+        """Whether the calibration inputs are made here (random or generated), so no data need be given."""
+        return self.source in ("random", "generated")
 
 
 @dataclass

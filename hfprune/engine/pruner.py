@@ -163,10 +163,10 @@ class Pruner:
         if self.world_size > 1:
             _to_process_device(model, self.state.device)
         self.calibration = calibration
-        if calibration is None and needs and calibration_data is None and config.calibration.source != "random":
+        if calibration is None and needs and calibration_data is None and not config.calibration.data_free:
             raise CalibrationError(f"{needs} needs calibration data: pass calibration_data= (texts with a "
-                                   "tokenizer, a Dataset, a DataLoader, a tensor) or 'random' for data-agnostic "
-                                   "inputs.")
+                                   "tokenizer, a Dataset, a DataLoader, a tensor), 'random' for data-agnostic "
+                                   "inputs, or set calibration.source='generated' (the model writes its own).")
         if calibration is None and (needs or calibration_data is not None):
             self.calibration = prepare_calibration(calibration_data, model, config, tokenizer, example_inputs)
         elif calibration is not None:  # collated elsewhere (PruningTrainer): the same check before any forward

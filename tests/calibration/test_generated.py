@@ -1,0 +1,74 @@
+"""Self-generated calibration data: seeded, cached, exactly sized; 'generated' needs no data, 'mixed' adds it to
+the data given at the stated share; options without effect and models that cannot generate are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hfprune
+from hfprune import PruningConfig
+from hfprune.calibration import generated
+from hfprune.errors import CalibrationError, ConfigError
+from tests.helpers.models import tiny_model, word_texts
+
+
+def _llama():
+    m = tiny_model("llama")
+    m.config.bos_token_id = 1
+    return m
+
+
+def test_seeded_and_exact_size():
+    m = _llama()
+    a = generated.generated_token_ids(m, 5, 16, seed=3, cache=False)
+    b = generated.generated_token_ids(m, 5, 16, seed=3, cache=False)
+    c = generated.generated_token_ids(m, 5, 16, seed=4, cache=False)
+    assert a.shape == (5, 16) and (a[:, 0] == 1).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.max()) < m.config.vocab_size
+
+
+def test_cached_by_weights_and_settings(generated_cache, monkeypatch):
+    m = _llama()
+    a = generated.generated_token_ids(m, 3, 8, seed=0)
+    files = list((generated_cache / "generated").glob("*.safetensors"))
+    assert files
+    monkeypatch.setattr(generated, "_sample", lambda *a, **k: pytest.fail("sampled again instead of the cache"))
+    assert torch.equal(generated.generated_token_ids(m, 3, 8, seed=0), a)
+    with torch.no_grad():  # other weights: another key, so sampling is asked for again
+        m.lm_head.weight.mul_(2)
+    with pytest.raises(pytest.fail.Exception):
+        generated.generated_token_ids(m, 3, 8, seed=0)
+
+
+def _cfg(**calibration):
+    return PruningConfig(criterion="wanda", granularity="neurons", sparsity=0.25,
+                         calibration={"num_samples": 8, "seq_len": 12, "batch_size": 4, **calibration})
+
+
+def test_generated_source_needs_no_data():
+    res = hfprune.prune(_llama(), _cfg(source="generated"), None, progress=False)
+    cal = res.report.calibration
+    assert cal["source"] == "generated" and cal["num_samples"] == 8 and cal["tokens"] == 8 * 12
+
+
+def test_mixed_source_at_the_stated_share(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    res = hfprune.prune(model, _cfg(source="mixed", generated_share=0.25), word_texts(40), tokenizer=tok,
+                        progress=False)
+    cal = res.report.calibration
+    assert cal["source"] == "mixed" and cal["num_samples"] == 8 and cal["tokens"] == 8 * 12
+    assert "self-generated" in cal["name"]
+
+
+def test_bad_generated_settings_refused():
+    with pytest.raises(ConfigError, match="generated_share.*source='mixed'"):
+        _cfg(generated_share=0.3).validate()
+    with pytest.raises(ConfigError, match="generated_share"):
+        _cfg(source="mixed", generated_share=1.0).validate()
+    with pytest.raises(CalibrationError, match="cannot generate"):
+        generated.generated_token_ids(tiny_model("bert"), 2, 8, cache=False)
