@@ -41,6 +41,7 @@ _ONLY_WITH: list[tuple[str, Callable[[Any], bool], str]] = [
     ("width_depth.rescale_norms", lambda c: "hidden" in c.parts, _HIDDEN),
     ("width_depth.layer_sparsity", lambda c: "layers" in c.parts, _LAYERS),
     ("width_depth.block_score", lambda c: "layers" in c.parts, _LAYERS),
+    ("width_depth.search_refits", lambda c: c.width_depth.target_params is not None, "with width_depth.target_params"),
     ("training.end_step", lambda c: c.training.schedule != "one_shot", "with schedule 'iterative' or 'cubic'"),
     ("training.regularizer_weight", lambda c: c.training.regularizer is not None, "with a regularizer"),
     ("compare_within", lambda c: c.parts == ["weights"] and c.nm is None, "with granularity='weights'"),

@@ -116,7 +116,7 @@ class ProtectionConfig(OptionGroup):
 class WidthDepthConfig(OptionGroup):
     """Residual width (``hidden``), depth (``layers``) and a parameter target (`hfprune.width_depth`)."""
 
-    RULES = {"hidden_sparsity": optional(FRACTION), "layer_sparsity": optional(FRACTION),
+    RULES = {"hidden_sparsity": optional(FRACTION), "layer_sparsity": optional(FRACTION), "search_refits": integer(0),
              "target_params": optional(Rule(lambda v: (is_int(v) and v > 0)
                                             or (isinstance(v, str) and bool(SIZE_PATTERN.match(v))
                                                 and float(SIZE_PATTERN.match(v).group(1)) > 0),
@@ -134,6 +134,9 @@ class WidthDepthConfig(OptionGroup):
         "block_influence", "Block score for 'layers': block_influence (ShortGPT), skip_loss, magnitude or random.")
     channel_score: Literal["minitron", "magnitude", "random"] = option(
         "minitron", "Residual-channel score for 'hidden': minitron (activations), magnitude or random.")
+    search_refits: int = option(4, "With target_params: how many of the best screened candidates are refit and "
+                                "scored again after reconstruction (then the winner's grid neighbours); 0 = choose "
+                                "by the screen's loss without refit.")
     rescale_norms: bool = option(True, "After removing residual channels, rescale each RMSNorm weight by the "
                                  "measured RMS change of its input (hfprune extension).")
 

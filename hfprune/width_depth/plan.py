@@ -39,8 +39,10 @@ class Plan:
     hidden: int | None = None  # residual channels kept (None: all)
     neurons: float = 0.0  # fraction of FFN neurons removed
     heads: float = 0.0  # fraction of heads (KV groups) removed
+    mix: tuple[float, float] | None = None  # the search's width mix (hidden share, neuron share) that gave it
     params: int | None = None
-    loss: float | None = None
+    loss: float | None = None  # held-out calibration loss, compacted (the search's screen)
+    refit_loss: float | None = None  # held-out calibration loss after reconstruction (the search's re-score)
 
     def describe(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

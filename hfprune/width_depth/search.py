@@ -1,17 +1,24 @@
-"""`target_params`: choose the per-axis fractions that reach a parameter budget with the lowest calibration loss.
+"""`target_params`: choose the per-axis fractions that reach a parameter budget with the lowest held-out
+calibration loss *after* reconstruction.
 
-Candidates (documented in docs/criteria.md):
-- depths: ``layers`` removed in {0, Lmax/2, Lmax} (Lmax: the most blocks removable before the target is passed by
-  depth alone), or only the smallest sufficient count when ``layers`` is the only axis;
-- width mixes: with both ``hidden`` and ``neurons``, fractions ``s * (1, 1)``, ``s * (1, 0.5)``, ``s * (0.5, 1)``
-  (hidden, neurons); the one present otherwise;
-- heads: 0 and one KV group (or one head) removed, when ``heads`` is pruned;
-- for each, the smallest common scale ``s`` whose architecture is at or below the target (bisection on the exact
-  parameter count of a meta-device skeleton pruned with the same code, so no weight is touched); with both
-  ``hidden`` and ``neurons`` the neuron fraction is then lowered again (bisection, width fixed) because residual
-  widths move in coarse steps (multiples of the head count).
-Candidates within 1% below the target are pruned for real (on a copy, with the scores of the unpruned model) and
-scored by calibration loss; the lowest loss wins. Never above the target.
+Strategy (Minitron's "many candidates, cheap screen, expensive re-score of the best"; docs/criteria.md):
+
+1. **Grid.** Depths: ``layers`` removed in {0, Lmax/4, Lmax/2, 3Lmax/4, Lmax} (Lmax: the most blocks removable
+   before the target is passed by depth alone), or only the smallest sufficient count when ``layers`` is the only
+   axis. Width mixes (hidden, neurons) with both axes: (0, 1), (0.5, 1), (1, 1), (1, 0.5), (1, 0), i.e. from
+   neurons only to residual width only; the one present otherwise. Heads: 0 and one KV group (or one head) removed,
+   when ``heads`` is pruned. For each, the smallest common scale ``s`` whose architecture is at or below the target
+   (bisection on the exact parameter count of a meta-device skeleton pruned with the same code, so no weight is
+   touched); with both axes the neuron fraction is then lowered again (bisection, width fixed) because residual
+   widths move in coarse steps (multiples of the head count and ``round_to``).
+2. **Screen.** Candidates within 1% below the target are pruned on a copy (scores of the unpruned model) and
+   scored by the calibration loss on held-out batches (the last quarter of the batches), without refit.
+3. **Re-score after reconstruction.** The ``width_depth.search_refits`` best are refit on a share of the other
+   batches (`SEARCH_FIT_SAMPLES` sequences; `hfprune.reconstruction.dense_refit`) and scored on the held-out
+   batches again; then the grid neighbours of the winner (one depth step either way, the next width mix either
+   way) likewise. The lowest loss after refit wins; without reconstruction the screen's loss decides.
+
+Never above the target. The report lists every candidate with its parameters, screen loss and refit loss.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,9 +37,13 @@ from .blocks import block_list
 from ..errors import ConfigError
 from ..structure.residual import residual_stream
 from ..calibration.forward import lm_loss
+from ..structure.layers import track_origins
 from .plan import Plan, Scores, apply_plan, hidden_multiple
 
-_MIXES = ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0))
+#: width mixes (hidden share, neuron share), ordered from neurons only to residual width only
+_MIXES = ((0.0, 1.0), (0.5, 1.0), (1.0, 1.0), (1.0, 0.5), (1.0, 0.0))
+_DEPTH_STEPS = 4  # the depth grid: Lmax in quarters
+SEARCH_FIT_SAMPLES = 8  # calibration sequences each search refit sees
 _BISECTION_STEPS = 12
 _MAX_WIDTH_FRACTION = 0.9
 
@@ -55,23 +68,23 @@ def plan_params(model: nn.Module, config: PruningConfig, plan: Plan) -> int:
 
 
 def _width_plan(model: nn.Module, config: PruningConfig, base: Plan, scale: float, mix: tuple[float, float]) -> Plan:
-    plan = dataclasses.replace(base)
+    plan = dataclasses.replace(base, mix=mix)
     if "hidden" in config.parts:
         width = residual_stream(model).width
         keep = width - int(round(scale * mix[0] * width))
         r = hidden_multiple(model, config, base.heads)
         plan.hidden = max(r, min(width, int(math.ceil(keep / r) * r)))
     if "neurons" in config.parts:
-        plan.neurons = scale * mix[1]
+        plan.neurons = min(scale * mix[1], _MAX_WIDTH_FRACTION)
     return plan
 
 
 def _fit(model: nn.Module, config: PruningConfig, base: Plan, target: int, mix: tuple[float, float]) -> Plan | None:
     """The least-pruned width scale for ``base`` at or below ``target`` (None when even the widest cut is above)."""
-    hi_plan = _width_plan(model, config, base, _MAX_WIDTH_FRACTION / max(mix), mix)
-    if plan_params(model, config, hi_plan) > target:
+    top = _MAX_WIDTH_FRACTION / max(mix)
+    if plan_params(model, config, _width_plan(model, config, base, top, mix)) > target:
         return None
-    lo, hi = 0.0, _MAX_WIDTH_FRACTION / max(mix)
+    lo, hi = 0.0, top
     if plan_params(model, config, _width_plan(model, config, base, lo, mix)) <= target:
         hi = lo
     for _ in range(_BISECTION_STEPS):
@@ -83,7 +96,7 @@ def _fit(model: nn.Module, config: PruningConfig, base: Plan, target: int, mix: 
         else:
             lo = mid
     plan = _width_plan(model, config, base, hi, mix)
-    if "neurons" in config.parts and "hidden" in config.parts:  # refine the finer axis with the width fixed
+    if "neurons" in config.parts and "hidden" in config.parts and mix[1] > 0:  # refine the finer axis
         lo, hi = 0.0, plan.neurons
         for _ in range(_BISECTION_STEPS):
             mid = (lo + hi) / 2
@@ -123,32 +136,56 @@ def _first_at_or_below(count, n: int, target: int) -> int:
     return lo
 
 
-def candidates(model: nn.Module, config: PruningConfig, target: int) -> list[Plan]:
-    """Candidate architectures at or below ``target`` (see the module docstring)."""
+def _depths(model: nn.Module, config: PruningConfig, target: int) -> list[int]:
     parts = config.parts
-    width_axes = "hidden" in parts or "neurons" in parts
-    depths = [0]
-    if "layers" in parts:
-        n = len(block_list(model)[1])
-        first = _first_at_or_below(lambda k: plan_params(model, config, Plan(layers=k)), n, target)
-        if not width_axes and "heads" not in parts:
-            depths = [first] if first < n else []
-        else:
-            lmax = max(first - 1, 0)  # the most blocks removable with depth alone still above the target
-            depths = sorted({0, lmax // 2, lmax})
-    mixes = _MIXES if "hidden" in parts and "neurons" in parts else _MIXES[:1]
-    out = []
-    for layers in depths:
+    if "layers" not in parts:
+        return [0]
+    n = len(block_list(model)[1])
+    first = _first_at_or_below(lambda k: plan_params(model, config, Plan(layers=k)), n, target)
+    if not ("hidden" in parts or "neurons" in parts) and "heads" not in parts:
+        return [first] if first < n else []
+    lmax = max(first - 1, 0)  # the most blocks removable with depth alone still above the target
+    return sorted({int(round(lmax * i / _DEPTH_STEPS)) for i in range(_DEPTH_STEPS + 1)})
+
+
+def _mixes(config: PruningConfig) -> tuple[tuple[float, float], ...]:
+    return _MIXES if "hidden" in config.parts and "neurons" in config.parts else ((1.0, 1.0),)
+
+
+def _candidate(model: nn.Module, config: PruningConfig, target: int, layers: int, heads: float,
+               mix: tuple[float, float]) -> Plan | None:
+    base = Plan(layers=layers, heads=heads)
+    if not ("hidden" in config.parts or "neurons" in config.parts):
+        base.params = plan_params(model, config, base)
+        return base if base.params <= target else None
+    return _fit(model, config, base, target, mix)
+
+
+def candidates(model: nn.Module, config: PruningConfig, target: int) -> list[Plan]:
+    """The grid's architectures at or below ``target`` (see the module docstring), without duplicates."""
+    out: list[Plan] = []
+    for layers in _depths(model, config, target):
         for heads in _head_fractions(model, config):
-            base = Plan(layers=layers, heads=heads)
-            if not width_axes:
-                base.params = plan_params(model, config, base)
-                out += [base] if base.params <= target else []
-                continue
-            for mix in mixes:
-                plan = _fit(model, config, base, target, mix)
+            for mix in _mixes(config):
+                plan = _candidate(model, config, target, layers, heads, mix)
                 if plan is not None and all(_key(plan) != _key(c) for c in out):
                     out.append(plan)
+    return out
+
+
+def _neighbours(model: nn.Module, config: PruningConfig, target: int, best: Plan, seen: list[Plan]) -> list[Plan]:
+    """The grid points next to ``best``: one depth step either way, the next width mix either way."""
+    depths = _depths(model, config, target)
+    step = max(1, (depths[-1] - depths[0]) // (2 * _DEPTH_STEPS)) if len(depths) > 1 else 0
+    mixes = _mixes(config)
+    i = mixes.index(best.mix) if best.mix in mixes else None
+    points = [(best.layers + d, best.mix) for d in (-step, step) if step and 0 <= best.layers + d <= depths[-1]]
+    points += [(best.layers, mixes[j]) for j in ((i - 1, i + 1) if i is not None else ()) if 0 <= j < len(mixes)]
+    out = []
+    for layers, mix in points:
+        plan = _candidate(model, config, target, layers, best.heads, mix or (1.0, 1.0))
+        if plan is not None and plan.params >= 0.99 * target and all(_key(plan) != _key(c) for c in seen + out):
+            out.append(plan)
     return out
 
 
@@ -178,20 +215,58 @@ def _unreachable(config: PruningConfig, target: int) -> ConfigError:
                        "an axis or give a larger target.")
 
 
-def search_target(model: nn.Module, config: PruningConfig, target: int, scores: Scores,
-                  batches: list) -> tuple[Plan, list[Plan]]:
-    """(chosen plan, every candidate with its parameter count and, within 1% of the target, its loss)."""
+def split_batches(batches: list) -> tuple[list, list]:
+    """(batches the search refits on, held-out batches it scores on): the last quarter is held out; one batch
+    serves both."""
+    if len(batches) < 2:
+        return batches, batches
+    held = max(1, len(batches) // 4)
+    rest, out, seen = batches[:-held], [], 0
+    for b in rest:  # the first SEARCH_FIT_SAMPLES sequences
+        out.append(b)
+        seen += len(b["input_ids"]) if isinstance(b, dict) and "input_ids" in b else 1
+        if seen >= SEARCH_FIT_SAMPLES:
+            break
+    return out, batches[-held:]
+
+
+def search_target(model: nn.Module, config: PruningConfig, target: int, scores: Scores, batches: list,
+                  refit: Callable[[nn.Module, nn.Module, list[int], list], Any] | None = None
+                  ) -> tuple[Plan, list[Plan]]:
+    """(chosen plan, every candidate with its parameter count, screen loss and, for the re-scored ones, refit
+    loss). ``refit(dense, pruned, removed_blocks, batches)`` reconstructs a pruned copy (None: no reconstruction)."""
     found = candidates(model, config, target)
     if not found:
         raise _unreachable(config, target)
     close = [c for c in found if c.params >= 0.99 * target]
-    if len(close) > 1 or (close and batches):
-        for c in close:
-            trial = copy.deepcopy(model)
-            apply_plan(trial, config, c, scores)
-            c.loss = lm_loss(trial, batches) if batches else None
-            del trial
-        best = min(close, key=lambda c: (math.inf if c.loss is None else c.loss, -c.params))
-    else:
-        best = max(found, key=lambda c: c.params)
+    if not close or not batches:
+        return (max(found, key=lambda c: c.params) if not close else close[0]), found
+    fit, held = split_batches(batches)
+
+    def score(c: Plan, with_refit: bool) -> None:
+        trial = copy.deepcopy(model)
+        with track_origins(trial):
+            done = apply_plan(trial, config, c, scores)
+            if with_refit:
+                refit(model, trial, done.kept.get("layers", {}).get("removed", []), fit)
+        loss = lm_loss(trial, held)
+        if with_refit:
+            c.refit_loss = loss
+        else:
+            c.loss = loss
+        del trial
+
+    for c in close:
+        score(c, False)
+    if refit is None or config.width_depth.search_refits == 0:
+        return min(close, key=lambda c: (c.loss, -c.params)), found
+    ranked = sorted(close, key=lambda c: c.loss)[: config.width_depth.search_refits]
+    for c in ranked:
+        score(c, True)
+    best = min(ranked, key=lambda c: c.refit_loss)
+    for c in _neighbours(model, config, target, best, found):
+        score(c, False)
+        score(c, True)
+        found.append(c)
+    best = min((c for c in found if c.refit_loss is not None), key=lambda c: (c.refit_loss, -c.params))
     return best, found

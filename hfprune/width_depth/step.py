@@ -96,7 +96,11 @@ class WidthDepthStep:
         plan, search = self.plan, None
         if self.target is not None:
             t = time.perf_counter()
-            plan, candidates = search_target(model, config, self.target, scores, batches)
+            refit = None
+            if config.reconstruction.method == "weights":
+                def refit(dense: nn.Module, pruned: nn.Module, removed: list[int], fit: list) -> None:
+                    refit_to_dense(dense, pruned, removed, fit, config.reconstruction.damp)
+            plan, candidates = search_target(model, config, self.target, scores, batches, refit)
             search = {"target": self.target, "chosen": plan.describe(),
                       "candidates": [c.describe() for c in candidates]}
             timings["search"] = time.perf_counter() - t

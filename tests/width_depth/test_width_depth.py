@@ -387,3 +387,32 @@ def test_through_prune_end_to_end(tmp_path):
         from tests.helpers.trainer import make_trainer
 
         make_trainer(str(tmp_path / "t"), {"granularity": "layers", "sparsity": 0.0, "width_depth": {"layer_sparsity": 0.25}})
+
+
+@pytest.mark.parametrize("family", ["llama", "llama_tied", "qwen2", "qwen3", "gpt2"])
+def test_target_params_every_family_after_reconstruction(family):
+    """The search with its default reconstruction: within 1% below the target, never above, FFN widths multiples of
+    round_to; the top `search_refits` screened candidates (and the winner's neighbours) are re-scored after the
+    refit, and the winner has the lowest refit loss."""
+    make, auto = FAMILIES[family]
+    config = make()
+    setattr(config, "n_inner" if family == "gpt2" else "intermediate_size", 256)  # steps of 2 neurons under 1%
+    torch.manual_seed(0)
+    model = auto.from_config(config).eval()
+    total = sum(p.numel() for p in model.parameters())
+    granularity = "neurons+layers" if family == "gpt2" else "hidden+neurons+layers"
+    target = int(0.8 * total)
+    res = hfprune.prune(model, cfg(granularity=granularity, criterion="wanda", round_to=2,
+                                   reconstruction={"method": "weights"},
+                                   width_depth={"target_params": target, "search_refits": 2}), calib(family))
+    p = res.report.params_after
+    assert 0.99 * target <= p <= target
+    ffn = getattr(model.config, "intermediate_size", None) or model.config.n_inner or 4 * model.config.n_embd
+    assert ffn % 2 == 0
+    search = res.info.groups["target_params"]
+    refit = [c for c in search["candidates"] if c["refit_loss"] is not None]
+    assert len(refit) >= min(2, len(search["candidates"]))
+    if family != "gpt2":  # three axes: more candidates than re-scored ones (gpt2 here: two depths only)
+        assert len(search["candidates"]) > len(refit)
+    assert search["chosen"]["refit_loss"] == min(c["refit_loss"] for c in refit)
+    assert res.report.reconstruction["layers"]
