@@ -104,14 +104,20 @@ def _new_param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
 ORIGIN = "_hfprune_origin"
 
 
-@contextmanager
-def track_origins(model: nn.Module) -> Iterator[None]:
-    """While inside, every scorable layer records which original rows and columns its weight still holds
-    (`slice_layer` updates the record; Linear and Conv1D layers), so a refit can match a compacted layer with its dense counterpart."""
+def mark_origins(model: nn.Module) -> None:
+    """Start (or restart) the record of `track_origins` from the layers' present shapes."""
     for m in model.modules():
         if is_scorable(m) and not isinstance(m, nn.Conv2d):  # conv kernels are not refit to a dense model
             layer = Layer("", m)
             setattr(m, ORIGIN, {"out": torch.arange(layer.out_features), "in": torch.arange(layer.in_features)})
+
+
+@contextmanager
+def track_origins(model: nn.Module) -> Iterator[None]:
+    """While inside, every scorable layer records which original rows and columns its weight still holds
+    (`slice_layer` updates the record; Linear and Conv1D layers), so a refit can match a compacted layer with its
+    reference counterpart."""
+    mark_origins(model)
     try:
         yield
     finally:

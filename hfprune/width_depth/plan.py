@@ -10,14 +10,18 @@ produces the final model. The engine (`hfprune.engine.pruner.Pruner`) runs them:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..reconstruction.dense_refit import DenseRefitReport, refit_to_dense
+from ..reconstruction.refit import ReconstructionReport, reconstruct
 from ..steps.compaction import Compaction
 from ..structure.loaders import Loader
 from ..config.groups import WidthDepthConfig
@@ -29,6 +33,7 @@ from .blocks import block_list, check_layers, remove_blocks
 from ..errors import ConfigError
 from ..steps.scoring import compute_masks
 from ..steps.selection import keep_top
+from ..structure.layers import mark_origins, track_origins
 from ..structure.residual import compact_hidden, residual_stream, rms_scales
 
 @dataclass
@@ -150,9 +155,13 @@ def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progr
     return scores
 
 
-def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scores | None) -> Compaction:
+def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scores | None,
+               refit_units: Callable[[nn.Module, list, dict], None] | None = None,
+               before_width: Callable[[nn.Module], None] | None = None) -> Compaction:
     """Remove what ``plan`` says, choosing by ``scores`` (None: the first units, for counting parameters on a
-    meta-device skeleton). Returns the loader and the kept counts per axis."""
+    meta-device skeleton). Returns the loader and the kept counts per axis. ``refit_units(model, groups, masks)``
+    runs on the masked model before the neurons / heads are compacted; ``before_width(model)`` after that, before
+    residual channels and blocks are removed (`prune_to_plan` uses both for reconstruction)."""
     from ..steps.compaction import compact_units, rewrite_config
     from ..steps.selection import structured_masks
     from ..structure import adapter_for, find_groups
@@ -165,8 +174,12 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
         unit_scores = scores.unit_scores if scores is not None else \
             {g.name: -torch.arange(g.num_units, dtype=torch.float64) for g in groups}
         masks = structured_masks(unit_scores, groups, ucfg).masks
+        if refit_units is not None:
+            refit_units(model, groups, masks)
         compact_units(model, groups, masks, adapter_for(model))
         loader, kept = rewrite_config(model, groups, masks, adapter_for(model))
+    if before_width is not None:
+        before_width(model)
     if plan.hidden is not None:
         width = residual_stream(model).width
         if plan.hidden < width:
@@ -184,6 +197,63 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
             remove_blocks(model, drop)
         kept["layers"] = {"kind": "layers", "total": n, "kept": n - len(drop), "removed": drop}
     return Compaction(loader, kept)
+
+
+@dataclass
+class PlanReconstruction:
+    """The two refits of `prune_to_plan`: neurons / heads on their masks (each layer's own output on its new
+    inputs, as on the unit axes), then residual channels / blocks after compaction (the unit-pruned model's
+    outputs)."""
+
+    units: ReconstructionReport | None = None
+    width_depth: DenseRefitReport | None = None
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in (self.units, self.width_depth) if r is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        units = self.units.to_dict() if self.units else None
+        wd = self.width_depth.to_dict() if self.width_depth else None
+        layers = (units or {}).get("layers", []) + (wd or {}).get("layers", [])
+        return {"units": units, "width_depth": wd, "layers": layers, "seconds": self.seconds,
+                "compacted": wd is not None}
+
+
+def prune_to_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scores, batches: list | None,
+                  progress: bool = False) -> tuple[Compaction, PlanReconstruction | None]:
+    """`apply_plan`, with reconstruction when ``batches`` are given (hfprune extension): the neurons / heads removed
+    are refit on their masks with the unit axes' least squares (`hfprune.reconstruction.refit`, target
+    ``reconstruction.target``) -- measured better than fitting them to the dense model (docs/benchmarks.md) --
+    then, when residual channels or blocks go too, every kept layer is refit to the unit-pruned model's outputs
+    (`hfprune.reconstruction.dense_refit`)."""
+    if not batches:
+        return apply_plan(model, config, plan, scores), None
+    from ..structure import adapter_for, find_layers
+
+    rec = PlanReconstruction()
+    options = config.reconstruction
+    reference: list[nn.Module] = []
+
+    def refit_units(m: nn.Module, groups: list, masks: dict) -> None:
+        rec.units = reconstruct(m, find_layers(m), masks, batches, groups=groups, damp=options.damp,
+                                target=options.target, adapter=adapter_for(m), progress=progress)
+
+    def before_width(m: nn.Module) -> None:
+        if _changes_width_or_depth(m, plan, config):
+            reference.append(copy.deepcopy(m))
+            mark_origins(m)  # rows and columns from here on are counted in the reference's shapes
+
+    with track_origins(model):
+        done = apply_plan(model, config, plan, scores, refit_units, before_width)
+        if reference:
+            removed = done.kept.get("layers", {}).get("removed", [])
+            rec.width_depth = refit_to_dense(reference[0], model, removed, batches, options.damp, progress)
+    return done, rec
+
+
+def _changes_width_or_depth(model: nn.Module, plan: Plan, config: PruningConfig) -> bool:
+    return plan.layers > 0 or (plan.hidden is not None and plan.hidden < residual_stream(model).width)
 
 
 def criterion_label(config: PruningConfig) -> str:

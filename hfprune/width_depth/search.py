@@ -26,8 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -37,8 +35,7 @@ from .blocks import block_list
 from ..errors import ConfigError
 from ..structure.residual import residual_stream
 from ..calibration.forward import lm_loss
-from ..structure.layers import track_origins
-from .plan import Plan, Scores, apply_plan, hidden_multiple
+from .plan import Plan, Scores, apply_plan, hidden_multiple, prune_to_plan
 
 #: width mixes (hidden share, neuron share), ordered from neurons only to residual width only
 _MIXES = ((0.0, 1.0), (0.5, 1.0), (1.0, 1.0), (1.0, 0.5), (1.0, 0.0))
@@ -231,10 +228,9 @@ def split_batches(batches: list) -> tuple[list, list]:
 
 
 def search_target(model: nn.Module, config: PruningConfig, target: int, scores: Scores, batches: list,
-                  refit: Callable[[nn.Module, nn.Module, list[int], list], Any] | None = None
-                  ) -> tuple[Plan, list[Plan]]:
+                  refit: bool = False) -> tuple[Plan, list[Plan]]:
     """(chosen plan, every candidate with its parameter count, screen loss and, for the re-scored ones, refit
-    loss). ``refit(dense, pruned, removed_blocks, batches)`` reconstructs a pruned copy (None: no reconstruction)."""
+    loss). ``refit``: re-score the best after reconstruction (`prune_to_plan`)."""
     found = candidates(model, config, target)
     if not found:
         raise _unreachable(config, target)
@@ -245,10 +241,7 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
 
     def score(c: Plan, with_refit: bool) -> None:
         trial = copy.deepcopy(model)
-        with track_origins(trial):
-            done = apply_plan(trial, config, c, scores)
-            if with_refit:
-                refit(model, trial, done.kept.get("layers", {}).get("removed", []), fit)
+        prune_to_plan(trial, config, c, scores, fit if with_refit else None)
         loss = lm_loss(trial, held)
         if with_refit:
             c.refit_loss = loss
@@ -258,7 +251,7 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
 
     for c in close:
         score(c, False)
-    if refit is None or config.width_depth.search_refits == 0:
+    if not refit or config.width_depth.search_refits == 0:
         return min(close, key=lambda c: (c.loss, -c.params)), found
     ranked = sorted(close, key=lambda c: c.loss)[: config.width_depth.search_refits]
     for c in ranked:

@@ -8,7 +8,6 @@ knowing which; it drives `hfprune.width_depth.plan` (scores and removals) and `h
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
@@ -19,12 +18,10 @@ from ..criteria import criterion_class
 from ..errors import ConfigError
 from ..report.measure import count_params
 from ..report.pruning_report import LayerReport
-from ..reconstruction.dense_refit import DenseRefitReport, refit_to_dense
 from ..steps.compaction import Compaction
 from ..steps.selection import Selection
-from ..structure.layers import track_origins
 from ..structure.units import UNIT_AXES
-from .plan import Plan, apply_plan, compute_scores, criterion_label, initial_plan
+from .plan import Plan, PlanReconstruction, compute_scores, criterion_label, initial_plan, prune_to_plan
 from .scores import BLOCK_SCORES, CHANNEL_SCORES
 from .search import check_target, search_target
 
@@ -81,7 +78,7 @@ class WidthDepthStep:
         self.layers: dict[str, Any] = {}
         self.masks: dict[str, Any] = {}
         self.result: Compaction | None = None
-        self.reconstruction: DenseRefitReport | None = None
+        self.reconstruction: PlanReconstruction | None = None
 
     def run(self, sparsity: float, batches: list, timings: dict[str, float],
             already: bool) -> tuple[Selection, float]:
@@ -94,28 +91,20 @@ class WidthDepthStep:
         scores = compute_scores(model, config, batches, self.progress)
         timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t
         plan, search = self.plan, None
+        refit = config.reconstruction.method == "weights"
         if self.target is not None:
             t = time.perf_counter()
-            refit = None
-            if config.reconstruction.method == "weights":
-                def refit(dense: nn.Module, pruned: nn.Module, removed: list[int], fit: list) -> None:
-                    refit_to_dense(dense, pruned, removed, fit, config.reconstruction.damp)
             plan, candidates = search_target(model, config, self.target, scores, batches, refit)
             search = {"target": self.target, "chosen": plan.describe(),
                       "candidates": [c.describe() for c in candidates]}
             timings["search"] = time.perf_counter() - t
         t = time.perf_counter()
-        refit = config.reconstruction.method == "weights"
-        dense = copy.deepcopy(model) if refit else None
-        with track_origins(model):
-            self.result = apply_plan(model, config, plan, scores)
-            timings["compaction"] = time.perf_counter() - t
-            if dense is not None:
-                removed = self.result.kept.get("layers", {}).get("removed", [])
-                self.reconstruction = refit_to_dense(dense, model, removed, batches, config.reconstruction.damp,
-                                                     self.progress)
-                timings["reconstruction"] = self.reconstruction.seconds
-        del dense
+        self.result, self.reconstruction = prune_to_plan(model, config, plan, scores, batches if refit else None,
+                                                         self.progress)
+        timings["compaction"] = time.perf_counter() - t
+        if self.reconstruction is not None:
+            timings["reconstruction"] = self.reconstruction.seconds
+            timings["compaction"] -= self.reconstruction.seconds
         if search is not None:
             self.result.kept["target_params"] = search
         return Selection({}), round(1 - count_params(model)[0] / before, 4)
