@@ -12,7 +12,7 @@ Strategy (Minitron's "many candidates, cheap screen, expensive re-score of the b
    touched); with both axes the neuron fraction is then lowered again (bisection, width fixed) because residual
    widths move in coarse steps (multiples of the head count and ``round_to``).
 2. **Screen.** Candidates within 1% below the target are pruned on a copy (scores of the unpruned model) and
-   scored by the calibration loss on held-out batches (the last quarter of the batches), without refit.
+   scored by the calibration loss on held-out batches (from the last quarter of the batches), without refit.
 3. **Re-score after reconstruction.** The ``width_depth.search_refits`` best are refit on a share of the other
    batches (`SEARCH_FIT_SAMPLES` sequences; `hfprune.reconstruction.dense_refit`) and scored on the held-out
    batches again; then the grid neighbours of the winner (one depth step either way, the next width mix either
@@ -41,6 +41,7 @@ from .plan import Plan, Scores, apply_plan, hidden_multiple, prune_to_plan
 _MIXES = ((0.0, 1.0), (0.5, 1.0), (1.0, 1.0), (1.0, 0.5), (1.0, 0.0))
 _DEPTH_STEPS = 4  # the depth grid: Lmax in quarters
 SEARCH_FIT_SAMPLES = 8  # calibration sequences each search refit sees
+SEARCH_HELD_SAMPLES = 8  # calibration sequences each candidate is scored on
 _BISECTION_STEPS = 12
 _MAX_WIDTH_FRACTION = 0.9
 
@@ -212,19 +213,25 @@ def _unreachable(config: PruningConfig, target: int) -> ConfigError:
                        "an axis or give a larger target.")
 
 
+def _first(batches: list, samples: int) -> list:
+    """The first batches holding at least ``samples`` sequences (all when fewer)."""
+    out, seen = [], 0
+    for b in batches:
+        out.append(b)
+        seen += len(b["input_ids"]) if isinstance(b, dict) and "input_ids" in b else len(b)
+        if seen >= samples:
+            break
+    return out
+
+
 def split_batches(batches: list) -> tuple[list, list]:
-    """(batches the search refits on, held-out batches it scores on): the last quarter is held out; one batch
-    serves both."""
+    """(batches the search refits on, held-out batches it scores on): the held-out ones are taken from the last
+    quarter of the batches (at most `SEARCH_HELD_SAMPLES` sequences), the refit ones from the start (at most
+    `SEARCH_FIT_SAMPLES`); one batch serves both."""
     if len(batches) < 2:
         return batches, batches
     held = max(1, len(batches) // 4)
-    rest, out, seen = batches[:-held], [], 0
-    for b in rest:  # the first SEARCH_FIT_SAMPLES sequences
-        out.append(b)
-        seen += len(b["input_ids"]) if isinstance(b, dict) and "input_ids" in b else 1
-        if seen >= SEARCH_FIT_SAMPLES:
-            break
-    return out, batches[-held:]
+    return _first(batches[:-held], SEARCH_FIT_SAMPLES), _first(batches[-held:], SEARCH_HELD_SAMPLES)
 
 
 def search_target(model: nn.Module, config: PruningConfig, target: int, scores: Scores, batches: list,
