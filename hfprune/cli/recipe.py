@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from ..config.pruning_config import PruningConfig
-from ..utils.rules import NAME, Rule, check_fields, integer, number, optional
+from ..utils.rules import NAME, Rule, check_fields, integer, is_number, number, optional
 from ..errors import ConfigError, reason, shown
 from .common import UsageError
 from .sources import check_data_arg, check_model_arg
@@ -55,8 +55,13 @@ class RecoverySection:
     """Training after one-shot pruning (RecoveryTrainer): own keys here, `RecoveryConfig` keys in ``settings``,
     `TrainingArguments` keys in ``args`` (both flat in the YAML)."""
 
-    data: str = field(metadata={"help": "Training text for recovery: example:lee_background or a .txt/.csv/.json/"
-                                        ".jsonl file (packed into seq_len-token rows)."})
+    data: str | None = field(default=None, metadata={"help": "Training text for recovery: example:lee_background "
+                                                             "or a .txt/.csv/.json/.jsonl file (packed into "
+                                                             "seq_len-token rows)."})
+    generated_share: float = field(default=0.0, metadata={"help": "Share of the training rows the unpruned model "
+                                                                  "generates itself (self-data distillation; "
+                                                                  "seeded, cached); 1: no data needed (set "
+                                                                  "max_tokens)."})
     text_column: str = field(default="text", metadata={"help": "Text column of CSV/JSON data."})
     seq_len: int = field(default=256, metadata={"help": "Tokens per training row."})
     eval_data: str | None = field(default=None, metadata={"help": "Held-out text for perplexity during training "
@@ -178,6 +183,18 @@ def _recovery(data: dict[str, Any]) -> RecoverySection:
     return section
 
 
+def _check_recovery_data(section: RecoverySection) -> None:
+    share = section.generated_share
+    if not is_number(share) or not 0 <= share <= 1:
+        raise ConfigError(f"recovery.generated_share={share!r} is not allowed: a number in [0, 1] (the share of "
+                          "training rows the unpruned model generates).")
+    if section.data is None and share < 1:
+        raise ConfigError("recovery.data is missing: give training text (e.g. example:lee_background), or set "
+                          "recovery.generated_share: 1 (the unpruned model writes all of it) with max_tokens.")
+    if share == 1 and section.settings.max_tokens is None:
+        raise ConfigError("recovery.generated_share: 1 needs recovery.max_tokens (how much text to generate).")
+
+
 def parse_recipe(data: Any) -> Recipe:
     """Validate a loaded recipe mapping (every section, key and value) and return it as a `Recipe`."""
     data = _mapping(data, "recipe")
@@ -207,6 +224,7 @@ def parse_recipe(data: Any) -> Recipe:
     if recipe.training:
         check_data_arg(recipe.training.dataset)
     if recipe.recovery:
+        _check_recovery_data(recipe.recovery)
         check_data_arg(recipe.recovery.data)
         check_data_arg(recipe.recovery.eval_data)
     return recipe
