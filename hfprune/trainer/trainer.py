@@ -31,7 +31,7 @@ from ..report.card import CARD_NAME, PLACEHOLDER_ID
 from ..report.pruning_report import PruningReport
 from ..report.records import EvaluationRecords
 from .callback import PruningCallback
-from .recovery.mixin import RecoveryMixin
+from .recovery.mixin import RecoveryMixin, refuse_sharding
 from .losses import LayerInputs, group_lasso, relative_importance, ri_layers
 from .masks import TrainingMasks
 from .recovery.config import RecoveryConfig
@@ -56,6 +56,7 @@ class PruningTrainer(EvaluationRecords, RecoveryMixin, Trainer):
             raise ConfigError(f"pruning_config must be a PruningConfig, got {type(pruning_config).__name__}.")
         if model is None:
             raise ConfigError("PruningTrainer needs model= (model_init is not supported: masks belong to one model).")
+        refuse_sharding(args)
         if pruning_config.prunes_width_depth:
             raise ConfigError(f"granularity {pruning_config.granularity!r} / target_params are one-shot: prune with "
                               "hfprune.prune(), then train the smaller model (RecoveryTrainer, docs/trainer.md).")

@@ -362,3 +362,46 @@ def test_a_killed_recovery_run_resumes_from_its_checkpoints_beside_the_output(tm
     report = json.loads((tmp_path / "out" / "pruning_report.json").read_text())
     assert report["recovery"]["steps"] == 4
     assert not checkpoints.exists()  # a finished run keeps no checkpoints
+
+
+# --- distributed ----------------------------------------------------------------------------------------------------
+@pytest.mark.multiprocess
+def test_distillation_under_two_processes_equals_one(tmp_path):
+    """DDP (gloo, 2 processes x 4 rows) and one process (8 rows) take the same steps on the same rows: the
+    distilled students agree within float tolerance; the teacher stays on each process, frozen."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    script = os.path.join(root, "tests", "trainer", "recovery_ddp_run.py")
+    for cmd, out, b in (([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"], "two", "4"),
+                        ([sys.executable], "one", "8")):
+        (tmp_path / out).mkdir()
+        done = subprocess.run(cmd + [script, str(tmp_path / out), b], env=env, timeout=300, capture_output=True,
+                              text=True, cwd=root)
+        assert done.returncode == 0, done.stderr[-3000:]
+    two, one = load_file(str(tmp_path / "two" / "student.safetensors")), load_file(str(tmp_path / "one" /
+                                                                                         "student.safetensors"))
+    assert int(two.pop("_steps")) == int(one.pop("_steps")) == 3
+    start = pruned_pair()[1].model.state_dict()
+    moved = 0
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+        moved += not torch.equal(one[k], start[k])
+    assert moved > 0  # training changed the student
+
+
+def test_sharded_training_refused_before_work(tmp_path):
+    dense, result = pruned_pair()
+    args = targs(tmp_path)
+    args.fsdp, args.fsdp_config = "full_shard", {}  # set after construction: TrainingArguments refuses FSDP on CPU
+    with pytest.raises(ConfigError, match="DDP only"):
+        RecoveryTrainer(args=args, pruned=result, teacher=dense, train_dataset=rows(8),
+                        recovery=RecoveryConfig(distillation_weight=0.5))
+    with pytest.raises(ConfigError, match="DDP only"):
+        PruningTrainer(model=dense, args=args, train_dataset=rows(8),
+                       pruning_config=PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5))

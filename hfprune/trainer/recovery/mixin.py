@@ -41,6 +41,16 @@ class _Projections(TrainerCallback):
             save_file(d.state_dict(), os.path.join(folder, PROJECTIONS_FILE))
 
 
+def refuse_sharding(args: Any) -> None:
+    """hfprune's trainers run one full model per process (DDP); FSDP / DeepSpeed are refused before any work."""
+    sharded = [name for name in ("fsdp", "deepspeed") if getattr(args, name, None)]
+    if sharded:
+        raise ConfigError(f"TrainingArguments.{sharded[0]} is set, and hfprune's trainers run under DDP only "
+                          "(torchrun / accelerate launch, one full model per process): sharded training with a "
+                          "teacher and hfprune's hooks and masks is untested. Remove it; a model that does not fit "
+                          "one device is not supported yet (docs/trainer.md).")
+
+
 class RecoveryMixin:
     """Mixed into a `Trainer` subclass before `Trainer`; call `_setup_recovery` after ``Trainer.__init__``."""
 

@@ -23,7 +23,7 @@ from ...errors import ConfigError
 from ...checkpoint.record import PruningInfo, write_pruning_files
 from ...report.pruning_report import PruningReport
 from ...report.records import EvaluationRecords
-from .mixin import RecoveryMixin
+from .mixin import RecoveryMixin, refuse_sharding
 from .lora import add_lora, merge_lora
 from .config import RecoveryConfig
 
@@ -53,6 +53,7 @@ class RecoveryTrainer(EvaluationRecords, RecoveryMixin, Trainer):
                  data_name: str | None = None, **kwargs: Any) -> None:
         if not isinstance(recovery, RecoveryConfig):
             raise ConfigError(f"recovery must be a RecoveryConfig, got {type(recovery).__name__}.")
+        refuse_sharding(args)
         self._pruned = _pruned_files(pruned)
         if model is None:
             model = getattr(pruned, "model", None)
