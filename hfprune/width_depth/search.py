@@ -270,3 +270,17 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
         found.append(c)
     best = min((c for c in found if c.refit_loss is not None), key=lambda c: (c.refit_loss, -c.params))
     return best, found
+
+
+def choice_reason(chosen: Plan, found: list[Plan]) -> str:
+    """Why ``chosen`` won, in one sentence for the report."""
+    refit = [c for c in found if c.refit_loss is not None]
+    screened = [c for c in found if c.loss is not None]
+    if refit:
+        return (f"lowest held-out calibration loss after reconstruction ({chosen.refit_loss:.4f}) among the "
+                f"{len(refit)} candidates re-scored after reconstruction (the best of {len(screened)} screened "
+                f"without refit, and the winner's grid neighbours); {len(found)} candidates in all")
+    if screened:
+        return (f"lowest held-out calibration loss ({chosen.loss:.4f}) among the {len(screened)} candidates within "
+                f"1% of the target (no reconstruction); {len(found)} candidates in all")
+    return f"no candidate within 1% below the target: the largest of {len(found)} candidates below it"

@@ -23,7 +23,7 @@ from ..steps.selection import Selection
 from ..structure.units import UNIT_AXES
 from .plan import Plan, PlanReconstruction, compute_scores, criterion_label, initial_plan, prune_to_plan
 from .scores import BLOCK_SCORES, CHANNEL_SCORES
-from .search import check_target, search_target
+from .search import check_target, choice_reason, search_target
 
 
 class WidthDepthStep:
@@ -95,7 +95,7 @@ class WidthDepthStep:
         if self.target is not None:
             t = time.perf_counter()
             plan, candidates = search_target(model, config, self.target, scores, batches, refit)
-            search = {"target": self.target, "chosen": plan.describe(),
+            search = {"target": self.target, "chosen": plan.describe(), "reason": choice_reason(plan, candidates),
                       "candidates": [c.describe() for c in candidates]}
             timings["search"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -415,4 +415,5 @@ def test_target_params_every_family_after_reconstruction(family):
     if family != "gpt2":  # three axes: more candidates than re-scored ones (gpt2 here: two depths only)
         assert len(search["candidates"]) > len(refit)
     assert search["chosen"]["refit_loss"] == min(c["refit_loss"] for c in refit)
+    assert "after reconstruction" in search["reason"]
     assert res.report.reconstruction["layers"]

@@ -1,0 +1,109 @@
+"""Distil pruned SmolLM2 models (saved by scripts/bench/target_size.py --save-dir) back with the same token budget,
+from user data (lee_background), text the unpruned model writes itself, or a half/half mix; perplexity in and out
+of domain (held-out lee.cor, the movie reviews, Python's documentation) along the way (the recovery curve).
+
+    PYTHONPATH=.:scripts nice -n 5 python scripts/bench/target_recovery.py --models bench_out/ts_models/hfprune \\
+        --data mixed --tokens 32768 --out bench_out/target_recovery.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/: _common
+
+import torch  # noqa: E402
+import transformers as T  # noqa: E402
+from _common import device_line, lee_texts, load_smollm2, perplexity, save_json, set_threads  # noqa: E402
+from bench.target_size import EVAL_SETS  # noqa: E402
+
+from hfprune import load_pruned  # noqa: E402
+from hfprune.trainer import RecoveryConfig, RecoveryTrainer  # noqa: E402
+from hfprune.trainer.recovery.budget import pack_texts  # noqa: E402
+from hfprune.trainer.recovery.self_data import mixed_rows  # noqa: E402
+
+SHARES = {"user": 0.0, "generated": 1.0, "mixed": 0.5}
+
+
+def evaluate(model, tok, tokens: int, seq_len: int) -> dict[str, float]:
+    was = model.training
+    model.eval()
+    out = {name: round(perplexity(model, tok, texts(), seq_len, tokens), 3) for name, texts in EVAL_SETS.items()}
+    model.train(was)
+    return out
+
+
+class Curve(T.TrainerCallback):
+    """Perplexity on every evaluation set every ``every`` optimizer steps (small subsets: the curve's shape)."""
+
+    def __init__(self, tok, args) -> None:
+        self.tok, self.args, self.points = tok, args, []
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step % self.args.curve_every_steps == 0:
+            self.points.append({"tokens": int(state.num_input_tokens_seen),
+                                **evaluate(model, self.tok, self.args.curve_tokens, self.args.eval_seq_len)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", required=True, help="pruned folders (one row each)")
+    ap.add_argument("--data", nargs="+", choices=list(SHARES), default=["mixed"])
+    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--kd-weight", type=float, default=1.0)
+    ap.add_argument("--eval-tokens", type=int, default=4096)
+    ap.add_argument("--eval-seq-len", type=int, default=512)
+    ap.add_argument("--curve-tokens", type=int, default=1024)
+    ap.add_argument("--curve-every-steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench_out/target_recovery.json")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    teacher, tok = load_smollm2()
+    teacher.eval()
+    out = {"device": device_line(), "args": vars(args), "dense": evaluate(teacher, tok, args.eval_tokens,
+                                                                          args.eval_seq_len), "rows": []}
+    user = pack_texts(tok, lee_texts("background"), args.seq_len)
+    for folder in args.models:
+        for data in args.data:
+            t = time.perf_counter()
+            rows = mixed_rows(teacher, user, SHARES[data], args.seq_len, args.tokens, seed=0) if SHARES[data] \
+                else user
+            gen_s = time.perf_counter() - t
+            model = load_pruned(folder, dtype=torch.float32)
+            before = evaluate(model, tok, args.eval_tokens, args.eval_seq_len)
+            curve = Curve(tok, args)
+            targs = T.TrainingArguments(
+                output_dir=tempfile.mkdtemp(prefix="target-recovery-"), per_device_train_batch_size=args.batch_size,
+                learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=2, weight_decay=0.0, logging_steps=4,
+                save_strategy="no", report_to="none", disable_tqdm=True, seed=0, data_seed=0, use_cpu=True)
+            torch.manual_seed(0)
+            trainer = RecoveryTrainer(model=model, args=targs, teacher=teacher, pruned=folder, train_dataset=rows,
+                                      processing_class=tok, callbacks=[curve],
+                                      recovery=RecoveryConfig(max_tokens=args.tokens,
+                                                              distillation_weight=args.kd_weight))
+            t = time.perf_counter()
+            trainer.train()
+            train_s = time.perf_counter() - t
+            after = evaluate(trainer.model, tok, args.eval_tokens, args.eval_seq_len)
+            row = {"model": folder, "data": data, "generated_share": SHARES[data], "tokens": trainer.tokens_trained,
+                   "params": sum(p.numel() for p in trainer.model.parameters()), "before": before, "after": after,
+                   "x_dense_after": {k: round(v / out["dense"][k], 3) for k, v in after.items()},
+                   "train_s": round(train_s, 1), "s_per_1k_tokens": round(1000 * train_s / trainer.tokens_trained, 2),
+                   "generation_s": round(gen_s, 1), "curve": curve.points}
+            out["rows"].append(row)
+            print({k: row[k] for k in ("model", "data", "before", "after", "x_dense_after", "s_per_1k_tokens")},
+                  flush=True)
+            save_json(args.out, out)
+            del trainer, model
+
+
+if __name__ == "__main__":
+    main()
