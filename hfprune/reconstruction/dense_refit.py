@@ -1,8 +1,9 @@
-"""Refit a structurally compacted model to the dense model's outputs, block by block (hfprune extension).
+"""Refit a structurally compacted model to a reference model's outputs, block by block (hfprune extension).
 
 After blocks, residual channels, heads or neurons are *removed* (the shapes changed), every kept linear layer of
 every kept block is refit by least squares so that, on the inputs it now receives in the pruned model, it
-reproduces what its dense counterpart outputs on the dense model's inputs, restricted to the rows it kept:
+reproduces what its counterpart in the reference (the model before the removal: ``dense`` below) outputs on the
+reference's inputs, restricted to the rows it kept:
 
     W'~ = W~_rows X (H' + lambda I)^-1,   X = sum a~ a'~^T,   H' = sum a'~ a'~^T
 
@@ -28,7 +29,7 @@ LLMs) are not refit. A layer whose fit is worse on the calibration statistics th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -52,23 +53,14 @@ class DenseFit:
 @dataclass
 class DenseRefitReport:
     damp: float
-    target: str = "dense"  # always the dense model's layer outputs (rows kept)
+    target: str = "reference"  # the reference model's layer outputs (rows kept)
     compacted: bool = True  # layers refit after compaction (the unit axes' `ReconstructionReport` refits masks)
     seconds: float = 0.0
     layers: list[DenseFit] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # kept layers outside the blocks: not refit
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
         return asdict(self)
-
-    @property
-    def mean_error(self) -> tuple[float, float]:
-        """(before, after), averaged over the refit layers."""
-        if not self.layers:
-            return 0.0, 0.0
-        n = len(self.layers)
-        return sum(f.error_before for f in self.layers) / n, sum(f.error_after for f in self.layers) / n
 
 
 _EXACT = 1e-10  # relative error below which a compacted layer is left as it is
