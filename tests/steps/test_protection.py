@@ -106,7 +106,8 @@ def test_config_fields():
     ("neurons", False, True, ("none", "none", None)),  # a data-free run stays data-free
     ("neurons", True, False, ("none", "energy", 2.0)),  # no list of blocks to refit one by one
     ("channels", True, True, ("none", "none", None)),
-    ("layers", True, True, ("none", "none", None)),
+    ("layers", True, True, ("weights", "none", None)),  # blocks and residual channels are refit too
+    ("layers", False, True, ("none", "none", None)),
 ])
 def test_auto_defaults_settle_per_run(granularity, data, blocks, expected):
     from hfprune.config.settle import settle
