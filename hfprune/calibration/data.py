@@ -286,7 +286,12 @@ def _mixed(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any, e
         config, calibration=dataclasses.replace(c, num_samples=c.num_samples - k, source="data", generated_share=0.5)),
         tokenizer, example_inputs)
     gen = generated_calibration(model, config, k)
-    return CalibrationSet(given.batches + gen.batches, "mixed", f"{given.name or 'data'} + {gen.name}",
+    # interleaved evenly, so any contiguous share of the batches (the target search holds out the last quarter)
+    # holds both kinds in about the stated proportion
+    keyed = [((i + 0.5) / len(given.batches), 0, b) for i, b in enumerate(given.batches)]
+    keyed += [((i + 0.5) / len(gen.batches), 1, b) for i, b in enumerate(gen.batches)]
+    batches = [b for _, _, b in sorted(keyed, key=lambda t: t[:2])]
+    return CalibrationSet(batches, "mixed", f"{given.name or 'data'} + {gen.name}",
                           given.num_samples + k, given.tokens + gen.tokens, given.warnings, given.layout)
 
 
@@ -295,6 +300,10 @@ def _prepare(data: Any, model: nn.Module, config: PruningConfig, tokenizer: Any,
     if config.calibration.source == "random" or (isinstance(data, str) and data == "random"):
         return random_calibration(model, config, example_inputs)
     if config.calibration.source == "generated":
+        if data is not None:
+            raise CalibrationError("calibration.source='generated' makes its own calibration text, and calibration "
+                                   "data were given too (they would be ignored); use source='mixed' to combine "
+                                   "them, or pass no data.")
         return generated_calibration(model, config, config.calibration.num_samples)
     if config.calibration.source == "mixed":
         return _mixed(data, model, config, tokenizer, example_inputs)

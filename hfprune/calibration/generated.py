@@ -7,10 +7,11 @@ Language Models", 2024) found self-generated calibration text competitive with r
 (Thangarasa et al., 2024, arXiv 2410.09982) uses the teacher's own text for recovery.
 
 Each sequence starts from the BOS token (EOS where there is none) and is sampled token by token with the KV cache
-(temperature 1, nucleus 0.95: the model's distribution without its far tail, which small models loop on); a
-sequence that ends early continues after an EOS, so every sequence is exactly ``seq_len`` tokens. Seeded: the same
-model, seed and sizes give the same tokens. Cached: the tokens are saved as safetensors under
-``$HFPRUNE_CACHE`` (default ``~/.cache/hfprune``) keyed by a fingerprint of the weights and the settings, and reused.
+(temperature 1, nucleus 0.95: the model's distribution without its far tail, which small models loop on); the end
+of sequence is suppressed until ``seq_len`` tokens (``min_new_tokens``), so every sequence is exactly that long.
+Seeded: the same model, seed and sizes give the same tokens; under several processes rank 0 samples and the others
+receive its tokens. Cached: the tokens are saved as safetensors under ``$HFPRUNE_CACHE`` (default
+``~/.cache/hfprune``) keyed by a fingerprint of the weights and the settings, and reused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import CalibrationError
+from ..utils.distributed import broadcast_object, is_main_process
 
 TOP_P = 0.95
 TEMPERATURE = 1.0
@@ -69,7 +71,7 @@ def _sample(model: nn.Module, n: int, seq_len: int, seed: int) -> torch.Tensor:
     was = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG stays
             torch.manual_seed(seed)
             for i in range(0, n, GENERATION_BATCH):
                 b = min(GENERATION_BATCH, n - i)
@@ -83,23 +85,44 @@ def _sample(model: nn.Module, n: int, seq_len: int, seed: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def generated_token_ids(model: nn.Module, num_samples: int, seq_len: int, seed: int = 0,
-                        cache: bool = True) -> torch.Tensor:
-    """``[num_samples, seq_len]`` token ids sampled from ``model`` (see the module), from the cache when there."""
+def check_can_generate(model: nn.Module) -> None:
+    """Raise `CalibrationError` unless ``model`` can write text from a start token (before any work)."""
     can = getattr(model, "can_generate", None)
     if not (callable(can) and can()) or not getattr(getattr(model, "config", None), "vocab_size", None):
         raise CalibrationError(f"Self-generated data need a generative language model; {type(model).__name__} "
-                               "cannot generate. Set calibration.source='data' and pass calibration data.")
-    from safetensors.torch import load_file, save_file
+                               "cannot generate. Set calibration.source='data' (recovery.generated_share: 0) and "
+                               "pass data.")
+    _start_token(model)
 
+
+def generated_token_ids(model: nn.Module, num_samples: int, seq_len: int, seed: int = 0,
+                        cache: bool = True) -> torch.Tensor:
+    """``[num_samples, seq_len]`` token ids sampled from ``model`` (see the module), from the cache when there."""
+    from safetensors.torch import load_file
+
+    check_can_generate(model)
     path = cache_dir() / f"{fingerprint(model, num_samples, seq_len, seed)}.safetensors"
-    if cache and path.is_file():
-        return load_file(str(path))["input_ids"]
-    ids = _sample(model, num_samples, seq_len, seed)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
+    ids = None
+    if is_main_process():
+        if cache and path.is_file():
+            ids = load_file(str(path))["input_ids"]
+        else:
+            ids = _sample(model, num_samples, seq_len, seed)
+            if cache:
+                _save(ids, path)
+    return broadcast_object(ids)  # every process calibrates / trains on rank 0's tokens
+
+
+def _save(ids: torch.Tensor, path: Path) -> None:
+    """Whole or not at all: a crash leaves no half-written cache entry (nor a temporary file)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
         save_file({"input_ids": ids.contiguous()}, tmp)
-        os.replace(tmp, path)  # whole or not at all: a crash leaves no half-written cache entry
-    return ids
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

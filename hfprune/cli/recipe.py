@@ -191,6 +191,9 @@ def _check_recovery_data(section: RecoverySection) -> None:
     if section.data is None and share < 1:
         raise ConfigError("recovery.data is missing: give training text (e.g. example:lee_background), or set "
                           "recovery.generated_share: 1 (the unpruned model writes all of it) with max_tokens.")
+    if share == 1 and section.data is not None:
+        raise ConfigError("recovery.data is unused with recovery.generated_share: 1 (the unpruned model writes every "
+                          "row); remove it, or lower generated_share to mix it in.")
     if share == 1 and section.settings.max_tokens is None:
         raise ConfigError("recovery.generated_share: 1 needs recovery.max_tokens (how much text to generate).")
 

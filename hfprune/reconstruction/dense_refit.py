@@ -28,6 +28,7 @@ LLMs) are not refit. A layer whose fit is worse on the calibration statistics th
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -53,8 +54,6 @@ class DenseFit:
 @dataclass
 class DenseRefitReport:
     damp: float
-    target: str = "reference"  # the reference model's layer outputs (rows kept)
-    compacted: bool = True  # layers refit after compaction (the unit axes' `ReconstructionReport` refits masks)
     seconds: float = 0.0
     layers: list[DenseFit] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # kept layers outside the blocks: not refit
@@ -266,19 +265,21 @@ def _refit_stage(report: DenseRefitReport, where: str, dblock: nn.Module, pblock
             h.remove()
     if g is None or g.n == 0:
         raise CalibrationError(f"Dense refit of {where}: the layers {names} were not called.")
+    if not all(torch.isfinite(t).all() for t in (g.Hp, g.X, g.Hd)):
+        raise CalibrationError(f"Reconstruction of {where} ({', '.join(names)}): the input statistics hold NaN or "
+                               "inf (overflowing activations, or non-finite weights/data); the blocks before it are "
+                               "already refit, so discard this model. Use float32 weights and check the "
+                               "calibration data, or set reconstruction.method='none'.")
     for n in names:
         layer = layers[n]
-        rows = getattr(layer.module, ORIGIN)["out"]
+        rows = getattr(layer.module, ORIGIN)
         dlayer = Layer(n, dblock.get_submodule(n))
         bias = layer.bias is not None
-        if not torch.isfinite(g.Hp).all() or not torch.isfinite(g.X).all():
-            raise CalibrationError(f"Dense refit of {where}.{n}: the input statistics hold NaN or inf; nothing was "
-                                   "written. Use float32 weights and check the calibration data.")
         Wn, before, after = solve_dense_fit(_augmented(dlayer, rows), _augmented(layer), g, damp, bias)
         fit = DenseFit(f"{where}.{n}", before, after)
-        if before <= _EXACT:  # the layer already reproduces the dense one (nothing before it changed)
+        if before <= _EXACT:  # the layer already reproduces the reference one (nothing before it changed)
             fit.error_after = before
-        elif after > before:
+        elif not math.isfinite(after) or not torch.isfinite(Wn).all() or after > before:  # keep the compacted
             fit.reverted, fit.error_after = True, before
         else:
             w = layer.module.weight

@@ -100,7 +100,7 @@ def _new_param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(t.contiguous().clone(), requires_grad=like.requires_grad)
 
 
-#: attribute of a layer under `track_origins`: for ``"out"`` and ``"in"``, the original index of every row / column
+#: attribute of a layer under `track_origins`: the original index of every output row it still holds
 ORIGIN = "_hfprune_origin"
 
 
@@ -109,12 +109,12 @@ def mark_origins(model: nn.Module) -> None:
     for m in model.modules():
         if is_scorable(m) and not isinstance(m, nn.Conv2d):  # conv kernels are not refit to a dense model
             layer = Layer("", m)
-            setattr(m, ORIGIN, {"out": torch.arange(layer.out_features), "in": torch.arange(layer.in_features)})
+            setattr(m, ORIGIN, torch.arange(layer.out_features))
 
 
 @contextmanager
 def track_origins(model: nn.Module) -> Iterator[None]:
-    """While inside, every scorable layer records which original rows and columns its weight still holds
+    """While inside, every scorable layer records which original output rows its weight still holds
     (`slice_layer` updates the record; Linear and Conv1D layers), so a refit can match a compacted layer with its
     reference counterpart."""
     mark_origins(model)
@@ -131,8 +131,8 @@ def slice_layer(module: nn.Module, side: str, keep: torch.Tensor) -> None:
     """Keep only the output rows (``side="out"``) or input features (``"in"``) listed in ``keep``."""
     layer = Layer("", module)
     origin = getattr(module, ORIGIN, None)
-    if origin is not None:
-        origin[side] = origin[side][keep.cpu()]
+    if origin is not None and side == "out":
+        setattr(module, ORIGIN, origin[keep.cpu()])
     keep = keep.to(module.weight.device)
     if layer.kind == "conv1d":  # weight [in, out]
         dim = 1 if side == "out" else 0

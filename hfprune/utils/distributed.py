@@ -83,6 +83,17 @@ def broadcast_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` (any picklable value made by this library) on every process; itself in one process. Used
+    for decisions that rest on floating-point comparisons (the target search's choice, generated tokens), so that
+    near-ties cannot resolve differently on different processes."""
+    if rank_world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=_collective_device())
+    return box[0]
+
+
 def wait_for_everyone() -> None:
     if rank_world()[1] > 1:
         dist.barrier()

@@ -172,17 +172,21 @@ def candidates(model: nn.Module, config: PruningConfig, target: int) -> list[Pla
 
 
 def _neighbours(model: nn.Module, config: PruningConfig, target: int, best: Plan, seen: list[Plan]) -> list[Plan]:
-    """The grid points next to ``best``: one depth step either way, the next width mix either way."""
+    """The grid points next to ``best`` not yet re-scored after refit: one depth step either way, the next width
+    mix either way (the candidate already in ``seen`` where it is one, a new one otherwise)."""
     depths = _depths(model, config, target)
     step = max(1, (depths[-1] - depths[0]) // (2 * _DEPTH_STEPS)) if len(depths) > 1 else 0
     mixes = _mixes(config)
     i = mixes.index(best.mix) if best.mix in mixes else None
     points = [(best.layers + d, best.mix) for d in (-step, step) if step and 0 <= best.layers + d <= depths[-1]]
     points += [(best.layers, mixes[j]) for j in ((i - 1, i + 1) if i is not None else ()) if 0 <= j < len(mixes)]
-    out = []
+    out: list[Plan] = []
     for layers, mix in points:
         plan = _candidate(model, config, target, layers, best.heads, mix or (1.0, 1.0))
-        if plan is not None and plan.params >= 0.99 * target and all(_key(plan) != _key(c) for c in seen + out):
+        if plan is None or plan.params < 0.99 * target:
+            continue
+        plan = next((c for c in seen if _key(c) == _key(plan)), plan)
+        if plan.refit_loss is None and all(plan is not c for c in out):
             out.append(plan)
     return out
 
@@ -227,7 +231,7 @@ def _first(batches: list, samples: int) -> list:
 def split_batches(batches: list) -> tuple[list, list]:
     """(batches the search refits on, held-out batches it scores on): the held-out ones are taken from the last
     quarter of the batches (at most `SEARCH_HELD_SAMPLES` sequences), the refit ones from the start (at most
-    `SEARCH_FIT_SAMPLES`); one batch serves both."""
+    `SEARCH_FIT_SAMPLES`); one batch serves both (`choice_reason` then says the loss is in-sample)."""
     if len(batches) < 2:
         return batches, batches
     held = max(1, len(batches) // 4)
@@ -243,7 +247,7 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
         raise _unreachable(config, target)
     close = [c for c in found if c.params >= 0.99 * target]
     if not close or not batches:
-        return (max(found, key=lambda c: c.params) if not close else close[0]), found
+        return max(close or found, key=lambda c: c.params), found
     fit, held = split_batches(batches)
 
     def score(c: Plan, with_refit: bool) -> None:
@@ -265,22 +269,27 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
         score(c, True)
     best = min(ranked, key=lambda c: c.refit_loss)
     for c in _neighbours(model, config, target, best, found):
-        score(c, False)
+        if c.loss is None:
+            score(c, False)
+            found.append(c)
         score(c, True)
-        found.append(c)
     best = min((c for c in found if c.refit_loss is not None), key=lambda c: (c.refit_loss, -c.params))
     return best, found
 
 
-def choice_reason(chosen: Plan, found: list[Plan]) -> str:
-    """Why ``chosen`` won, in one sentence for the report."""
+def choice_reason(chosen: Plan, found: list[Plan], target: int, num_batches: int) -> str:
+    """Why ``chosen`` won, in one sentence for the report (``num_batches``: the calibration batches the search
+    had; with one, its losses are measured on the batch it refit on)."""
     refit = [c for c in found if c.refit_loss is not None]
     screened = [c for c in found if c.loss is not None]
+    where = "held-out" if num_batches > 1 else "in-sample (one calibration batch)"
     if refit:
-        return (f"lowest held-out calibration loss after reconstruction ({chosen.refit_loss:.4f}) among the "
+        return (f"lowest {where} calibration loss after reconstruction ({chosen.refit_loss:.4f}) among the "
                 f"{len(refit)} candidates re-scored after reconstruction (the best of {len(screened)} screened "
                 f"without refit, and the winner's grid neighbours); {len(found)} candidates in all")
     if screened:
-        return (f"lowest held-out calibration loss ({chosen.loss:.4f}) among the {len(screened)} candidates within "
+        return (f"lowest {where} calibration loss ({chosen.loss:.4f}) among the {len(screened)} candidates within "
                 f"1% of the target (no reconstruction); {len(found)} candidates in all")
+    if (chosen.params or 0) >= 0.99 * target:
+        return f"the largest of {len(found)} candidates (no calibration data to score them on)"
     return f"no candidate within 1% below the target: the largest of {len(found)} candidates below it"

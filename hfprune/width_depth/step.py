@@ -21,6 +21,7 @@ from ..report.pruning_report import LayerReport
 from ..steps.compaction import Compaction
 from ..steps.selection import Selection
 from ..structure.units import UNIT_AXES
+from ..utils.distributed import broadcast_object
 from .plan import Plan, PlanReconstruction, compute_scores, criterion_label, initial_plan, prune_to_plan
 from .scores import BLOCK_SCORES, CHANNEL_SCORES
 from .search import check_target, choice_reason, search_target
@@ -95,7 +96,9 @@ class WidthDepthStep:
         if self.target is not None:
             t = time.perf_counter()
             plan, candidates = search_target(model, config, self.target, scores, batches, refit)
-            search = {"target": self.target, "chosen": plan.describe(), "reason": choice_reason(plan, candidates),
+            plan, candidates = broadcast_object((plan, candidates))  # one choice on every process, ties included
+            search = {"target": self.target, "chosen": plan.describe(),
+                      "reason": choice_reason(plan, candidates, self.target, len(batches)),
                       "candidates": [c.describe() for c in candidates]}
             timings["search"] = time.perf_counter() - t
         t = time.perf_counter()

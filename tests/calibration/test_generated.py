@@ -63,6 +63,15 @@ def test_mixed_source_at_the_stated_share(tiny_llama):
     cal = res.report.calibration
     assert cal["source"] == "mixed" and cal["num_samples"] == 8 and cal["tokens"] == 8 * 12
     assert "self-generated" in cal["name"]
+    from hfprune.calibration.data import prepare_calibration
+
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    batches = prepare_calibration(word_texts(40), fresh, res.config, tok).batches
+    rows = torch.cat([b["input_ids"] for b in batches])
+    made = generated.generated_token_ids(fresh, 2, 12, seed=res.config.seed)  # 25% of 8, from the cache
+    where = [i for i, r in enumerate(rows) if any(torch.equal(r, g) for g in made)]
+    assert len(where) == 2  # exactly the generated share
+    assert where[0] < len(rows) - 2  # interleaved with the data, not appended after it
 
 
 def test_bad_generated_settings_refused():
@@ -72,3 +81,19 @@ def test_bad_generated_settings_refused():
         _cfg(source="mixed", generated_share=1.0).validate()
     with pytest.raises(CalibrationError, match="cannot generate"):
         generated.generated_token_ids(tiny_model("bert"), 2, 8, cache=False)
+
+
+def test_start_token_falls_back_to_eos_and_is_required():
+    m = _llama()
+    m.config.bos_token_id = None
+    m.generation_config.bos_token_id = None
+    m.config.eos_token_id = m.generation_config.eos_token_id = 2
+    assert (generated.generated_token_ids(m, 1, 4, cache=False)[:, 0] == 2).all()
+    m.config.eos_token_id = m.generation_config.eos_token_id = None
+    with pytest.raises(CalibrationError, match="BOS"):
+        generated.generated_token_ids(m, 1, 4, cache=False)
+
+
+def test_generated_source_refuses_data_it_would_ignore():
+    with pytest.raises(CalibrationError, match="source='mixed'"):
+        hfprune.prune(_llama(), _cfg(source="generated"), torch.randint(0, 100, (8, 12)), progress=False)

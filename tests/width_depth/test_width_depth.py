@@ -415,5 +415,18 @@ def test_target_params_every_family_after_reconstruction(family):
     if family != "gpt2":  # three axes: more candidates than re-scored ones (gpt2 here: two depths only)
         assert len(search["candidates"]) > len(refit)
     assert search["chosen"]["refit_loss"] == min(c["refit_loss"] for c in refit)
-    assert "after reconstruction" in search["reason"]
+    assert "after reconstruction" in search["reason"] and "held-out" in search["reason"]
+    screened = sorted((c for c in search["candidates"] if c["loss"] is not None), key=lambda c: c["loss"])
+    if len(screened) > 2:  # the winner's grid neighbours are re-scored too, beyond the 2 best screened
+        assert any(c["refit_loss"] is not None for c in screened[2:])
     assert res.report.reconstruction["layers"]
+
+
+def test_target_params_one_batch_says_in_sample():
+    model = tiny("llama")
+    config = PruningConfig(granularity="hidden+neurons", criterion="wanda", reconstruction={"method": "weights"},
+                           width_depth={"target_params": 70_000},
+                           calibration={"num_samples": 4, "seq_len": 12, "batch_size": 4})
+    res = hfprune.prune(model, config, calib("llama")[:4])
+    assert "in-sample (one calibration batch)" in res.info.groups["target_params"]["reason"]
+    assert res.report.params_after <= 70_000
