@@ -43,7 +43,7 @@ from ..structure.layers import ORIGIN, Layer
 
 @dataclass
 class DenseFit:
-    """One refit layer: relative output error against the dense layer before (compacted) and after the refit."""
+    """One refit layer: relative output error against the reference layer before (compacted) and after the refit."""
 
     name: str
     error_before: float
@@ -157,6 +157,10 @@ def _stages(block: nn.Module, layers: dict[str, Layer], entry: list[Any]) -> lis
 
 
 def _run(block: nn.Module, entry: list[Any], write: bool) -> None:
+    """Run ``block`` on one cached batch; ``write``: its output becomes the cached input. Replaced, never copied
+    in place (as `hfprune.reconstruction.refit` does): the stage inputs recorded by `_dense_inputs` are kept
+    until their stage is fitted, and a block whose first layer reads the stream itself (post-norm BERT) would
+    otherwise see its recorded input overwritten."""
     hidden, args, kwargs = entry
     out = block(hidden, *args, **kwargs)
     out = out[0] if isinstance(out, (tuple, list)) else out
@@ -204,7 +208,7 @@ def refit_to_dense(dense: nn.Module, pruned: nn.Module, removed_blocks: list[int
         dcache = capture_block_inputs(dense, dblocks[0], batches)
         pcache = capture_block_inputs(pruned, pblocks[0], batches)
         d = 0
-        for j, i in enumerate(tqdm(kept, desc="refitting to the dense model, block by block",
+        for j, i in enumerate(tqdm(kept, desc="refitting to the reference model, block by block",
                                    disable=not progress, leave=False)):
             for k in range(d, i):  # the dense stream passes through the removed blocks
                 for entry in dcache:

@@ -240,9 +240,9 @@ def prune_to_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: S
                                 target=options.target, adapter=adapter_for(m), progress=progress)
 
     def before_width(m: nn.Module) -> None:
-        if _changes_width_or_depth(m, plan, config):
+        if _changes_width_or_depth(m, plan):
             reference.append(copy.deepcopy(m))
-            mark_origins(m)  # rows and columns from here on are counted in the reference's shapes
+            mark_origins(m)  # output rows from here on are counted in the reference's shapes
 
     with track_origins(model):
         done = apply_plan(model, config, plan, scores, refit_units, before_width)
@@ -252,7 +252,7 @@ def prune_to_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: S
     return done, rec
 
 
-def _changes_width_or_depth(model: nn.Module, plan: Plan, config: PruningConfig) -> bool:
+def _changes_width_or_depth(model: nn.Module, plan: Plan) -> bool:
     return plan.layers > 0 or (plan.hidden is not None and plan.hidden < residual_stream(model).width)
 
 

@@ -10,17 +10,11 @@ import hfprune
 from hfprune import PruningConfig
 from hfprune.calibration import generated
 from hfprune.errors import CalibrationError, ConfigError
-from tests.helpers.models import tiny_model, word_texts
-
-
-def _llama():
-    m = tiny_model("llama")
-    m.config.bos_token_id = 1
-    return m
+from tests.helpers.models import generating_llama, tiny_model, word_texts
 
 
 def test_seeded_and_exact_size():
-    m = _llama()
+    m = generating_llama()
     a = generated.generated_token_ids(m, 5, 16, seed=3, cache=False)
     b = generated.generated_token_ids(m, 5, 16, seed=3, cache=False)
     c = generated.generated_token_ids(m, 5, 16, seed=4, cache=False)
@@ -30,7 +24,7 @@ def test_seeded_and_exact_size():
 
 
 def test_cached_by_weights_and_settings(generated_cache, monkeypatch):
-    m = _llama()
+    m = generating_llama()
     a = generated.generated_token_ids(m, 3, 8, seed=0)
     files = list((generated_cache / "generated").glob("*.safetensors"))
     assert files
@@ -48,7 +42,7 @@ def _cfg(**calibration):
 
 
 def test_generated_source_needs_no_data():
-    res = hfprune.prune(_llama(), _cfg(source="generated"), None, progress=False)
+    res = hfprune.prune(generating_llama(), _cfg(source="generated"), None, progress=False)
     cal = res.report.calibration
     assert cal["source"] == "generated" and cal["num_samples"] == 8 and cal["tokens"] == 8 * 12
 
@@ -84,7 +78,7 @@ def test_bad_generated_settings_refused():
 
 
 def test_start_token_falls_back_to_eos_and_is_required():
-    m = _llama()
+    m = generating_llama()
     m.config.bos_token_id = None
     m.generation_config.bos_token_id = None
     m.config.eos_token_id = m.generation_config.eos_token_id = 2
@@ -96,4 +90,4 @@ def test_start_token_falls_back_to_eos_and_is_required():
 
 def test_generated_source_refuses_data_it_would_ignore():
     with pytest.raises(CalibrationError, match="source='mixed'"):
-        hfprune.prune(_llama(), _cfg(source="generated"), torch.randint(0, 100, (8, 12)), progress=False)
+        hfprune.prune(generating_llama(), _cfg(source="generated"), torch.randint(0, 100, (8, 12)), progress=False)

@@ -38,6 +38,13 @@ def tiny_model(family: str):
     return auto.from_config(make_config()).eval()
 
 
+def generating_llama():
+    """The tiny Llama with a BOS token, so it can write self-generated data."""
+    m = tiny_model("llama")
+    m.config.bos_token_id = 1
+    return m
+
+
 def model_inputs(family: str, n: int = 2):
     g = torch.Generator().manual_seed(1)
     if family == "vit":

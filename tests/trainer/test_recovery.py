@@ -277,25 +277,36 @@ def _tiny_folder(path: Path) -> Path:
     return path
 
 
+def word_file(tmp_path: Path) -> Path:
+    """40 seeded lines of 20 words from `WORDS`: calibration, training and evaluation text for the recipes."""
+    g = torch.Generator().manual_seed(0)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(" ".join(WORDS[i] for i in torch.randint(0, 40, (20,), generator=g).tolist())
+                              for _ in range(40)))
+    return text
+
+
+def tiny_recipe(tmp_path: Path, shipped_name: str) -> dict:
+    """A shipped recipe pointed at a tiny Llama folder and word text, at tiny sizes (output in tmp_path/out)."""
+    model, text = _tiny_folder(tmp_path / "model"), word_file(tmp_path)
+    shipped = yaml.safe_load(Path(__file__).resolve().parents[2].joinpath("recipes", shipped_name).read_text())
+    recipe = {**shipped, "model": {"name": str(model)}, "calibration": {"data": str(text)},
+              "evaluation": {"data": str(text), "max_samples": 10}, "output": {"dir": str(tmp_path / "out")}}
+    recipe["pruning"] = {**shipped["pruning"], "calibration": {**shipped["pruning"].get("calibration", {}),
+                                                               "num_samples": 4, "seq_len": 16, "batch_size": 2}}
+    recipe["recovery"] = {**shipped["recovery"], "data": str(text), "eval_data": str(text), "seq_len": 16,
+                          "max_tokens": 4 * 16 * 3, "per_device_train_batch_size": 4, "eval_steps": 1}
+    return recipe
+
+
 @pytest.mark.parametrize("method", ["distillation", "lora"])
 def test_recovery_recipe_runs_end_to_end(tmp_path, method):
     from hfprune.cli import main
 
     if method == "lora":
         pytest.importorskip("peft")
-    model = _tiny_folder(tmp_path / "model")
-    g = torch.Generator().manual_seed(0)
-    text = tmp_path / "text.txt"
-    text.write_text("\n".join(" ".join(WORDS[i] for i in torch.randint(0, 40, (20,), generator=g).tolist())
-                              for _ in range(40)))
-    shipped = yaml.safe_load(Path(__file__).resolve().parents[2].joinpath(
-        "recipes", "smollm2-prune-distill.yaml" if method == "distillation" else
-        "smollm2-prune-distill-lora.yaml").read_text())
-    recipe = {**shipped, "model": {"name": str(model)}, "calibration": {"data": str(text)},
-              "evaluation": {"data": str(text), "max_samples": 10}, "output": {"dir": str(tmp_path / "out")}}
-    recipe["pruning"] = {**shipped["pruning"], "calibration": {"num_samples": 4, "seq_len": 16, "batch_size": 2}}
-    recipe["recovery"] = {**shipped["recovery"], "data": str(text), "eval_data": str(text), "seq_len": 16,
-                          "max_tokens": 4 * 16 * 3, "per_device_train_batch_size": 4, "eval_steps": 1}
+    recipe = tiny_recipe(tmp_path, "smollm2-prune-distill.yaml" if method == "distillation" else
+                         "smollm2-prune-distill-lora.yaml")
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["run", str(path), "--quiet"]) == 0
@@ -324,10 +335,7 @@ def test_a_killed_recovery_run_resumes_from_its_checkpoints_beside_the_output(tm
     from tests.helpers.checks import digest
 
     model = _tiny_folder(tmp_path / "model")
-    g = torch.Generator().manual_seed(0)
-    text = tmp_path / "text.txt"
-    text.write_text("\n".join(" ".join(WORDS[i] for i in torch.randint(0, 40, (20,), generator=g).tolist())
-                              for _ in range(40)))
+    text = word_file(tmp_path)
     recipe = {"model": {"name": str(model)}, "calibration": {"data": str(text)},
               "pruning": {"criterion": "magnitude", "granularity": "neurons", "sparsity": 0.5},
               "recovery": {"data": str(text), "seq_len": 16, "max_tokens": 4 * 16 * 4, "per_device_train_batch_size": 4,

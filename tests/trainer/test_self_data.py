@@ -5,26 +5,19 @@ end through `hfprune run` on a tiny model."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
+import transformers as T
 import yaml
 
 from hfprune.errors import ConfigError
 from hfprune.trainer.recovery.self_data import generated_rows, mixed_rows
-from tests.helpers.models import tiny_model
-from tests.trainer.test_recovery import WORDS, _tiny_folder
-
-
-def _teacher():
-    m = tiny_model("llama")
-    m.config.bos_token_id = 1
-    return m
+from tests.helpers.models import generating_llama
+from tests.trainer.test_recovery import tiny_recipe
 
 
 def test_rows_reproducible_and_mixed_at_the_share():
-    t = _teacher()
+    t = generating_llama()
     a, b = generated_rows(t, 3, 10, seed=5), generated_rows(t, 3, 10, seed=5)
     assert a == b and all(len(r["input_ids"]) == 10 and r["labels"] == r["input_ids"] for r in a)
     user = [{"input_ids": [7] * 10, "labels": [7] * 10, "attention_mask": [1] * 10}] * 2
@@ -35,7 +28,7 @@ def test_rows_reproducible_and_mixed_at_the_share():
 
 
 def test_bad_shares_refused():
-    t = _teacher()
+    t = generating_llama()
     with pytest.raises(ConfigError, match="max_tokens"):
         mixed_rows(t, [], 1.0, 10)
     with pytest.raises(ConfigError, match="none"):
@@ -48,21 +41,10 @@ def test_bad_shares_refused():
 def test_target_size_recipe_runs_end_to_end(tmp_path):
     from hfprune.cli import main
 
-    model = _tiny_folder(tmp_path / "model")
-    g = torch.Generator().manual_seed(0)
-    text = tmp_path / "text.txt"
-    text.write_text("\n".join(" ".join(WORDS[i] for i in torch.randint(0, 40, (20,), generator=g).tolist())
-                              for _ in range(40)))
-    shipped = yaml.safe_load(Path(__file__).resolve().parents[2].joinpath(
-        "recipes", "smollm2-100m-recovered.yaml").read_text())
-    total = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model).parameters())
-    recipe = {**shipped, "model": {"name": str(model)}, "calibration": {"data": str(text)},
-              "evaluation": {"data": str(text), "max_samples": 10}, "output": {"dir": str(tmp_path / "out")}}
-    recipe["pruning"] = {**shipped["pruning"], "width_depth": {"target_params": int(0.8 * total)},
-                         "calibration": {**shipped["pruning"]["calibration"], "num_samples": 8, "seq_len": 16,
-                                         "batch_size": 2}}
-    recipe["recovery"] = {**shipped["recovery"], "data": str(text), "eval_data": str(text), "seq_len": 16,
-                          "max_tokens": 4 * 16 * 3, "per_device_train_batch_size": 4, "eval_steps": 1}
+    recipe = tiny_recipe(tmp_path, "smollm2-100m-recovered.yaml")
+    total = sum(p.numel() for p in T.AutoModelForCausalLM.from_pretrained(recipe["model"]["name"]).parameters())
+    recipe["pruning"]["width_depth"] = {"target_params": int(0.8 * total)}
+    recipe["pruning"]["calibration"]["num_samples"] = 8
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["run", str(path), "--quiet"]) == 0
