@@ -84,7 +84,7 @@ def check_units(config: Any, groups: list[Any]) -> None:
     for g in groups:
         for name in ("min_units", "round_to"):
             value = getattr(config, name)
-            if value > g.num_units:
+            if value != "auto" and value > g.num_units:
                 raise ConfigError(f"PruningConfig.{name}={value} is larger than {g.name}, which has {g.num_units} "
                                   f"{g.kind}; set {name} <= {g.num_units} (or leave that layer out with ignore).")
 

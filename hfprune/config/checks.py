@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError, shown
 from ..structure.units import STRUCTURED_GRANULARITIES
-from ..utils.rules import NAME, PATTERNS, Rule, check_fields, integer, optional
+from ..utils.rules import NAME, PATTERNS, Rule, check_fields, integer, is_int, optional
 from .groups import FRACTION
 
 # Top-level fields whose hint says too little (ranges); every other field is checked from its type hint.
@@ -24,7 +24,7 @@ FIELD_RULES: dict[str, Rule] = {
     "head_sparsity": optional(FRACTION),
     "targets": optional(PATTERNS),
     "ignore": PATTERNS,
-    "round_to": integer(1),
+    "round_to": Rule(lambda v: v == "auto" or (is_int(v) and v >= 1), "'auto' or an integer >= 1"),
     "min_units": integer(1),
     "seed": integer(0),
 }

@@ -78,7 +78,10 @@ class PruningConfig:
                                        "prunable modules when empty.")
     ignore: list[str] = option(list(DEFAULT_IGNORE), "Glob patterns of module names never pruned (embeddings, "
                                "classifier and LM heads by default).")
-    round_to: int = option(1, "Keep unit counts a multiple of this number (e.g. 8 for tensor cores).")
+    round_to: int | Literal["auto"] = option(
+        "auto", "Keep unit counts a multiple of this number (e.g. 8 for tensor cores); 'auto': for language models, "
+        "FFN widths in multiples of 128 and residual widths of 64 (smaller powers of two for small widths), so "
+        "quantizers and GPU kernels take the result (docs/deployment.md); 1 elsewhere.")
     min_units: int = option(1, "Fewest units a layer keeps; a layer that would lose everything keeps this many and "
                             "the report says so.")
     gqa_mode: Literal["kv_groups", "query_heads"] = option(

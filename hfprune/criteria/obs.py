@@ -74,7 +74,7 @@ class StructuredOBS(Criterion):
         Hinv = torch.cholesky_inverse(torch.linalg.cholesky(_dampened(m, self.config.reconstruction.damp)))
         if self.config.scope == "local":
             steps = group.num_units - kept_count(group, self.config.sparsity_for(group.kind) * group.num_units,
-                                                 self.config.round_to, self.config.min_units)
+                                                 self.config.min_units)
         else:
             steps = group.num_units - min(self.config.min_units, group.num_units)
         return _greedy(W, Hinv, c.index.to(W.device), steps) / ref

@@ -29,6 +29,7 @@ from ..steps.protection import Protection, detect_outliers
 from ..steps.scoring import compute_masks
 from ..steps.selection import Selection, check_head_ratio
 from ..structure import UnitGroup, adapter_for, find_groups, find_layers, target_layers
+from ..structure.widths import multiples_used
 from ..utils.distributed import broadcast_masks, gather_counts, my_share
 from ..utils.logging import get_logger
 
@@ -196,7 +197,8 @@ class UnitStep:
     def report_sections(self) -> dict[str, Any]:
         """What this step adds to the report: protected units and the reconstruction's numbers."""
         return {"protected": self.protection.to_report() if self.protection else {},
-                "reconstruction": self.reconstruction.to_dict() if self.reconstruction else {}}
+                "reconstruction": self.reconstruction.to_dict() if self.reconstruction else {},
+                "width_multiples": multiples_used(self.groups) if self.groups else {}}
 
     def warnings(self) -> list[str]:
         out = [f"{n} would have lost every unit; kept {self.config.min_units}" for n in sorted(self.forced_min)]

@@ -54,6 +54,7 @@ class PruningReport:
     protected: dict[str, list[int]] = field(default_factory=dict)  # outlier units kept by `protect` (per group/layer)
     reconstruction: dict[str, Any] = field(default_factory=dict)  # `ReconstructionReport.to_dict()` when refit
     recovery: dict[str, Any] = field(default_factory=dict)  # training after pruning (RecoveryTrainer): method, tokens
+    width_multiples: dict[str, int] = field(default_factory=dict)  # kept widths are multiples of these, per axis
 
     @property
     def param_ratio(self) -> float:

@@ -114,7 +114,7 @@ def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], c
     by_name = {g.name: g for g in groups}
     if config.scope == "local":
         for g in groups:
-            keep = kept_count(g, config.sparsity_for(g.kind) * g.num_units, config.round_to, config.min_units)
+            keep = kept_count(g, config.sparsity_for(g.kind) * g.num_units, config.min_units)
             kept = _keep_protected(scores[g.name], keep)
             if kept > keep:
                 over[g.name] = (keep, kept)
@@ -127,8 +127,7 @@ def structured_masks(scores: dict[str, torch.Tensor], groups: list[UnitGroup], c
             keep_all = keep_top(flat, keep_total)
             for n, part in zip(names, torch.split(keep_all, [by_name[n].num_units for n in names])):
                 want = int(part.sum())
-                keep = kept_count(by_name[n], by_name[n].num_units - want, config.round_to,
-                                  config.min_units)
+                keep = kept_count(by_name[n], by_name[n].num_units - want, config.min_units)
                 if want < config.min_units:
                     forced.add(n)
                 kept = _keep_protected(scores[n], keep)

@@ -18,6 +18,7 @@ from ..errors import StructureError
 from .adapters import Adapter, AttentionSpec, FFNSpec, adapter_for, known_model_types, register_adapter
 from .groups import Coupling, UnitGroup
 from .layers import Layer, find_layers
+from .widths import group_multiple
 
 __all__ = ["Layer", "UnitGroup", "Coupling", "Adapter", "AttentionSpec", "FFNSpec", "adapter_for",
            "register_adapter", "target_layers",
@@ -65,6 +66,8 @@ def find_groups(model: nn.Module, config: Any, example_inputs: Any = None) -> li
     if not groups:
         raise StructureError(f"No {config.granularity} unit is left after targets={config.targets} and "
                              f"ignore={config.ignore}; loosen the patterns.")
+    for g in groups:
+        g.multiple = group_multiple(model, g, config.round_to)
     return groups
 
 

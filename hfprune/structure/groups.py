@@ -43,6 +43,7 @@ class UnitGroup:
     config_key: str | None = None  # e.g. "intermediate_size"; None when the config cannot express the width
     meta: dict[str, Any] = field(default_factory=dict)
     parent: str = ""  # the module the units belong to (the FFN or attention module; "" for conv channels)
+    multiple: int = 1  # kept counts are rounded up to a multiple of this (`structure.widths.group_multiple`)
 
     @property
     def producers(self) -> list[Coupling]:
@@ -58,9 +59,9 @@ def blocks(num_units: int, width: int, offset: int = 0) -> torch.Tensor:
     return torch.arange(offset, offset + num_units * width).view(num_units, width)
 
 
-def kept_count(group: UnitGroup, removed: float, round_to: int = 1, min_units: int = 1) -> int:
-    """Units ``group`` keeps after removing ``removed`` of them: rounded up to a multiple of ``round_to``, never
-    fewer than ``min_units`` (nor more than it has)."""
-    keep = group.num_units - removed
+def kept_count(group: UnitGroup, removed: float, min_units: int = 1) -> int:
+    """Units ``group`` keeps after removing ``removed`` of them: rounded up to a multiple of ``group.multiple``,
+    never fewer than ``min_units`` (nor more than it has)."""
+    keep, round_to = group.num_units - removed, group.multiple
     keep = int(math.ceil(round(keep, 6) / round_to) * round_to) if round_to > 1 else int(round(keep))
     return max(min(keep, group.num_units), min(min_units, group.num_units))

@@ -33,8 +33,10 @@ from .blocks import block_list, check_layers, remove_blocks
 from ..errors import ConfigError
 from ..steps.scoring import compute_masks
 from ..steps.selection import keep_top
+from ..structure import adapter_for, find_groups, find_layers
 from ..structure.layers import mark_origins, track_origins
 from ..structure.residual import compact_hidden, residual_stream, rms_scales
+from ..structure.widths import multiples_used, residual_multiple
 
 @dataclass
 class Plan:
@@ -84,8 +86,9 @@ def _for_axes(config: PruningConfig, granularity: str, **changes: Any) -> Prunin
 
 
 def hidden_multiple(model: nn.Module, config: PruningConfig, heads_fraction: float = 0.0) -> int:
-    """Residual widths must be multiples of this: ``round_to`` and, because Llama-style configs check
-    ``hidden_size % num_attention_heads == 0``, the head count before and after head pruning."""
+    """Residual widths must be multiples of this: ``round_to`` (`structure.widths.residual_multiple`) and, because
+    Llama-style configs check ``hidden_size % num_attention_heads == 0``, the head count before and after head
+    pruning."""
     cfg = model.config
     heads = cfg.num_attention_heads
     kv = getattr(cfg, "num_key_value_heads", None) or heads
@@ -93,7 +96,16 @@ def hidden_multiple(model: nn.Module, config: PruningConfig, heads_fraction: flo
         unit = heads // kv if config.gqa_mode == "kv_groups" and kv < heads else (kv if kv < heads else 1)
         units = heads // unit
         heads = heads - int(round(heads_fraction * units)) * unit
-    return math.lcm(config.round_to, cfg.num_attention_heads, max(heads, 1))
+    return residual_multiple(model, residual_stream(model).width,
+                             math.lcm(cfg.num_attention_heads, max(heads, 1)), config.round_to)
+
+
+def width_multiples(model: nn.Module, config: PruningConfig, plan: Plan) -> dict[str, int]:
+    """The multiples the plan's widths are rounded to, per axis (stated in the report and the card)."""
+    ucfg = unit_config(config, plan)
+    groups = find_groups(model, ucfg) if ucfg is not None else []
+    hidden = hidden_multiple(model, config, plan.heads) if "hidden" in config.parts else None
+    return multiples_used(groups, hidden)
 
 
 def hidden_keep_count(width: int, fraction: float, config: PruningConfig, multiple: int = 1) -> int:
@@ -131,8 +143,6 @@ def initial_plan(model: nn.Module, config: PruningConfig) -> Plan:
 
 def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progress: bool = False) -> Scores:
     """Block, residual-channel and neuron/head scores of the (unpruned) model."""
-    from ..structure import find_groups, find_layers
-
     scores = Scores()
     parts = config.parts
     if "layers" in parts:
@@ -164,7 +174,6 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
     residual channels and blocks are removed (`prune_to_plan` uses both for reconstruction)."""
     from ..steps.compaction import compact_units, rewrite_config
     from ..steps.selection import structured_masks
-    from ..structure import adapter_for, find_groups
 
     kept: dict[str, dict[str, Any]] = {}
     loader = Loader.TRANSFORMERS
@@ -229,7 +238,6 @@ def prune_to_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: S
     (`hfprune.reconstruction.dense_refit`)."""
     if not batches:
         return apply_plan(model, config, plan, scores), None
-    from ..structure import adapter_for, find_layers
 
     rec = PlanReconstruction()
     options = config.reconstruction

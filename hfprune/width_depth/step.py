@@ -22,7 +22,8 @@ from ..steps.compaction import Compaction
 from ..steps.selection import Selection
 from ..structure.units import UNIT_AXES
 from ..utils.distributed import broadcast_object
-from .plan import Plan, PlanReconstruction, compute_scores, criterion_label, initial_plan, prune_to_plan
+from .plan import (Plan, PlanReconstruction, compute_scores, criterion_label, initial_plan, prune_to_plan,
+                   width_multiples)
 from .scores import BLOCK_SCORES, CHANNEL_SCORES
 from .search import check_target, choice_reason, search_target
 
@@ -80,6 +81,7 @@ class WidthDepthStep:
         self.masks: dict[str, Any] = {}
         self.result: Compaction | None = None
         self.reconstruction: PlanReconstruction | None = None
+        self.multiples: dict[str, int] = {}
 
     def run(self, sparsity: float, batches: list, timings: dict[str, float],
             already: bool) -> tuple[Selection, float]:
@@ -101,6 +103,7 @@ class WidthDepthStep:
                       "reason": choice_reason(plan, candidates, self.target, len(batches)),
                       "candidates": [c.describe() for c in candidates]}
             timings["search"] = time.perf_counter() - t
+        self.multiples = width_multiples(model, config, plan)  # of the original widths, before they change
         t = time.perf_counter()
         self.result, self.reconstruction = prune_to_plan(model, config, plan, scores, batches if refit else None,
                                                          self.progress)
@@ -129,7 +132,8 @@ class WidthDepthStep:
                 if "kind" in v]
 
     def report_sections(self) -> dict[str, Any]:
-        return {"reconstruction": self.reconstruction.to_dict()} if self.reconstruction else {}
+        return {"reconstruction": self.reconstruction.to_dict() if self.reconstruction else {},
+                "width_multiples": self.multiples}
 
     def warnings(self) -> list[str]:
         after = count_params(self.model)[0]

@@ -86,7 +86,7 @@ def latency(model, ids, repeats, clock) -> float:
 def speedup(model, tok, args) -> dict:
     ids = token_batches(tok, model, 1, args.seq_len, 1)[0]["input_ids"]
     dense = model
-    pruned = prune(copy.deepcopy(model), PruningConfig(criterion="magnitude", granularity="neurons", sparsity=0.5),
+    pruned = prune(copy.deepcopy(model), PruningConfig(round_to=1, criterion="magnitude", granularity="neurons", sparsity=0.5),
                    progress=False)
     rep = pruned.report
     macs_ratio = rep.macs_before / rep.macs_after

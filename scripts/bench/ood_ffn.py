@@ -54,7 +54,7 @@ def main() -> None:
     for cal in args.calibrations:
         m = copy.deepcopy(base)
         source = {"lee": "data", "mixed": "mixed", "generated": "generated"}[cal]
-        cfg = PruningConfig(criterion="wanda", granularity="neurons", sparsity=args.sparsity,
+        cfg = PruningConfig(round_to=1, criterion="wanda", granularity="neurons", sparsity=args.sparsity,
                             calibration={"num_samples": args.num_samples, "seq_len": args.seq_len,
                                          "batch_size": args.batch_size, "source": source})
         t = time.perf_counter()

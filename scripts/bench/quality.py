@@ -32,7 +32,7 @@ STRUCTURED = ["magnitude", "taylor", "expressiveness", "hybrid", "elimination_co
 
 
 def hf_run(model, tok, args, criterion, granularity, sparsity, head_sparsity=None, scope="local") -> dict:
-    cfg = PruningConfig(criterion=criterion, granularity=granularity, sparsity=sparsity, head_sparsity=head_sparsity,
+    cfg = PruningConfig(round_to=1, criterion=criterion, granularity=granularity, sparsity=sparsity, head_sparsity=head_sparsity,
                         scope=scope,
                         calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size})
     t = time.perf_counter()
@@ -175,7 +175,7 @@ def minilm(args) -> list[dict]:
             if c == "obs" and recon == "none":  # obs needs the refit it assumes
                 continue
             # "none": the criterion as published; "weights": the defaults (refit, energy protection)
-            cfg = PruningConfig(criterion=c, granularity="neurons", sparsity=s,
+            cfg = PruningConfig(round_to=1, criterion=c, granularity="neurons", sparsity=s,
                                 calibration={"num_samples": args.minilm_samples, "seq_len": 128, "batch_size": 8},
                                 reconstruction={"method": recon},
                                 protection={"mode": "none" if recon == "none" else "auto"})

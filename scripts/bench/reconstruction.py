@@ -120,7 +120,7 @@ def main() -> None:
             model = copy.deepcopy(base)
             if crit != "dense":
                 options = {"compensate": args.compensate == "1"} if crit == "elimination_compensation" else None
-                cfg = PruningConfig(criterion=crit, granularity=gran, sparsity=sp, options=options,
+                cfg = PruningConfig(round_to=1, criterion=crit, granularity=gran, sparsity=sp, options=options,
                                     calibration={"num_samples": args.num_samples, "seq_len": args.seq_len,
                                                  "batch_size": args.batch_size})
                 t = time.perf_counter()

@@ -50,7 +50,7 @@ def prune_model(tok, args, folder: str) -> dict:
 
     model, _ = load_smollm2()
     texts = lee_texts("background")
-    cfg = PruningConfig(criterion=args.criterion, granularity="neurons", sparsity=args.sparsity, scope=args.scope,
+    cfg = PruningConfig(round_to=1, criterion=args.criterion, granularity="neurons", sparsity=args.sparsity, scope=args.scope,
                         calibration={"num_samples": args.calib_samples, "seq_len": args.calib_seq_len, "batch_size": 4},
                         reconstruction={"method": args.reconstruction})
     t = time.perf_counter()

@@ -45,7 +45,7 @@ def speed_rows(name, model, inputs, sparsities, repeats, granularity="neurons") 
     rows = [{"model": name, "sparsity": 0.0, "wall ms": dw * 1e3, "cpu ms": dc * 1e3, "tokens/s (cpu)": tokens / dc,
              "speed-up (wall)": 1.0, "speed-up (cpu)": 1.0, "MACs ratio": 1.0, "speed-up (cpu) / MACs ratio": 1.0}]
     for s in sparsities:
-        res = prune(copy.deepcopy(model), PruningConfig(criterion="magnitude", granularity=granularity, sparsity=s),
+        res = prune(copy.deepcopy(model), PruningConfig(round_to=1, criterion="magnitude", granularity=granularity, sparsity=s),
                     progress=False)
         w, c = _latency(res.model, inputs, repeats)
         macs = res.report.macs_before / res.report.macs_after
@@ -59,7 +59,7 @@ def child_prune(model_name: str, criterion: str, granularity: str, num_samples: 
     """Runs in a fresh process: load, prune once, print JSON with time and peak RSS."""
     model, tok = load_smollm2() if model_name == "smollm2" else load_minilm()
     rss_loaded = max_rss_mb()
-    cfg = PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.3,
+    cfg = PruningConfig(round_to=1, criterion=criterion, granularity=granularity, sparsity=0.3,
                         calibration={"num_samples": num_samples, "seq_len": seq_len, "batch_size": 4})
     t = time.perf_counter()
     res = prune(model, cfg, calibration_data=lee_texts("background"), tokenizer=tok, progress=False)

@@ -42,7 +42,7 @@ def main() -> None:
     res = {"dense": ppl(model), "calibration": f"{args.num_samples} x {args.seq_len}", "ppl_tokens": args.ppl_tokens}
     print(res, flush=True)
     for c in args.criteria:
-        cfg = PruningConfig(criterion=c, granularity="neurons", sparsity=0.2,
+        cfg = PruningConfig(round_to=1, criterion=c, granularity="neurons", sparsity=0.2,
                             calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size})
         r = prune(copy.deepcopy(model), cfg, calibration_data=lee_texts("background"), tokenizer=tok, progress=False)
         removed = {int(n.split(".")[2]): (~m).nonzero().flatten().tolist() for n, m in r.masks.items()}

@@ -103,7 +103,7 @@ def main() -> None:
     res["massive_set"] = sorted(massive)
     crit = {}
     for c in ("expressiveness", "hybrid", "magnitude", "taylor", "elimination_compensation"):
-        cfg = PruningConfig(criterion=c, granularity="neurons", sparsity=0.2,
+        cfg = PruningConfig(round_to=1, criterion=c, granularity="neurons", sparsity=0.2,
                             calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size})
         if c in ("taylor", "elimination_compensation"):
             cfg = PruningConfig(**{**cfg.to_dict(), "options": {"compensate": False}}) if c == "elimination_compensation" else cfg

@@ -56,7 +56,7 @@ def main() -> None:
                                      "ratio_to_median": float(p.max() / p.median())})
     k = int(round(0.2 * model.config.intermediate_size))
     for c in ("magnitude", "expressiveness", "taylor"):
-        cfg = PruningConfig(criterion=c, granularity="neurons", sparsity=0.2,
+        cfg = PruningConfig(round_to=1, criterion=c, granularity="neurons", sparsity=0.2,
                             calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size})
         r = prune(copy.deepcopy(model), cfg, calibration_data=lee_texts("background"), tokenizer=tok, progress=False)
         share = []
