@@ -4,6 +4,7 @@ from .config.pruning_config import PruningConfig
 from .criteria import Criterion, CriterionOptions, available_criteria, register_criterion
 from .structure import Adapter, AttentionSpec, FFNSpec, register_adapter
 from .checkpoint.loading import load_pruned
+from .export import export
 from .prune import PruningResult, prune
 from .publishing import push_to_hub, render_model_card, write_model_card
 from .trainer import PruningTrainer
@@ -24,6 +25,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "export",
     "PruningConfig",
     "available_criteria",
     "Criterion",

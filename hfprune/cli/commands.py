@@ -112,6 +112,13 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from ..export import export
+
+    console.result(export(args.src, args.out, format=args.format, overwrite=args.overwrite))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     criterion = DEMO_CRITERION
     if criterion not in available_criteria():

@@ -6,6 +6,7 @@ import argparse
 
 from .. import __version__
 from ..config.pruning_config import PruningConfig
+from ..export import FORMATS
 from . import commands
 from .options import add_dataclass_options
 from .sources import TASKS
@@ -96,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=_positive, default=200, help="Most texts used (at least 1).")
     _allow_pickle(p)
     p.set_defaults(handler=commands.cmd_evaluate)
+    _common(p)
+
+    p = sub.add_parser("export", help="Write a non-uniform pruned folder in a layout other tools load.",
+                       description="Write SRC (a folder with per-layer widths, loaded by hfprune.load_pruned) to "
+                       "OUT: 'padded' (zero-padded to the widest layer: plain from_pretrained loads it) or "
+                       "'nemotron-nas' (DeciLM block_configs, read by vLLM, llama.cpp, TensorRT-LLM). See "
+                       "docs/deployment.md.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--format", choices=list(FORMATS), default="padded", help="Layout written (default: padded).")
+    p.add_argument("--overwrite", action="store_true", help="Replace a non-empty OUT folder.")
+    p.set_defaults(handler=commands.cmd_export)
     _common(p)
 
     p = sub.add_parser("demo", help="Prune the packaged MiniLM on packaged news text and print the report.")

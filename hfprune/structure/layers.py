@@ -155,3 +155,27 @@ def slice_layer(module: nn.Module, side: str, keep: torch.Tensor) -> None:
             module.out_channels = len(keep)
         else:
             module.in_channels = len(keep)
+
+
+def pad_layer(module: nn.Module, side: str, extra: int) -> None:
+    """Append ``extra`` zero output rows (and zero bias entries, ``side="out"``) or zero input features (``"in"``):
+    the layer computes the same on its old features and nothing from the new ones (the padded exports)."""
+    layer = Layer("", module)
+    if layer.kind == "conv1d":  # weight [in, out]
+        dim = 1 if side == "out" else 0
+    else:
+        dim = 0 if side == "out" else 1
+    w = module.weight
+    shape = list(w.shape)
+    shape[dim] = extra
+    module.weight = _new_param(torch.cat([w, w.new_zeros(shape)], dim), w)
+    if side == "out" and module.bias is not None:
+        module.bias = _new_param(torch.cat([module.bias, module.bias.new_zeros(extra)]), module.bias)
+    new = w.shape[dim] + extra
+    if layer.kind == "conv1d":
+        if side == "out":
+            module.nf = new
+    elif isinstance(module, nn.Linear):
+        setattr(module, "out_features" if side == "out" else "in_features", new)
+    elif isinstance(module, nn.Conv2d):
+        setattr(module, "out_channels" if side == "out" else "in_channels", new)

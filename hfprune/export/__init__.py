@@ -1,0 +1,111 @@
+"""Export a non-uniform pruned folder (per-layer widths, ``loader: hfprune``) into a layout other tools load:
+``padded`` (plain transformers) or ``nemotron-nas`` (serving engines). Uniform folders need no export."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Literal
+
+import transformers
+
+from ..checkpoint.io import atomic_output_dir
+from ..checkpoint.loading import check_checkpoint, load_pruned, resolve_checkpoint
+from ..config.pruning_config import PruningConfig
+from ..errors import ConfigError, shown
+from ..report.measure import count_params
+from ..structure import find_groups
+from ..structure.loaders import Loader
+from ..utils.logging import get_logger
+from .nemotron_nas import to_nemotron_nas
+from .padded import pad_to_widest
+
+ExportFormat = Literal["padded", "nemotron-nas"]
+FORMATS: tuple[str, ...] = ("padded", "nemotron-nas")
+EXPORT_NAME = "hfprune_export.json"
+
+logger = get_logger(__name__)
+
+_CARD = """---
+library_name: transformers
+tags: [hfprune, pruned, {format}]
+---
+# {name} ({format} export)
+
+`{source}` exported by `hfprune export --format {format}`. {what}
+
+| | parameters |
+|---|---|
+| pruned model (`{source}`) | {pruned:,} |
+| this export | {exported:,} |
+
+Widths per layer before the export and the layout written are in `{export_name}`; how the model was pruned is in
+`source_pruning_report.json`.
+"""
+
+_WHAT = {
+    "padded": "Every layer is zero-padded to the widest layer's width, so plain `from_pretrained` loads it (no "
+              "hfprune, no remote code) and gives the pruned model's outputs. It brings no size or speed win past "
+              "the widest layer.",
+    "nemotron-nas": "The DeciLM / Nemotron-NAS `block_configs` layout (per-block KV groups and FFN widths) that "
+                    "vLLM (`nemotron_nas`), llama.cpp (`deci`), TensorRT-LLM, SGLang and mlx-lm read; FFN widths "
+                    "are zero-padded to the multiples of 256 those readers compute. transformers has no built-in "
+                    "class for it (readers outside transformers; see docs/deployment.md).",
+}
+
+
+def export(src: str | os.PathLike, out: str | os.PathLike, format: ExportFormat = "padded",
+           overwrite: bool = False) -> str:
+    """Write ``src`` (a folder `hfprune.load_pruned` reads) to ``out`` in ``format``; returns ``out``.
+
+    Refuses, before writing anything: an unknown format, a folder whose widths are already uniform (it loads with
+    plain ``from_pretrained``: serve it as it is), and what the format cannot express (it says which format can).
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"export format {shown(format)} is not one of {', '.join(FORMATS)}.")
+    path = resolve_checkpoint(src)
+    checked = check_checkpoint(path)
+    if checked.info.get("loader") != Loader.HFPRUNE:
+        raise ConfigError(f"{path} has uniform widths (loader {checked.info.get('loader')!r}): plain "
+                          "from_pretrained already loads it and serving engines read it as it is; nothing to "
+                          "export.")
+    model = load_pruned(path)
+    pruned = count_params(model)[0]
+    config = PruningConfig.from_dict(checked.info["pruning_config"])
+    unit_parts = [p for p in config.parts if p in ("neurons", "heads")]
+    groups = find_groups(model, PruningConfig.from_dict({**config.to_dict(), "granularity": "+".join(unit_parts)})) \
+        if unit_parts else []
+    widths: dict[str, Any] = {"before": {g.name: g.num_units for g in groups}}
+    if format == "padded":
+        widths = pad_to_widest(model, groups)
+        layout = None
+    else:
+        layout = to_nemotron_nas(model)
+    exported = count_params(model)[0]
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+        logger.warning("%s has no readable tokenizer; the export holds the model only.", path)
+    with atomic_output_dir(out, overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if layout is not None:
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(layout, f, indent=2)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, EXPORT_NAME), "w") as f:
+            json.dump({"source": os.fspath(src), "format": format, "params_pruned": pruned,
+                       "params_exported": exported, "widths": widths}, f, indent=2)
+        report = os.path.join(path, "pruning_report.json")
+        if os.path.isfile(report):
+            with open(report) as f, open(os.path.join(tmp, "source_pruning_report.json"), "w") as g:
+                g.write(f.read())
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(_CARD.format(name=os.path.basename(os.path.normpath(os.fspath(out))), format=format,
+                                 source=os.fspath(src), what=_WHAT[format], pruned=pruned, exported=exported,
+                                 export_name=EXPORT_NAME))
+    return os.fspath(out)
+
+
+__all__ = ["export", "ExportFormat", "FORMATS"]
