@@ -18,7 +18,8 @@ from .common import EXIT_OK, Console, UsageError
 from .options import picked
 from .recipe import load_recipe, parse_recipe
 from .runner import Evaluator, run_recipe
-from .sources import LoadedModel
+from .sources import LoadedModel, load_model
+from ..evaluation.harness import main_metric, record_tasks
 
 DEMO_CRITERION = "elimination_compensation"  # best MiniLM embedding fidelity at 30% FFN (0.931, docs/benchmarks.md)
 
@@ -105,10 +106,29 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     if loaded.task == "base":
         raise UsageError(f"{args.dir} is a bare encoder ({auto}) with no task head; evaluate causal LMs "
                          "(perplexity) or classifiers (accuracy).")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     section = EvaluationSection(data=args.data, text_column=args.text_column, label_column=args.label_column,
-                                max_samples=args.max_samples)
+                                max_samples=args.max_samples, seq_len=args.seq_len, max_tokens=args.max_tokens,
+                                tasks=tasks, include_path=args.include_path, limit=args.limit,
+                                num_fewshot=args.num_fewshot)
     evaluator = Evaluator(section, loaded, console)
-    console.result(f"{evaluator.metric}: {evaluator.measure(loaded.model):.4f}")
+    if not tasks:
+        console.result(f"{evaluator.metric}: {evaluator.measure(loaded.model):.4f}"
+                       + (f" ({evaluator.details['protocol']})" if evaluator.details else ""))
+        return EXIT_OK
+    before = None
+    if args.base:
+        base = load_model(args.base, allow_pickle=args.allow_pickle)
+        before = evaluator.measure_tasks(base.model, "unpruned")
+    after = evaluator.measure_tasks(loaded.model, "pruned")
+    report = PruningReport.load(args.dir)
+    record_tasks(report, before, after)
+    report.save(args.dir)
+    write_model_card(args.dir)
+    for task, entry in after.items():
+        metric = main_metric(entry)
+        console.result(f"{task} {metric}: {entry[metric]:.4f}"
+                       + (f" (unpruned {before[task][metric]:.4f})" if before else ""))
     return EXIT_OK
 
 

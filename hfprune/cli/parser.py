@@ -95,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-samples", type=_positive, default=200, help="Most texts used (at least 1).")
+    p.add_argument("--seq-len", type=_positive, default=512, help="Perplexity window: non-overlapping windows of "
+                   "this many tokens (2048: the WikiText-2 protocol of the pruning papers).")
+    p.add_argument("--max-tokens", type=int, default=4096, help="Perplexity token budget (0: every token).")
+    p.add_argument("--tasks", metavar="T1,T2", help="lm-evaluation-harness tasks instead of perplexity (e.g. "
+                   "hfprune_polarity, packaged and offline; arc_easy,piqa); results go into the folder's report "
+                   "and card. Needs pip install \"hfprune[eval]\".")
+    p.add_argument("--include-path", metavar="DIR", help="Folder of lm-eval task YAML files.")
+    p.add_argument("--limit", type=_positive, help="First N documents of each task.")
+    p.add_argument("--num-fewshot", type=int, help="Few-shot examples (the task's default when absent).")
+    p.add_argument("--base", metavar="MODEL", help="Also run the tasks on this unpruned model (Hub id, folder or "
+                   "example:NAME), recorded beside the pruned numbers.")
     _allow_pickle(p)
     p.set_defaults(handler=commands.cmd_evaluate)
     _common(p)

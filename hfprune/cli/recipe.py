@@ -78,6 +78,16 @@ class EvaluationSection:
     text_column: str = field(default="text", metadata={"help": "Text column of the evaluation data."})
     label_column: str = field(default="label", metadata={"help": "Label column (classifiers)."})
     max_samples: int = field(default=200, metadata={"help": "Most evaluation texts used."})
+    seq_len: int = field(default=512, metadata={"help": "Perplexity window (non-overlapping windows; 2048 is the "
+                                                          "WikiText-2 protocol of the pruning papers)."})
+    max_tokens: int = field(default=4096, metadata={"help": "Perplexity token budget (0: every token of the texts)."})
+    tasks: list[str] | None = field(default=None, metadata={
+        "help": "lm-evaluation-harness tasks measured before and after (e.g. [hfprune_polarity, arc_easy]); needs "
+                'pip install "hfprune[eval]". hfprune_polarity is packaged and runs offline.'})
+    include_path: str | None = field(default=None, metadata={"help": "Folder of lm-eval task YAML files."})
+    limit: int | None = field(default=None, metadata={"help": "First N documents of each task (all when empty)."})
+    num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples (the task's default when "
+                                                                    "empty)."})
 
 
 @dataclass
@@ -108,7 +118,9 @@ _RULES: dict[str, dict[str, Rule]] = {
     "calibration": {"data": optional(_PATH), "text_column": NAME},
     "training": {"dataset": _PATH, "text_column": NAME, "label_column": NAME, "max_length": integer(1),
                  "eval_fraction": number(0, 1, open_low=True, open_high=True)},
-    "evaluation": {"data": optional(_PATH), "text_column": NAME, "label_column": NAME, "max_samples": integer(1)},
+    "evaluation": {"data": optional(_PATH), "text_column": NAME, "label_column": NAME, "max_samples": integer(1),
+                   "seq_len": integer(1), "max_tokens": integer(0), "include_path": optional(_PATH),
+                   "limit": optional(integer(1)), "num_fewshot": optional(integer(0))},
     "output": {"dir": optional(Rule(NAME.ok, "a non-empty folder path (leave it out to save nothing)")),
                "push_to_hub": optional(NAME)},
 }

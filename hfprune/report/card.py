@@ -96,7 +96,8 @@ def _eval_results(report: PruningReport, task: str, model_name: str) -> list[Eva
         results.append(EvalResult(
             task_type=task, dataset_type=entry.get("dataset", "custom"),
             dataset_name=entry.get("dataset_name", entry.get("dataset", "evaluation data")),
-            dataset_split=entry.get("split"), metric_type=metric, metric_name=f"{metric} (pruned)",
+            dataset_split=entry.get("split"), metric_type=entry.get("metric_type", metric),
+            metric_name=f"{metric} (pruned)",
             metric_value=entry["after"]))
     return results
 

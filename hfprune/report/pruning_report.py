@@ -29,6 +29,14 @@ class LayerReport:
     forced_min: bool = False  # the layer would have lost every unit and kept `min_units` instead
 
 
+def add_evaluation(store: dict[str, dict[str, Any]], metric: str, before: float | None, after: float | None,
+                   **details: Any) -> None:
+    """``store[metric]`` gets the numbers given (as floats) and what describes the measurement (``protocol``...)."""
+    entry = store.setdefault(metric, {})
+    entry.update({k: float(v) for k, v in (("before", before), ("after", after)) if v is not None})
+    entry.update(details)
+
+
 @dataclass
 class PruningReport:
     base_model: str | None
@@ -55,6 +63,11 @@ class PruningReport:
     reconstruction: dict[str, Any] = field(default_factory=dict)  # `ReconstructionReport.to_dict()` when refit
     recovery: dict[str, Any] = field(default_factory=dict)  # training after pruning (RecoveryTrainer): method, tokens
     width_multiples: dict[str, int] = field(default_factory=dict)  # kept widths are multiples of these, per axis
+
+    def record_evaluation(self, metric: str, before: float | None = None, after: float | None = None,
+                          **details: Any) -> None:
+        """Add a quality number to this report (``hfprune evaluate --tasks`` on a saved folder)."""
+        add_evaluation(self.evaluation, metric, before, after, **details)
 
     @property
     def param_ratio(self) -> float:

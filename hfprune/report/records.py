@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .pruning_report import add_evaluation
+
 
 class EvaluationRecords:
     """``record_evaluation`` / ``record_command`` for the objects whose report and card show them. Each keeps its
@@ -17,9 +19,7 @@ class EvaluationRecords:
                           **details: Any) -> None:
         """Add a quality number measured outside the run (e.g. the CLI's perplexity before and after) to the
         report and the card; ``details`` describe how it was measured (e.g. ``protocol="..."``)."""
-        entry = self._evaluation.setdefault(metric, {})
-        entry.update({k: float(v) for k, v in (("before", before), ("after", after)) if v is not None})
-        entry.update(details)
+        add_evaluation(self._evaluation, metric, before, after, **details)
 
     def record_command(self, command: str | None) -> None:
         """The command or recipe that reproduces this result (report and card)."""
