@@ -32,6 +32,7 @@ FIELD_RULES: dict[str, Rule] = {
 _HEADS = "when the granularity includes 'heads' (e.g. 'neurons+heads')"
 _HIDDEN = "when the granularity includes 'hidden'"
 _LAYERS = "when the granularity includes 'layers'"
+_EXPERTS = "when the granularity includes 'experts'"
 # (dotted field, does it apply?, when it applies): a field changed from its default where it has no effect is an error.
 _ONLY_WITH: list[tuple[str, Callable[[Any], bool], str]] = [
     ("head_sparsity", lambda c: "heads" in c.parts, _HEADS),
@@ -41,6 +42,8 @@ _ONLY_WITH: list[tuple[str, Callable[[Any], bool], str]] = [
     ("width_depth.rescale_norms", lambda c: "hidden" in c.parts, _HIDDEN),
     ("width_depth.layer_sparsity", lambda c: "layers" in c.parts, _LAYERS),
     ("width_depth.block_score", lambda c: "layers" in c.parts, _LAYERS),
+    ("width_depth.expert_sparsity", lambda c: "experts" in c.parts, _EXPERTS),
+    ("width_depth.expert_score", lambda c: "experts" in c.parts, _EXPERTS),
     ("width_depth.search_refits", lambda c: c.width_depth.target_params is not None, "with width_depth.target_params"),
     ("training.end_step", lambda c: c.training.schedule != "one_shot", "with schedule 'iterative' or 'cubic'"),
     ("training.regularizer_weight", lambda c: c.training.regularizer is not None, "with a regularizer"),
@@ -65,8 +68,8 @@ def _check_granularity(config: Any) -> None:
             raise bad("an N:M pattern needs 0 < N < M (N of every M weights removed), e.g. 2:4")
     elif parts != ["weights"]:
         if any(p not in STRUCTURED_GRANULARITIES for p in parts):
-            raise bad("weights, N:M (e.g. 2:4), neurons, heads, channels, hidden, layers, or a '+' combination "
-                      "of them")
+            raise bad("weights, N:M (e.g. 2:4), neurons, heads, channels, hidden, layers, experts, or a '+' "
+                      "combination of them")
         if len(set(parts)) != len(parts):
             raise bad("each unit kind at most once")
 
@@ -90,12 +93,17 @@ def check_config(config: Any) -> None:
     `ConfigError` naming the field, the value and what is allowed. The option groups check their own fields."""
     check_fields(config, FIELD_RULES, "PruningConfig")
     _check_granularity(config)
+    if "experts" in config.parts and config.scope == "global":
+        raise ConfigError("PruningConfig.scope='global' with granularity 'experts' would give MoE blocks different "
+                          "expert counts, which a transformers config cannot state (one num_experts); use "
+                          "scope='local' (the same count removed in every block).")
     target = config.width_depth.target_params
-    if target is not None and ("channels" in config.parts or not config.structured):
+    if target is not None and ("channels" in config.parts or "experts" in config.parts or not config.structured):
         raise ConfigError(f"PruningConfig.width_depth.target_params={shown(target)} is not allowed with "
                           f"granularity {config.granularity!r}: it is a target for structured transformer axes, "
                           "a granularity made of neurons, heads, hidden and layers (e.g. "
-                          "'hidden+neurons+layers').")
+                          "'hidden+neurons+layers'); experts are not searched yet (set "
+                          "width_depth.expert_sparsity instead).")
     for name, applies, when in _ONLY_WITH:
         value = _value(config, name)
         if value != _default(config, name) and not applies(config):

@@ -114,9 +114,11 @@ class ProtectionConfig(OptionGroup):
 
 @dataclass
 class WidthDepthConfig(OptionGroup):
-    """Residual width (``hidden``), depth (``layers``) and a parameter target (`hfprune.width_depth`)."""
+    """Residual width (``hidden``), depth (``layers``), MoE experts (``experts``) and a parameter target
+    (`hfprune.width_depth`)."""
 
-    RULES = {"hidden_sparsity": optional(FRACTION), "layer_sparsity": optional(FRACTION), "search_refits": integer(0),
+    RULES = {"hidden_sparsity": optional(FRACTION), "layer_sparsity": optional(FRACTION),
+             "expert_sparsity": optional(FRACTION), "search_refits": integer(0),
              "target_params": optional(Rule(lambda v: (is_int(v) and v > 0)
                                             or (isinstance(v, str) and bool(SIZE_PATTERN.match(v))
                                                 and float(SIZE_PATTERN.match(v).group(1)) > 0),
@@ -130,6 +132,12 @@ class WidthDepthConfig(OptionGroup):
                                            "'hidden'); defaults to `sparsity`.")
     layer_sparsity: float | None = option(None, "Fraction of transformer blocks removed (granularity 'layers', "
                                           "rounded to the nearest block count); defaults to `sparsity`.")
+    expert_sparsity: float | None = option(None, "Fraction of routed experts removed in every MoE block "
+                                           "(granularity 'experts', rounded to a whole count); defaults to "
+                                           "`sparsity`.")
+    expert_score: Literal["reap", "frequency"] = option(
+        "reap", "Expert score for 'experts': reap (router-weighted expert output norm, Lasby et al. 2025) or "
+        "frequency (how often the router picks the expert).")
     block_score: Literal["block_influence", "skip_loss", "magnitude", "random"] = option(
         "block_influence", "Block score for 'layers': block_influence (ShortGPT), skip_loss, magnitude or random.")
     channel_score: Literal["minitron", "magnitude", "random"] = option(

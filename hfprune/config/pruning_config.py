@@ -127,7 +127,7 @@ class PruningConfig:
     def sparsity_for(self, kind: str) -> float:
         """Fraction removed for one unit kind (heads, residual channels and blocks may have their own)."""
         own = {"heads": self.head_sparsity, "hidden": self.width_depth.hidden_sparsity,
-               "layers": self.width_depth.layer_sparsity}.get(kind)
+               "layers": self.width_depth.layer_sparsity, "experts": self.width_depth.expert_sparsity}.get(kind)
         return self.sparsity if own is None else own
 
     def validate(self) -> None:

@@ -23,7 +23,8 @@ def settle(config: PruningConfig, has_data: bool, has_blocks: bool = True,
     ``reconstruction.method`` and ``protection.mode`` to 'none' for the criteria exactly as published."""
     method, mode = config.reconstruction.method, config.protection.mode
     if method == "auto":
-        method = "weights" if has_data and has_blocks and "channels" not in config.parts else "none"
+        refits = set(config.parts) - {"channels", "experts"}  # removed experts leave nothing to refit
+        method = "weights" if has_data and has_blocks and "channels" not in config.parts and refits else "none"
     if mode == "auto":
         mode = "energy" if has_data and config.structured and set(config.parts) <= {"neurons", "heads"} else "none"
     threshold = config.protection.threshold

@@ -63,6 +63,7 @@ class PruningReport:
     reconstruction: dict[str, Any] = field(default_factory=dict)  # `ReconstructionReport.to_dict()` when refit
     recovery: dict[str, Any] = field(default_factory=dict)  # training after pruning (RecoveryTrainer): method, tokens
     width_multiples: dict[str, int] = field(default_factory=dict)  # kept widths are multiples of these, per axis
+    experts_removed: dict[str, list[int]] = field(default_factory=dict)  # MoE block -> removed expert indices
 
     def record_evaluation(self, metric: str, before: float | None = None, after: float | None = None,
                           **details: Any) -> None:

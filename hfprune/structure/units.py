@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 #: structured unit kinds, each removable along one axis
-STRUCTURED_GRANULARITIES = ("neurons", "heads", "channels", "hidden", "layers")
-#: axes scored by the width/depth scores (`WidthDepthConfig.block_score`, `.channel_score`), not by `criterion`
-WIDTH_DEPTH_AXES = ("hidden", "layers")
+STRUCTURED_GRANULARITIES = ("neurons", "heads", "channels", "hidden", "layers", "experts")
+#: axes removed in one step and scored by their own scores (`WidthDepthConfig.block_score`, `.channel_score`,
+#: `.expert_score`), not by `criterion`
+WIDTH_DEPTH_AXES = ("hidden", "layers", "experts")
 #: axes scored by `criterion` inside a width/depth run
 UNIT_AXES = ("neurons", "heads")
 NM_PATTERN = re.compile(r"^(\d+):(\d+)$")

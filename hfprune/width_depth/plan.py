@@ -28,7 +28,8 @@ from ..config.groups import WidthDepthConfig
 from ..config.pruning_config import PruningConfig
 from ..structure.units import UNIT_AXES
 from ..criteria import get_criterion
-from .scores import BLOCK_SCORES, CHANNEL_SCORES, hidden_statistics
+from .experts import apply_experts, check_experts
+from .scores import BLOCK_SCORES, CHANNEL_SCORES, EXPERT_SCORES, hidden_statistics
 from .blocks import block_list, check_layers, remove_blocks
 from ..errors import ConfigError
 from ..steps.scoring import compute_masks
@@ -36,6 +37,7 @@ from ..steps.selection import keep_top
 from ..structure import adapter_for, find_groups, find_layers
 from ..structure.layers import mark_origins, track_origins
 from ..structure.residual import compact_hidden, residual_stream, rms_scales
+from ..structure.experts import moe_blocks
 from ..structure.widths import multiples_used, residual_multiple
 
 @dataclass
@@ -46,6 +48,7 @@ class Plan:
     hidden: int | None = None  # residual channels kept (None: all)
     neurons: float = 0.0  # fraction of FFN neurons removed
     heads: float = 0.0  # fraction of heads (KV groups) removed
+    experts: int = 0  # routed experts removed from every MoE block
     mix: tuple[float, float] | None = None  # the search's width mix (hidden share, neuron share) that gave it
     params: int | None = None
     loss: float | None = None  # held-out calibration loss, compacted (the search's screen)
@@ -63,6 +66,7 @@ class Scores:
     hidden: torch.Tensor | None = None  # [hidden], higher = keep
     norm_sq: dict[str, torch.Tensor] = field(default_factory=dict)  # residual norms' input second moments
     unit_scores: dict[str, torch.Tensor] = field(default_factory=dict)  # neuron / head groups
+    experts: dict[str, torch.Tensor] | None = None  # [experts] per MoE block, higher = keep
     unit_criterion: Any = None
 
 
@@ -130,6 +134,8 @@ def initial_plan(model: nn.Module, config: PruningConfig) -> Plan:
     plan = Plan()
     if "layers" in parts:
         plan.layers = check_layers(model, config)
+    if "experts" in parts:
+        plan.experts = check_experts(model, config)
     if "hidden" in parts:
         rs = residual_stream(model)
         f = config.sparsity_for("hidden")
@@ -145,6 +151,8 @@ def compute_scores(model: nn.Module, config: PruningConfig, batches: list, progr
     """Block, residual-channel and neuron/head scores of the (unpruned) model."""
     scores = Scores()
     parts = config.parts
+    if "experts" in parts:
+        scores.experts = EXPERT_SCORES[config.width_depth.expert_score].score(model, moe_blocks(model), batches)
     if "layers" in parts:
         _, blocks = block_list(model)
         score = BLOCK_SCORES[config.width_depth.block_score].score
@@ -177,6 +185,8 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
 
     kept: dict[str, dict[str, Any]] = {}
     loader = Loader.TRANSFORMERS
+    if "experts" in config.parts:
+        expert_kept = apply_experts(model, plan.experts, scores.experts if scores is not None else None)
     ucfg = unit_config(config, plan)
     if ucfg is not None and (plan.neurons > 0 or plan.heads > 0):
         groups = find_groups(model, ucfg)
@@ -205,6 +215,8 @@ def apply_plan(model: nn.Module, config: PruningConfig, plan: Plan, scores: Scor
         if drop:
             remove_blocks(model, drop)
         kept["layers"] = {"kind": "layers", "total": n, "kept": n - len(drop), "removed": drop}
+    if "experts" in config.parts:
+        kept.update(expert_kept)
     return Compaction(loader, kept)
 
 

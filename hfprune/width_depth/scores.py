@@ -1,5 +1,6 @@
-"""Scores of whole transformer blocks (``granularity="layers"``) and of residual-stream channels (``"hidden"``), in
-their own registries (`BLOCK_SCORES`, `CHANNEL_SCORES`), chosen by ``width_depth.block_score`` / ``.channel_score``.
+"""Scores of whole transformer blocks (``granularity="layers"``), residual-stream channels (``"hidden"``) and MoE
+experts (``"experts"``), in their own registries (`BLOCK_SCORES`, `CHANNEL_SCORES`, `EXPERT_SCORES`), chosen by
+``width_depth.block_score`` / ``.channel_score`` / ``.expert_score``.
 
 Blocks (higher = keep):
 - ``block_influence`` (ShortGPT, Men et al. 2024): ``BI_k = 1 - E_t cos(x_k(t), x_{k+1}(t))`` between a block's
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..criteria.baselines import seeded_generator
 from ..calibration.forward import no_kv_cache, primary_output, run_model, with_lm_labels
+from ..structure.experts import MoEBlock, expert_output
 from ..structure.layers import Layer, find_layers
 
 
@@ -182,6 +184,69 @@ CHANNEL_SCORES: dict[str, AxisScore] = {
     "minitron": AxisScore(minitron_channels, True),
     "magnitude": AxisScore(magnitude_channels, False),
     "random": AxisScore(random_channels, False),
+}
+
+
+@torch.no_grad()
+def expert_statistics(model: nn.Module, blocks: list[MoEBlock], batches: list) -> dict[str, dict[str, torch.Tensor]]:
+    """One calibration pass, per MoE block and expert: ``count`` (tokens routed to it, its frequency) and ``reap``
+    (sum over those tokens of the router weight times the norm of the expert's output). A pre-hook on the fused
+    experts receives the tokens, the chosen experts and their weights exactly as the model uses them; each chosen
+    expert is run again on its tokens (the fused module sums the outputs, so they cannot be read off it)."""
+    stats = {b.name: {"count": torch.zeros(b.num_experts, dtype=torch.float64),
+                      "reap": torch.zeros(b.num_experts, dtype=torch.float64)} for b in blocks}
+    current: dict[str, Any] = {}
+
+    def hook(block: MoEBlock):
+        def fn(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else kwargs["hidden_states"]
+            idx = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            w = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+            valid = _token_mask(current["batch"], current["ids"]).reshape(-1) if current["ids"] is not None else None
+            if valid is None or valid.numel() != x.shape[0]:
+                valid = torch.ones(x.shape[0], device=x.device)
+            st = stats[block.name]
+            for e in idx.unique().tolist():
+                tok, pos = torch.where(idx == e)
+                keep = valid[tok] > 0
+                tok, pos = tok[keep], pos[keep]
+                if tok.numel() == 0:
+                    continue
+                out = expert_output(module, e, x[tok])
+                st["count"][e] += tok.numel()
+                st["reap"][e] += float((w[tok, pos].float() * out.float().norm(dim=-1)).sum())
+        return fn
+
+    handles = [b.experts.register_forward_pre_hook(hook(b), with_kwargs=True) for b in blocks]
+    try:
+        with no_kv_cache(model):
+            for batch in batches:
+                current["batch"] = batch
+                ids = batch.get("input_ids") if isinstance(batch, dict) else None
+                current["ids"] = ids[..., None] if ids is not None else None
+                run_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def reap_experts(model: nn.Module, blocks: list[MoEBlock], batches: list) -> dict[str, torch.Tensor]:
+    """REAP (Lasby et al. 2025, "REAP the Experts"): mean over the tokens routed to an expert of its router
+    weight times its output norm; experts never chosen score 0."""
+    stats = expert_statistics(model, blocks, batches)
+    return {n: st["reap"] / st["count"].clamp(min=1) for n, st in stats.items()}
+
+
+def frequency_experts(model: nn.Module, blocks: list[MoEBlock], batches: list) -> dict[str, torch.Tensor]:
+    """How many calibration tokens the router sends to each expert (the frequency baseline)."""
+    return {n: st["count"] for n, st in expert_statistics(model, blocks, batches).items()}
+
+
+#: ``width_depth.expert_score`` -> score(model, MoE blocks, batches) -> {block: [experts]}, higher = keep
+EXPERT_SCORES: dict[str, AxisScore] = {
+    "reap": AxisScore(reap_experts, True),
+    "frequency": AxisScore(frequency_experts, True),
 }
 
 

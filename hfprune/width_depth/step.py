@@ -24,7 +24,7 @@ from ..structure.units import UNIT_AXES
 from ..utils.distributed import broadcast_object
 from .plan import (Plan, PlanReconstruction, compute_scores, criterion_label, initial_plan, prune_to_plan,
                    width_multiples)
-from .scores import BLOCK_SCORES, CHANNEL_SCORES
+from .scores import BLOCK_SCORES, CHANNEL_SCORES, EXPERT_SCORES
 from .search import check_target, choice_reason, search_target
 
 
@@ -51,6 +51,8 @@ class WidthDepthStep:
             return f"width_depth.channel_score={wd.channel_score!r}"
         if "hidden" in config.parts and wd.rescale_norms:
             return "width_depth.rescale_norms=True"
+        if "experts" in config.parts and EXPERT_SCORES[wd.expert_score].needs_data:
+            return f"width_depth.expert_score={wd.expert_score!r}"
         if wd.target_params is not None:
             return "width_depth.target_params (its search is scored on calibration loss)"
         if any(p in UNIT_AXES for p in config.parts) and criterion_class(config.criterion).needs_data:
@@ -133,7 +135,9 @@ class WidthDepthStep:
 
     def report_sections(self) -> dict[str, Any]:
         return {"reconstruction": self.reconstruction.to_dict() if self.reconstruction else {},
-                "width_multiples": self.multiples}
+                "width_multiples": self.multiples,
+                "experts_removed": {k: v["removed"] for k, v in self.kept_units().items()
+                                    if isinstance(v, dict) and v.get("kind") == "experts"}}
 
     def warnings(self) -> list[str]:
         after = count_params(self.model)[0]
