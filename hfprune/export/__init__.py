@@ -1,5 +1,6 @@
-"""Export a non-uniform pruned folder (per-layer widths, ``loader: hfprune``) into a layout other tools load:
-``padded`` (plain transformers) or ``nemotron-nas`` (serving engines). Uniform folders need no export."""
+"""Export a pruned folder into what other tools load: a non-uniform folder (per-layer widths, ``loader: hfprune``)
+as ``padded`` (plain transformers) or ``nemotron-nas`` (serving engines), which uniform folders do not need; any
+causal-LM folder quantized (``quanto-int4`` / ``quanto-int8``, weight-only, optimum-quanto)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from ..structure.loaders import Loader
 from ..utils.logging import get_logger
 from .nemotron_nas import to_nemotron_nas
 from .padded import pad_to_widest
+from .quantize import quantize_weights
 
-ExportFormat = Literal["padded", "nemotron-nas"]
-FORMATS: tuple[str, ...] = ("padded", "nemotron-nas")
+ExportFormat = Literal["padded", "nemotron-nas", "quanto-int4", "quanto-int8"]
+FORMATS: tuple[str, ...] = ("padded", "nemotron-nas", "quanto-int4", "quanto-int8")
+#: formats that change the layout of non-uniform models (uniform ones need none)
+LAYOUTS = ("padded", "nemotron-nas")
 EXPORT_NAME = "hfprune_export.json"
 
 logger = get_logger(__name__)
@@ -51,6 +55,11 @@ _WHAT = {
                     "vLLM (`nemotron_nas`), llama.cpp (`deci`), TensorRT-LLM, SGLang and mlx-lm read; FFN widths "
                     "are zero-padded to the multiples of 256 those readers compute. transformers has no built-in "
                     "class for it (readers outside transformers; see docs/deployment.md).",
+    "quanto-int4": "Weights of every linear layer but the LM head quantized to 4 bits (optimum-quanto, asymmetric "
+                   "min/max scales per group of 128 input features where the width allows). Load it with "
+                   "`optimum.quanto.QuantizedModelForCausalLM.from_pretrained`.",
+    "quanto-int8": "Weights of every linear layer but the LM head quantized to 8 bits (optimum-quanto). Load it "
+                   "with `optimum.quanto.QuantizedModelForCausalLM.from_pretrained`.",
 }
 
 
@@ -65,7 +74,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, format: ExportFormat 
         raise ConfigError(f"export format {shown(format)} is not one of {', '.join(FORMATS)}.")
     path = resolve_checkpoint(src)
     checked = check_checkpoint(path)
-    if checked.info.get("loader") != Loader.HFPRUNE:
+    if format in LAYOUTS and checked.info.get("loader") != Loader.HFPRUNE:
         raise ConfigError(f"{path} has uniform widths (loader {checked.info.get('loader')!r}): plain "
                           "from_pretrained already loads it and serving engines read it as it is; nothing to "
                           "export.")
@@ -76,19 +85,27 @@ def export(src: str | os.PathLike, out: str | os.PathLike, format: ExportFormat 
     groups = find_groups(model, PruningConfig.from_dict({**config.to_dict(), "granularity": "+".join(unit_parts)})) \
         if unit_parts else []
     widths: dict[str, Any] = {"before": {g.name: g.num_units for g in groups}}
+    layout, quantized = None, None
     if format == "padded":
         widths = pad_to_widest(model, groups)
-        layout = None
-    else:
+    elif format == "nemotron-nas":
         layout = to_nemotron_nas(model)
-    exported = count_params(model)[0]
+    else:
+        if checked.info.get("loader") == Loader.HFPRUNE:
+            raise ConfigError(f"{path} has per-layer widths, which quanto's loader cannot rebuild; export it with "
+                              "format='padded' first, then quantize that folder.")
+        model, quantized = quantize_weights(model, 4 if format == "quanto-int4" else 8)
+    exported = count_params(model)[0] if quantized is None else pruned
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError):
         tokenizer = None
         logger.warning("%s has no readable tokenizer; the export holds the model only.", path)
     with atomic_output_dir(out, overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if quantized is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp)  # quanto's own writer: safetensors and its quantization map
         if layout is not None:
             with open(os.path.join(tmp, "config.json"), "w") as f:
                 json.dump(layout, f, indent=2)
@@ -96,7 +113,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, format: ExportFormat 
             tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, EXPORT_NAME), "w") as f:
             json.dump({"source": os.fspath(src), "format": format, "params_pruned": pruned,
-                       "params_exported": exported, "widths": widths}, f, indent=2)
+                       "params_exported": exported, "widths": widths, "quantization": quantized}, f, indent=2)
         report = os.path.join(path, "pruning_report.json")
         if os.path.isfile(report):
             with open(report) as f, open(os.path.join(tmp, "source_pruning_report.json"), "w") as g:
