@@ -292,6 +292,8 @@ def tiny_recipe(tmp_path: Path, shipped_name: str) -> dict:
     shipped = yaml.safe_load(Path(__file__).resolve().parents[2].joinpath("recipes", shipped_name).read_text())
     recipe = {**shipped, "model": {"name": str(model)}, "calibration": {"data": str(text)},
               "evaluation": {"data": str(text), "max_samples": 10}, "output": {"dir": str(tmp_path / "out")}}
+    if (shipped.get("evaluation") or {}).get("tasks"):  # lm-eval tasks kept, on a few documents
+        recipe["evaluation"].update(tasks=shipped["evaluation"]["tasks"], limit=4)
     recipe["pruning"] = {**shipped["pruning"], "calibration": {**shipped["pruning"].get("calibration", {}),
                                                                "num_samples": 4, "seq_len": 16, "batch_size": 2}}
     recipe["recovery"] = {**shipped["recovery"], "data": str(text), "eval_data": str(text), "seq_len": 16,
