@@ -21,6 +21,37 @@ from hfprune.evaluation.perplexity import perplexity  # noqa: F401  (re-exported
 from hfprune.examples import lee_texts, load_minilm, load_smollm2  # noqa: F401  (re-exported)
 
 
+MB = 2 ** 20
+
+
+def proc_status(key: str) -> float:
+    """A /proc/self/status entry (VmRSS, VmHWM) in MB."""
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(key)) * 1024 / MB
+
+
+def trim_heap() -> None:
+    """Collect garbage and hand freed heap back to the OS, so the resident set shows what is live."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def reset_peak() -> bool:
+    """Reset the peak resident set (VmHWM) to the current one (Linux >= 4.0); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def bench_parser(doc: str | None, num_samples: int = 16, seq_len: int = 512,
                  batch_size: int = 4) -> argparse.ArgumentParser:
     """An argument parser with the calibration-size options every benchmark takes."""

@@ -99,7 +99,10 @@ def probe_loss(model: nn.Module, batches: list) -> tuple[float | None, str | Non
     if int((tokens - 1).clamp(min=0).sum()) == 0:
         return None, ("the perplexity probe was skipped: the first calibration batch has no token to predict "
                       "(rows of one token); longer calibration texts give it")
-    loss = lm_loss(model, batches[:1])
+    rows = batch["input_ids"].shape[0]  # one row at a time: the logits (and the loss's float32 copy of them) of a
+    # whole batch are rows x tokens x vocabulary, the run's memory peak on large vocabularies (docs/scaling.md)
+    loss = lm_loss(model, [{k: v[i:i + 1] if isinstance(v, torch.Tensor) and v.shape[:1] == (rows,) else v
+                            for k, v in batch.items()} for i in range(rows)])
     return (loss, None) if math.isfinite(loss) else (None, "the loss on the first calibration batch is NaN or inf")
 
 

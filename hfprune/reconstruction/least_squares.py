@@ -275,16 +275,23 @@ def dense_target(W: torch.Tensor, f: Factor, st: GramStats, centered: bool) -> t
     return Wd - torch.cholesky_solve(P @ Wd.T, f.cholesky()).T
 
 
+def _quad(A: torch.Tensor, m: torch.Tensor, B: torch.Tensor | None = None) -> float:
+    """``sum((A m) * B)`` (``B = A`` by default) by float32 products summed in float64: the errors are reported and
+    compared, never solved for, and float64 products took twice the solve's time (docs/scaling.md)."""
+    a = A.float()
+    return float(((a @ m.float()) * (a if B is None else B.float())).sum(dtype=torch.float64))
+
+
 def output_error(D: torch.Tensor, delta: torch.Tensor | None, W: torch.Tensor, st: GramStats) -> float:
     """``E||D a + W d + delta||^2`` from the statistics (never the samples themselves): the error of the refit
     layer ``W + D`` (and bias change ``delta``) on the pruned model's inputs ``a`` against the dense layer on the
     dense inputs ``a0 = a - d`` (``d = 0`` unless the statistics are paired)."""
     m, mu = st.moments(False)
-    err = float(((D @ m) * D).sum())
+    err = _quad(D, m)
     shift = D.new_zeros(D.shape[0])
     if st.paired:
         P, Q, md = st.shift_moments(False)
-        err += 2 * float(((D @ P) * W).sum()) + float(((W @ Q) * W).sum())
+        err += 2 * _quad(D, P, W) + _quad(W, Q)
         shift = W @ md
     if delta is not None:
         err += float(delta @ delta) + 2 * float(delta @ (D @ mu + shift))
@@ -297,4 +304,4 @@ def output_energy(W: torch.Tensor, st: GramStats) -> float:
     if st.paired:
         P, Q, _ = st.shift_moments(False)
         m = m - P - P.T + Q
-    return max(float(((W @ m) * W).sum()), 1e-30)
+    return max(_quad(W, m), 1e-30)

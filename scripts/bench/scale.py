@@ -13,8 +13,6 @@ reader and tokenizer already loaded) is subtracted from the peak; the peak count
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import sys
@@ -26,32 +24,9 @@ import sys as _sys  # noqa: E402
 from pathlib import Path as _Path  # noqa: E402
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # scripts/: the shared helpers
-from _common import (bench_parser, device_line, lee_texts, load_smollm2, run_child, save_json, set_threads, table,
-                     token_batches)
+from _common import (MB, bench_parser, device_line, lee_texts, load_smollm2, proc_status, reset_peak, run_child,
+                     save_json, set_threads, table, token_batches, trim_heap)
 
-MB = 2 ** 20
-
-
-def _status(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(key)) * 1024 / MB
-
-
-def _trim() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back to the OS, so RSS shows what is live
-    except OSError:
-        pass
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
 
 
 def child_memory(args) -> dict:
@@ -68,29 +43,29 @@ def child_memory(args) -> dict:
 
     set_threads(args.threads)
     AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)  # the tokenizer's memory is not the model's
-    _trim()
-    rss0 = _status("VmRSS")
+    trim_heap()
+    rss0 = proc_status("VmRSS")
     model, tok = load_smollm2()
-    _trim()
-    rss_model = _status("VmRSS")
+    trim_heap()
+    rss_model = proc_status("VmRSS")
     param_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / MB
     config = PruningConfig(criterion="wanda", sparsity=0.5,
                            calibration={"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size, "mode": args.mode})
     batches = prepare_calibration(lee_texts(), model, config, tok).batches
     crit, layers = get_criterion(config), target_layers(model, config)
     calib = CalibrationSet(batches, "data")
-    _trim()
-    exact = _reset_peak()
+    trim_heap()
+    exact = reset_peak()
     t = time.perf_counter()
     compute_masks(model, crit, layers, None, calib.batches, progress=False)
     t_masks = time.perf_counter() - t
-    peak_masks = _status("VmHWM")
-    _trim()
-    _reset_peak()
+    peak_masks = proc_status("VmHWM")
+    trim_heap()
+    reset_peak()
     t = time.perf_counter()
     prune(model, config, calibration_data=batches, progress=False)
     t_prune = time.perf_counter() - t
-    peak_prune = _status("VmHWM")
+    peak_prune = proc_status("VmHWM")
     cfg = model.config
     return {
         "mode": args.mode, "batch": args.batch_size, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
