@@ -127,7 +127,8 @@ class WidthDepthConfig(OptionGroup):
 
     target_params: int | str | None = option(None, "Target total parameter count (e.g. 100000000 or '100M'): the "
                                              "per-axis fractions are chosen by a search scored on calibration "
-                                             "loss (the sparsity fields are then ignored); never above, within 1%.")
+                                             "loss (the sparsity fields are then ignored); never above, within 1% (or one FFN width step where "
+                                             "round_to makes steps coarser).")
     hidden_sparsity: float | None = option(None, "Fraction of residual-stream channels removed (granularity "
                                            "'hidden'); defaults to `sparsity`.")
     layer_sparsity: float | None = option(None, "Fraction of transformer blocks removed (granularity 'layers', "

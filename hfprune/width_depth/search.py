@@ -11,7 +11,8 @@ Strategy (Minitron's "many candidates, cheap screen, expensive re-score of the b
    (bisection on the exact parameter count of a meta-device skeleton pruned with the same code, so no weight is
    touched); with both axes the neuron fraction is then lowered again (bisection, width fixed) because residual
    widths move in coarse steps (multiples of the head count and ``round_to``).
-2. **Screen.** Candidates within 1% below the target are pruned on a copy (scores of the unpruned model) and
+2. **Screen.** Candidates within `tolerance` below the target (1%, or one FFN width step where ``round_to`` makes
+   steps coarser: SmolLM2's FFN in multiples of 128 moves 6.6M parameters a step) are pruned on a copy (scores of the unpruned model) and
    scored by the calibration loss on held-out batches (from the last quarter of the batches), without refit.
 3. **Re-score after reconstruction.** The ``width_depth.search_refits`` best are refit on a share of the other
    batches (`SEARCH_FIT_SAMPLES` sequences; `hfprune.reconstruction.dense_refit`) and scored on the held-out
@@ -35,7 +36,8 @@ from .blocks import block_list
 from ..errors import ConfigError
 from ..structure.residual import residual_stream
 from ..calibration.forward import lm_loss
-from .plan import Plan, Scores, apply_plan, hidden_multiple, prune_to_plan
+from ..structure import find_groups
+from .plan import Plan, Scores, apply_plan, hidden_multiple, prune_to_plan, unit_config
 
 #: width mixes (hidden share, neuron share), ordered from neurons only to residual width only
 _MIXES = ((0.0, 1.0), (0.5, 1.0), (1.0, 1.0), (1.0, 0.5), (1.0, 0.0))
@@ -171,6 +173,22 @@ def candidates(model: nn.Module, config: PruningConfig, target: int) -> list[Pla
     return out
 
 
+def tolerance(model: nn.Module, config: PruningConfig, target: int) -> float:
+    """How far below the target a candidate may land, as a fraction: 1%, or the parameters of one FFN width step
+    when the widths' multiple makes that larger (an FFN-only candidate cannot land closer; without this the screen
+    kept only the mixes that happened to, measured in docs/deployment.md)."""
+    if "neurons" not in config.parts:
+        return 0.01
+    ucfg = unit_config(config, Plan(neurons=0.5, heads=config.sparsity_for("heads") if "heads" in config.parts
+                                    else 0.0))
+    group = next(g for g in find_groups(model, ucfg) if g.kind == "neurons")
+    if group.multiple <= 1:
+        return 0.01
+    step = plan_params(model, config, Plan()) - plan_params(model, config,
+                                                           Plan(neurons=group.multiple / group.num_units))
+    return max(0.01, step / target)
+
+
 def _neighbours(model: nn.Module, config: PruningConfig, target: int, best: Plan, seen: list[Plan]) -> list[Plan]:
     """The grid points next to ``best`` not yet re-scored after refit: one depth step either way, the next width
     mix either way (the candidate already in ``seen`` where it is one, a new one otherwise)."""
@@ -183,7 +201,7 @@ def _neighbours(model: nn.Module, config: PruningConfig, target: int, best: Plan
     out: list[Plan] = []
     for layers, mix in points:
         plan = _candidate(model, config, target, layers, best.heads, mix or (1.0, 1.0))
-        if plan is None or plan.params < 0.99 * target:
+        if plan is None or plan.params < (1 - tolerance(model, config, target)) * target:
             continue
         plan = next((c for c in seen if _key(c) == _key(plan)), plan)
         if plan.refit_loss is None and all(plan is not c for c in out):
@@ -245,7 +263,7 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
     found = candidates(model, config, target)
     if not found:
         raise _unreachable(config, target)
-    close = [c for c in found if c.params >= 0.99 * target]
+    close = [c for c in found if c.params >= (1 - tolerance(model, config, target)) * target]
     if not close or not batches:
         return max(close or found, key=lambda c: c.params), found
     fit, held = split_batches(batches)
@@ -277,9 +295,9 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
     return best, found
 
 
-def choice_reason(chosen: Plan, found: list[Plan], target: int, num_batches: int) -> str:
+def choice_reason(chosen: Plan, found: list[Plan], target: int, num_batches: int, tol: float = 0.01) -> str:
     """Why ``chosen`` won, in one sentence for the report (``num_batches``: the calibration batches the search
-    had; with one, its losses are measured on the batch it refit on)."""
+    had; with one, its losses are measured on the batch it refit on; ``tol``: the search's `tolerance`)."""
     refit = [c for c in found if c.refit_loss is not None]
     screened = [c for c in found if c.loss is not None]
     where = "held-out" if num_batches > 1 else "in-sample (one calibration batch)"
@@ -289,7 +307,7 @@ def choice_reason(chosen: Plan, found: list[Plan], target: int, num_batches: int
                 f"without refit, and the winner's grid neighbours); {len(found)} candidates in all")
     if screened:
         return (f"lowest {where} calibration loss ({chosen.loss:.4f}) among the {len(screened)} candidates within "
-                f"1% of the target (no reconstruction); {len(found)} candidates in all")
-    if (chosen.params or 0) >= 0.99 * target:
+                f"{tol:.1%} of the target (no reconstruction); {len(found)} candidates in all")
+    if (chosen.params or 0) >= (1 - tol) * target:
         return f"the largest of {len(found)} candidates (no calibration data to score them on)"
-    return f"no candidate within 1% below the target: the largest of {len(found)} candidates below it"
+    return f"no candidate within {tol:.1%} below the target: the largest of {len(found)} candidates below it"

@@ -25,7 +25,7 @@ from ..utils.distributed import broadcast_object
 from .plan import (Plan, PlanReconstruction, compute_scores, criterion_label, initial_plan, prune_to_plan,
                    width_multiples)
 from .scores import BLOCK_SCORES, CHANNEL_SCORES, EXPERT_SCORES
-from .search import check_target, choice_reason, search_target
+from .search import check_target, choice_reason, search_target, tolerance
 
 
 class WidthDepthStep:
@@ -78,6 +78,7 @@ class WidthDepthStep:
         self.model, self.config, self.progress = model, config, progress
         self.plan: Plan = initial_plan(model, config)
         self.target = config.width_depth.target_params_count
+        self.tolerance = tolerance(model, config, self.target) if self.target is not None else 0.01
         self.label = criterion_label(config)
         self.layers: dict[str, Any] = {}
         self.masks: dict[str, Any] = {}
@@ -102,7 +103,7 @@ class WidthDepthStep:
             plan, candidates = search_target(model, config, self.target, scores, batches, refit)
             plan, candidates = broadcast_object((plan, candidates))  # one choice on every process, ties included
             search = {"target": self.target, "chosen": plan.describe(),
-                      "reason": choice_reason(plan, candidates, self.target, len(batches)),
+                      "reason": choice_reason(plan, candidates, self.target, len(batches), self.tolerance),
                       "candidates": [c.describe() for c in candidates]}
             timings["search"] = time.perf_counter() - t
         self.multiples = width_multiples(model, config, plan)  # of the original widths, before they change
@@ -141,7 +142,7 @@ class WidthDepthStep:
 
     def warnings(self) -> list[str]:
         after = count_params(self.model)[0]
-        if self.target is not None and after < 0.99 * self.target:
+        if self.target is not None and after < (1 - self.tolerance) * self.target:
             return [f"target_params={self.target:,}: the closest architecture found has {after:,} parameters (more "
-                    "than 1% below the target)"]
+                    f"than {self.tolerance:.1%} below the target)"]
         return []

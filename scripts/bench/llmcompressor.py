@@ -68,8 +68,11 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--ppl-tokens", type=int, default=1024)
     ap.add_argument("--ppl-seq-len", type=int, default=256)
-    ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"], help="wanda, sparsegpt; dense: the "
-                    "unpruned model, to check that both sides measure the same perplexity")
+    ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"], help="wanda, sparsegpt; gptq: 4-bit "
+                    "weights, groups of 128 (W4A16, quantizing the --model folder, e.g. a pruned one); dense: the "
+                    "--model as it is, to check that both sides measure the same perplexity")
+    ap.add_argument("--group-size", type=int, default=128, help="gptq: weights per scale (SmolLM2's 576-wide inputs "
+                    "need 64: llm-compressor refuses widths that are not multiples)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--structures", nargs="+", default=["0:0", "2:4"], help="0:0 = unstructured")
     args = ap.parse_args()
@@ -79,6 +82,7 @@ def main() -> None:
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import WandaPruningModifier
     from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if args.threads:
@@ -94,10 +98,16 @@ def main() -> None:
         rows.append(r)
         print(json.dumps(r), flush=True)
     for method in [m for m in args.methods if m != "dense"]:
-        for structure in args.structures:
+        for structure in args.structures if method != "gptq" else [f"W4A16 g{args.group_size}"]:
             model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-            cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
-            recipe = cls(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["re:.*lm_head"])  # the documented pattern; a bare "lm_head" did not match
+            if method == "gptq":
+                weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+                           "group_size": args.group_size}  # W4A16's scheme with the group size given
+                recipe = GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
+                                      ignore=["re:.*lm_head"])
+            else:
+                cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
+                recipe = cls(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["re:.*lm_head"])  # the documented pattern; a bare "lm_head" did not match
             t = time.perf_counter()
             try:
                 oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(calib),
@@ -105,7 +115,8 @@ def main() -> None:
                 r = {"ppl": perplexity(model, tok, test, args.ppl_seq_len, args.ppl_tokens)}
             except Exception as e:
                 r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-            r.update(method=f"llm-compressor {method}", setting="2:4" if structure == "2:4" else "50% unstructured",
+            r.update(method=f"llm-compressor {method}", setting=structure if structure == "2:4" or method == "gptq"
+                     else "50% unstructured",
                      seconds=time.perf_counter() - t)
             rows.append(r)
             print(json.dumps(r), flush=True)

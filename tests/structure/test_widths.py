@@ -72,3 +72,17 @@ def test_residual_width_and_target_search_use_the_same_grid():
     assert cfg.hidden_size % 64 == 0 and cfg.intermediate_size % 128 == 0
     assert res.report.width_multiples == {"neurons": 128, "hidden": 64}
     assert sum(p.numel() for p in res.model.parameters()) <= target
+
+
+def test_target_search_tolerance_is_one_ffn_step_on_a_coarse_grid():
+    """FFN widths in steps of 128 cannot land within 1% of every target: the search screens candidates within one
+    step (here 128 neurons x 3 matrices x 512 wide x 2 blocks), so FFN-only candidates are not left out."""
+    from hfprune.width_depth.search import tolerance
+
+    model, target = wide_llama(), 5_000_000
+    auto = tolerance(model, PruningConfig(granularity="hidden+neurons", width_depth={"target_params": target}),
+                     target)
+    assert auto == pytest.approx(128 * 3 * 512 * 2 / target)
+    exact = tolerance(model, PruningConfig(granularity="hidden+neurons", round_to=1,
+                                           width_depth={"target_params": target}), target)
+    assert exact == 0.01

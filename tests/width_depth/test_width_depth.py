@@ -328,7 +328,7 @@ def test_target_params_single_coarse_axis_warns(granularity, target):
     model = tiny("llama")
     res = hfprune.prune(model, cfg(granularity=granularity, width_depth={"target_params": target}), calib("llama"))
     assert res.report.params_after <= target
-    assert any("more than 1% below" in w for w in res.report.warnings)
+    assert any("more than 1.0% below" in w for w in res.report.warnings)
 
 
 # --- bad input, before any work ----------------------------------------------------------------------------------
