@@ -113,8 +113,9 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
                                 num_fewshot=args.num_fewshot)
     evaluator = Evaluator(section, loaded, console)
     if not tasks:
-        console.result(f"{evaluator.metric}: {evaluator.measure(loaded.model):.4f}"
-                       + (f" ({evaluator.details['protocol']})" if evaluator.details else ""))
+        console.result(f"{evaluator.metric}: {evaluator.measure(loaded.model):.4f}")
+        if evaluator.details:
+            console.info(f"protocol: {evaluator.details['protocol']}")
         return EXIT_OK
     before = None
     if args.base:
