@@ -33,8 +33,10 @@ TEMPERATURE = 1.0
 GENERATION_BATCH = 32
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("HFPRUNE_CACHE", Path.home() / ".cache" / "hfprune")) / "generated"
+def cache_dir(kind: str = "generated") -> Path:
+    """hfprune's cache folder for ``kind`` (generated calibration tokens, packaged lm-eval tasks), under
+    ``$HFPRUNE_CACHE`` (default ``~/.cache/hfprune``)."""
+    return Path(os.environ.get("HFPRUNE_CACHE", Path.home() / ".cache" / "hfprune")) / kind
 
 
 def fingerprint(model: nn.Module, num_samples: int, seq_len: int, seed: int) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..calibration.checks import check_config_for_model, check_weights
-from ..calibration.generated import check_can_generate
+from ..calibration.generated import cache_dir, check_can_generate
 from ..structure.loaders import Loader
 from ..checkpoint.record import PruningInfo, save_checkpoint
 from ..utils.distributed import main_process_writes
@@ -137,8 +137,7 @@ def task_paths(tasks: list[str], include_path: str | None) -> list[str] | None:
 
     paths = [include_path] if include_path else []
     if POLARITY_TASK in tasks:
-        cache = os.environ.get("HFPRUNE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hfprune"))
-        paths.append(polarity_task(os.path.join(cache, "tasks")))
+        paths.append(polarity_task(str(cache_dir("tasks"))))
     return paths or None
 
 

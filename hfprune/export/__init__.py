@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal
+from typing import Literal
 
 import transformers
 
@@ -20,7 +20,7 @@ from ..structure.loaders import Loader
 from ..utils.logging import get_logger
 from .nemotron_nas import to_nemotron_nas
 from .padded import pad_to_widest
-from .quantize import quantize_weights
+from .quantize import quantize_weights, require_quanto
 
 ExportFormat = Literal["padded", "nemotron-nas", "quanto-int4", "quanto-int8"]
 FORMATS: tuple[str, ...] = ("padded", "nemotron-nas", "quanto-int4", "quanto-int8")
@@ -67,33 +67,36 @@ def export(src: str | os.PathLike, out: str | os.PathLike, format: ExportFormat 
            overwrite: bool = False) -> str:
     """Write ``src`` (a folder `hfprune.load_pruned` reads) to ``out`` in ``format``; returns ``out``.
 
-    Refuses, before writing anything: an unknown format, a folder whose widths are already uniform (it loads with
-    plain ``from_pretrained``: serve it as it is), and what the format cannot express (it says which format can).
+    Refuses, before loading anything: an unknown format, a folder whose widths are already uniform for a layout
+    format (it loads with plain ``from_pretrained``: serve it as it is), per-layer widths for quanto, a missing
+    optimum-quanto; and what the format cannot express (it says which format can).
     """
     if format not in FORMATS:
         raise ConfigError(f"export format {shown(format)} is not one of {', '.join(FORMATS)}.")
     path = resolve_checkpoint(src)
     checked = check_checkpoint(path)
-    if format in LAYOUTS and checked.info.get("loader") != Loader.HFPRUNE:
+    per_layer = checked.info.get("loader") == Loader.HFPRUNE
+    if format in LAYOUTS and not per_layer:
         raise ConfigError(f"{path} has uniform widths (loader {checked.info.get('loader')!r}): plain "
                           "from_pretrained already loads it and serving engines read it as it is; nothing to "
                           "export.")
+    if format not in LAYOUTS:
+        if per_layer:
+            raise ConfigError(f"{path} has per-layer widths, which quanto's loader cannot rebuild; export it with "
+                              "format='padded' first, then quantize that folder.")
+        require_quanto()
     model = load_pruned(path)
     pruned = count_params(model)[0]
-    config = PruningConfig.from_dict(checked.info["pruning_config"])
-    unit_parts = [p for p in config.parts if p in ("neurons", "heads")]
-    groups = find_groups(model, PruningConfig.from_dict({**config.to_dict(), "granularity": "+".join(unit_parts)})) \
-        if unit_parts else []
-    widths: dict[str, Any] = {"before": {g.name: g.num_units for g in groups}}
-    layout, quantized = None, None
+    widths, layout, quantized = None, None, None
     if format == "padded":
+        config = PruningConfig.from_dict(checked.info["pruning_config"])
+        units = "+".join(p for p in config.parts if p in ("neurons", "heads"))
+        groups = find_groups(model, PruningConfig.from_dict({**config.to_dict(), "granularity": units})) \
+            if units else []
         widths = pad_to_widest(model, groups)
     elif format == "nemotron-nas":
         layout = to_nemotron_nas(model)
     else:
-        if checked.info.get("loader") == Loader.HFPRUNE:
-            raise ConfigError(f"{path} has per-layer widths, which quanto's loader cannot rebuild; export it with "
-                              "format='padded' first, then quantize that folder.")
         model, quantized = quantize_weights(model, 4 if format == "quanto-int4" else 8)
     exported = count_params(model)[0] if quantized is None else pruned
     try:

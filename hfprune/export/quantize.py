@@ -32,13 +32,20 @@ def group_size(in_features: int) -> int | None:
     return size if in_features % size == 0 else None
 
 
-def quantize_weights(model: nn.Module, bits: int) -> tuple[nn.Module, dict[str, Any]]:
-    """The quanto-quantized model and what was done per layer (group sizes, layers left in float)."""
+def require_quanto() -> None:
+    """optimum-quanto is importable (checked before any model is loaded)."""
     try:
-        from optimum.quanto import QuantizedModelForCausalLM, qint4, qint8
+        import optimum.quanto  # noqa: F401
     except ImportError as e:
         raise ConfigError(f"Quantized exports need optimum-quanto, which is not installed ({e.name or e}); "
                           f"{INSTALL}.") from None
+
+
+def quantize_weights(model: nn.Module, bits: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The quanto-quantized model and what was done per layer (group sizes, layers left in float)."""
+    require_quanto()
+    from optimum.quanto import QuantizedModelForCausalLM, qint4, qint8
+
     if not hasattr(model, "generate"):
         raise ConfigError(f"quanto exports are for causal language models; {type(model).__name__} is not one.")
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith("lm_head")}

@@ -4,8 +4,8 @@ Quantizers with group size 128 refuse layers whose width is not a multiple of it
 and GPU kernels run fastest on multiples of 64, so by default (``round_to="auto"``) every width a language model
 keeps is a multiple of a divisor of its original width: 128 for FFN neurons, 64 for the residual stream, halved
 until the width allows at least `MIN_STEPS` steps (so a 1,536-neuron FFN moves in steps of 128). Widths under
-`MIN_WIDTH` (toy models) keep steps of 1. Attention heads are removed as whole KV groups (``gqa_mode="kv_groups"``). An integer ``round_to``
-replaces all of this with one multiple for every unit kind.
+`MIN_WIDTH` (toy models) keep steps of 1. Attention heads are removed as whole KV groups
+(``gqa_mode="kv_groups"``). An integer ``round_to`` replaces all of this with one multiple for every unit kind.
 """
 
 from __future__ import annotations

@@ -189,7 +189,8 @@ def tolerance(model: nn.Module, config: PruningConfig, target: int) -> float:
     return max(0.01, step / target)
 
 
-def _neighbours(model: nn.Module, config: PruningConfig, target: int, best: Plan, seen: list[Plan]) -> list[Plan]:
+def _neighbours(model: nn.Module, config: PruningConfig, target: int, best: Plan, seen: list[Plan],
+                tol: float) -> list[Plan]:
     """The grid points next to ``best`` not yet re-scored after refit: one depth step either way, the next width
     mix either way (the candidate already in ``seen`` where it is one, a new one otherwise)."""
     depths = _depths(model, config, target)
@@ -201,7 +202,7 @@ def _neighbours(model: nn.Module, config: PruningConfig, target: int, best: Plan
     out: list[Plan] = []
     for layers, mix in points:
         plan = _candidate(model, config, target, layers, best.heads, mix or (1.0, 1.0))
-        if plan is None or plan.params < (1 - tolerance(model, config, target)) * target:
+        if plan is None or plan.params < (1 - tol) * target:
             continue
         plan = next((c for c in seen if _key(c) == _key(plan)), plan)
         if plan.refit_loss is None and all(plan is not c for c in out):
@@ -263,7 +264,8 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
     found = candidates(model, config, target)
     if not found:
         raise _unreachable(config, target)
-    close = [c for c in found if c.params >= (1 - tolerance(model, config, target)) * target]
+    tol = tolerance(model, config, target)
+    close = [c for c in found if c.params >= (1 - tol) * target]
     if not close or not batches:
         return max(close or found, key=lambda c: c.params), found
     fit, held = split_batches(batches)
@@ -286,7 +288,7 @@ def search_target(model: nn.Module, config: PruningConfig, target: int, scores: 
     for c in ranked:
         score(c, True)
     best = min(ranked, key=lambda c: c.refit_loss)
-    for c in _neighbours(model, config, target, best, found):
+    for c in _neighbours(model, config, target, best, found, tol):
         if c.loss is None:
             score(c, False)
             found.append(c)

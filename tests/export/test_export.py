@@ -85,6 +85,8 @@ def test_exports_refuse_what_they_cannot_express(tmp_path):
     src = nonuniform(tmp_path, "llama")  # KV groups removed: query heads differ per block
     with pytest.raises(ConfigError, match="query heads"):
         hfprune.export(src, tmp_path / "nas", format="nemotron-nas")
+    with pytest.raises(ConfigError, match="format='padded' first"):
+        hfprune.export(src, tmp_path / "q", format="quanto-int4")
     with pytest.raises(ConfigError, match="Llama variant"):
         hfprune.export(nonuniform(tmp_path, "qwen2", "neurons"), tmp_path / "nas", format="nemotron-nas")
     res = hfprune.prune(tiny_model("llama"), PruningConfig(criterion="magnitude", granularity="neurons"),
@@ -94,7 +96,7 @@ def test_exports_refuse_what_they_cannot_express(tmp_path):
         hfprune.export(tmp_path / "uniform", tmp_path / "out")
     with pytest.raises(ConfigError, match="not one of padded, nemotron-nas"):
         hfprune.export(src, tmp_path / "out", format="gguf")
-    assert not (tmp_path / "nas").exists() and not (tmp_path / "out").exists()
+    assert not any((tmp_path / n).exists() for n in ("nas", "out", "q"))
 
 
 def test_export_command_line(tmp_path):
