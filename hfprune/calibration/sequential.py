@@ -32,6 +32,7 @@ from ..utils.logging import show_progress
 from ..structure import Layer, adapter_for
 from .collector import all_reduce_stats, forward_stats_hook
 from .forward import no_kv_cache, run_model
+from .offload import Offload, residency, to_device
 
 
 class _Stop(Exception):
@@ -136,10 +137,12 @@ def capture_block_inputs(model: nn.Module, first: nn.Module, batches: list[Any])
 
 
 def block_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, Layer], observed: list[str],
-                     batches: list[Any], progress: bool = True) -> Iterator[tuple[int, dict[str, Stats]]]:
+                     batches: list[Any], progress: bool = True,
+                     offload: Offload = Offload()) -> Iterator[tuple[int, dict[str, Stats]]]:
     """Yield ``(block index, statistics of the observed layers in that block)`` block by block, in order, summed
     across processes; every block up to the last with an observed layer is yielded (with ``{}`` when it has
-    none). Observed layers outside the blocks are an error (name them in ``ignore``, or use full mode)."""
+    none). Observed layers outside the blocks are an error (name them in ``ignore``, or use full mode). With an
+    active ``offload`` the yielded block sits on the execution device until the caller asks for the next one."""
     if criterion.grad_mode is not None:  # the config rejects this; a criterion built by hand may not
         raise ConfigError(f"criterion {criterion.name!r} needs gradients; layer-by-layer calibration is forward "
                           "only. Use calibration.mode='full'.")
@@ -154,32 +157,43 @@ def block_statistics(model: nn.Module, criterion: Criterion, layers: dict[str, L
     was_training = model.training
     model.eval()  # before the capture: dropout in the embeddings would change the cached inputs
     try:
-        cache = capture_block_inputs(model, blocks[0], my_share(batches)) if last >= 0 else []
-        release_memory()
-        for i in tqdm(range(last + 1), desc=f"calibrating ({criterion.name}), block by block",
-                      disable=not show_progress(progress),
-                      leave=False):
-            names = [n for n in observed if where[n] == i]
-            stats = {n: criterion.init_stats(layers[n]) for n in names}
-            handles = [layers[n].module.register_forward_hook(forward_stats_hook(criterion, layers[n], stats[n]))
-                       for n in names]
-            try:
-                with torch.no_grad():
-                    for entry in cache:
-                        hidden, args, kwargs = entry
-                        out = blocks[i](hidden, *args, **kwargs)
-                        out = out[0] if isinstance(out, (tuple, list)) else out
-                        if out.shape == hidden.shape and out.dtype == hidden.dtype:
-                            hidden.copy_(out)  # in place: the cache never grows nor fragments the heap
-                        else:
-                            entry[0] = out
-                        del hidden, out
-            finally:
-                for h in handles:
-                    h.remove()
-            all_reduce_stats(stats)
-            yield i, stats
-            del stats
+        with residency(blocks, offload) as resident:
+            cache = capture_block_inputs(model, blocks[0], my_share(batches)) if last >= 0 else []
+            if resident is not None:
+                cache = to_device(cache, resident.device)
             release_memory()
+            for i in tqdm(range(last + 1), desc=f"calibrating ({criterion.name}), block by block",
+                          disable=not show_progress(progress), leave=False):
+                if resident is not None:
+                    resident.onload(i)
+                yield i, _block_pass(blocks[i], cache, criterion, layers, [n for n in observed if where[n] == i])
+                if resident is not None:
+                    resident.offload(i, changed=False)
+                release_memory()
     finally:
         model.train(was_training)
+
+
+def _block_pass(block: nn.Module, cache: list[list[Any]], criterion: Criterion, layers: dict[str, Layer],
+                names: list[str]) -> dict[str, Stats]:
+    """Run ``block`` on every cached input (its output replaces the input: the next block's input) with the
+    statistics hooks of ``names``; the statistics, summed across processes."""
+    stats = {n: criterion.init_stats(layers[n]) for n in names}
+    handles = [layers[n].module.register_forward_hook(forward_stats_hook(criterion, layers[n], stats[n]))
+               for n in names]
+    try:
+        with torch.no_grad():
+            for entry in cache:
+                hidden, args, kwargs = entry
+                out = block(hidden, *args, **kwargs)
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                if out.shape == hidden.shape and out.dtype == hidden.dtype:
+                    hidden.copy_(out)  # in place: the cache never grows nor fragments the heap
+                else:
+                    entry[0] = out
+                del hidden, out
+    finally:
+        for h in handles:
+            h.remove()
+    all_reduce_stats(stats)
+    return stats

@@ -53,6 +53,7 @@ _ONLY_WITH: list[tuple[str, Callable[[Any], bool], str]] = [
     ("reconstruction.target", lambda c: c.reconstruction.method != "none", "with reconstruction.method='weights'"),
     ("calibration.generated_share", lambda c: c.calibration.source == "mixed", "with calibration.source='mixed'"),
     ("protection.threshold", lambda c: c.protection.mode != "none", "with protection.mode='outliers' or 'energy'"),
+    ("calibration.device", lambda c: c.calibration.offload != "none", "with calibration.offload='cpu' or 'disk'"),
 ]
 
 
@@ -97,6 +98,15 @@ def check_config(config: Any) -> None:
         raise ConfigError("PruningConfig.scope='global' with granularity 'experts' would give MoE blocks different "
                           "expert counts, which a transformers config cannot state (one num_experts); use "
                           "scope='local' (the same count removed in every block).")
+    offload = config.calibration.offload
+    if offload != "none" and config.calibration.mode != "sequential":
+        raise ConfigError(f"PruningConfig.calibration.offload={offload!r} moves one transformer block at a time to "
+                          "the execution device, which only the block-by-block pass does; set "
+                          "calibration.mode='sequential' (or offload='none').")
+    if offload != "none" and config.prunes_width_depth:
+        raise ConfigError(f"PruningConfig.calibration.offload={offload!r} covers the unit axes (weights, N:M, "
+                          f"neurons, heads); granularity {config.granularity!r} removes blocks, residual channels "
+                          "or experts, whose scores and refit run on the whole model. Set offload='none'.")
     target = config.width_depth.target_params
     if target is not None and ("channels" in config.parts or "experts" in config.parts or not config.structured):
         raise ConfigError(f"PruningConfig.width_depth.target_params={shown(target)} is not allowed with "

@@ -10,11 +10,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import torch
+
 from ..errors import ConfigError
 from ..utils.rules import Rule, check_fields, integer, is_int, number, optional
 
 SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMbBgG]?)\s*$")
 FRACTION = number(0, 1, open_high=True, allowed="a number in [0, 1) (the fraction removed)")
+
+
+def _is_device(value: Any) -> bool:
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        return False
+    return isinstance(value, str)
 
 
 def option(default: Any, help: str) -> Any:
@@ -42,7 +52,8 @@ class CalibrationConfig(OptionGroup):
     RULES = {"num_samples": integer(1), "batch_size": integer(1),
              "generated_share": number(0, 1, open_low=True, open_high=True, allowed="a number in (0, 1)"),
              "seq_len": Rule(lambda v: v == "auto" or (is_int(v) and v >= 1),
-                             "a positive integer, or 'auto' (the model's positions, at most 512)")}
+                             "a positive integer, or 'auto' (the model's positions, at most 512)"),
+             "device": optional(Rule(_is_device, "a torch device name such as 'cuda', 'cuda:1' or 'cpu'"))}
     where = "PruningConfig.calibration"
     #: the longest window "auto" gives (the calibration size the defaults were measured with)
     AUTO_SEQ_LEN: ClassVar[int] = 512
@@ -64,6 +75,13 @@ class CalibrationConfig(OptionGroup):
                                                  "layer-by-layer for large models, one transformer block's inputs "
                                                  "and statistics at a time (forward-only criteria; same masks as "
                                                  "'full' for them). See docs/scaling.md.")
+    offload: Literal["none", "cpu", "disk"] = option(
+        "none", "With mode 'sequential': where the transformer blocks wait while another block is calibrated and "
+        "refit. 'none': in place; 'cpu': in CPU memory, each block moved to `device` for its turn (a model larger "
+        "than the accelerator); 'disk': written to a temporary folder in Accelerate's offload format and read "
+        "back block by block. See docs/scaling.md.")
+    device: str | None = option(None, "With offload 'cpu' or 'disk': the execution device each block is moved to "
+                                "(default: 'cuda' when available, else 'cpu').")
 
     @property
     def data_free(self) -> bool:

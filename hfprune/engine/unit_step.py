@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..calibration.checks import check_units
+from ..calibration.offload import check_offload, offload_of
 from ..config.pruning_config import PruningConfig
 from ..criteria import criterion_class, get_criterion
 from ..errors import ConfigError
@@ -45,8 +46,9 @@ class UnitStep:
 
     @staticmethod
     def check(model: nn.Module, config: PruningConfig) -> None:
-        """Nothing about the units is checked before calibration: conv channels are traced on a calibration batch,
-        and the groups are checked when the step is built."""
+        """Nothing about the units is checked before calibration (conv channels are traced on a calibration batch,
+        and the groups are checked when the step is built); an offloaded run needs the model in CPU memory."""
+        check_offload(model, offload_of(config))
 
     @staticmethod
     def needs_data(config: PruningConfig) -> str | None:
@@ -146,7 +148,7 @@ class UnitStep:
         self.reconstruction = reconstruct(self.model, self.layers, masks, batches, groups=self.groups,
                                           damp=options.damp, target=options.target, cg_steps=options.cg_steps,
                                           fit_bias=self.criterion.compensates, adapter=self.adapter,
-                                          progress=self.progress)
+                                          progress=self.progress, offload=offload_of(self.config))
         timings["reconstruction"] = timings.get("reconstruction", 0.0) + self.reconstruction.seconds
         for name in self.reconstruction.rank_deficient:
             logger.info("reconstruction: the inputs of %s were rank-deficient; damped", name)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..calibration.offload import Offload, residency, to_device
 from ..calibration.sequential import block_of, capture_block_inputs, find_blocks, release_memory
 from ..steps.compaction import add_bias
 from ..errors import CalibrationError, ConfigError
@@ -107,6 +108,7 @@ def _plan(layers: dict[str, Layer], masks: dict[str, torch.Tensor], groups: list
 def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramStats, method: str, bias: bool,
                cg_steps: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, LayerFit]:
     W = layer.weight_matrix().detach()
+    keep = keep.to(W.device)
     Wd = W.double()
     target = dense_target(Wd, f, st, bias) if st.paired else Wd
     keep_full = keep.expand(W.shape[0], -1) if how == "columns" else keep
@@ -138,7 +140,8 @@ def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramSt
 def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, torch.Tensor],
                 batches: list[Any], *, groups: list[UnitGroup] | None = None, damp: float = 0.01,
                 sequential: bool = True, target: str = "layer", method: str = "obs", cg_steps: int = 0,
-                fit_bias: bool | set[str] = False, adapter: Any = None, progress: bool = False) -> ReconstructionReport:
+                fit_bias: bool | set[str] = False, adapter: Any = None, progress: bool = False,
+                offload: Offload = Offload()) -> ReconstructionReport:
     """Refit the kept weights of every masked layer in place (masks unchanged), block by block; see the module.
 
     ``masks``: per layer ``[out, in]`` keep masks (``groups=None``) or per group ``[units]`` keep masks. After the
@@ -150,7 +153,8 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
     (`refine_rows_cg`; unstructured and N:M only, 0 = OBS alone). ``target`` (with ``sequential``): "layer" fits
     each layer to the unpruned layer's output on the inputs it now receives (SparseGPT's choice), "dense" to the
     *dense* model's output on the dense inputs (`dense_target`; the errors of the blocks before are corrected too,
-    but on SmolLM2 FFN neurons it generalised worse: 54.5 against 49.8).
+    but on SmolLM2 FFN neurons it generalised worse: 54.5 against 49.8). ``offload``: the blocks wait in CPU
+    memory or on disk and each is refit on the execution device (`hfprune.calibration.offload`).
     """
     if method not in METHODS:
         raise ConfigError(f"reconstruction method {method!r} is not one of {', '.join(METHODS)}.")
@@ -178,10 +182,14 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), residency(blocks, offload) as resident:
             cache = capture_block_inputs(model, blocks[0], batches) if last >= 0 else []
+            if resident is not None:
+                cache = to_device(cache, resident.device)
             dense = [[e[0].clone(), *e[1:]] for e in cache] if paired else None  # the dense model's block inputs
             for i in tqdm(range(last + 1), desc="reconstructing, block by block", disable=not progress, leave=False):
+                if resident is not None:
+                    resident.onload(i)
                 names = [n for n in plan if where[n] == i]
                 hooks = InputStatistics({n: layers[n] for n in names}, paired)
                 try:
@@ -224,6 +232,8 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
                 if sequential and i < last:
                     for entry in cache:
                         _run_block(blocks[i], entry, write=True)
+                if resident is not None:
+                    resident.offload(i, changed=bool(names) or groups is not None)
                 release_memory()
     finally:
         model.train(was_training)

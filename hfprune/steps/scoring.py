@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..calibration.collector import collect_statistics
+from ..calibration.offload import offload_of, to_device
 from ..calibration.sequential import block_of, block_statistics, find_blocks
 from ..config.pruning_config import PruningConfig
 from ..criteria import Criterion
@@ -104,11 +105,14 @@ def _sequential_masks(model: nn.Module, criterion: Criterion, layers: dict[str, 
     scores: dict[str, torch.Tensor] = {}
     kept: dict = {}
     pending = set(units)
+    offload, cpu = offload_of(config), torch.device("cpu")
 
     def decide(names: list[str], stats: dict) -> None:
         part = [units[n] for n in names] if groups is not None else None
         sub = {n: layers[n] for n in names} if groups is None else layers
         s = _scores(criterion, sub, part, stats, removed, timings, protected)
+        if offload.active:  # scored on the execution device; selected and kept on the CPU with the model
+            s = to_device(s, cpu)
         if groups is not None:
             scores.update(s)
         if not deferred:
@@ -118,11 +122,11 @@ def _sequential_masks(model: nn.Module, criterion: Criterion, layers: dict[str, 
         pending.difference_update(names)
 
     t = time.perf_counter()
-    for i, stats in block_statistics(model, criterion, layers, observed, batches, progress):
+    for i, stats in block_statistics(model, criterion, layers, observed, batches, progress, offload):
         timings["calibration"] += time.perf_counter() - t
         decide([n for n in units if home[n] == i], stats)
         if keep_stats:
-            kept.update(stats)
+            kept.update(to_device(stats, cpu) if offload.active else stats)
         del stats
         t = time.perf_counter()
     for i in sorted({home[n] for n in pending}, key=lambda i: -1 if i is None else i):  # data-free, block by block

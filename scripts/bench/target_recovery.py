@@ -40,13 +40,15 @@ def evaluate(model, tok, tokens: int, seq_len: int) -> dict[str, float]:
 class Curve(T.TrainerCallback):
     """Perplexity on every evaluation set every ``every`` optimizer steps (small subsets: the curve's shape)."""
 
-    def __init__(self, tok, args) -> None:
+    def __init__(self, tok, args, out: dict, partial: dict) -> None:
         self.tok, self.args, self.points = tok, args, []
+        self.out, self.partial = out, partial
 
     def on_step_end(self, args, state, control, model=None, **kw):
         if state.global_step % self.args.curve_every_steps == 0:
             self.points.append({"tokens": int(state.num_input_tokens_seen),
                                 **evaluate(model, self.tok, self.args.curve_tokens, self.args.eval_seq_len)})
+            save_json(self.args.out, {**self.out, "running": {**self.partial, "curve": self.points}})  # long runs
 
 
 def main() -> None:
@@ -79,7 +81,7 @@ def main() -> None:
             gen_s = time.perf_counter() - t
             model = load_pruned(folder, dtype=torch.float32)
             before = evaluate(model, tok, args.eval_tokens, args.eval_seq_len)
-            curve = Curve(tok, args)
+            curve = Curve(tok, args, out, {"model": folder, "data": data, "before": before})
             targs = T.TrainingArguments(
                 output_dir=tempfile.mkdtemp(prefix="target-recovery-"), per_device_train_batch_size=args.batch_size,
                 learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=2, weight_decay=0.0, logging_steps=4,
