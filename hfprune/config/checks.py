@@ -98,11 +98,13 @@ def check_config(config: Any) -> None:
         raise ConfigError("PruningConfig.scope='global' with granularity 'experts' would give MoE blocks different "
                           "expert counts, which a transformers config cannot state (one num_experts); use "
                           "scope='local' (the same count removed in every block).")
-    offload = config.calibration.offload
-    if offload != "none" and config.calibration.mode != "sequential":
+    offload, mode = config.calibration.offload, config.calibration.mode
+    if offload != "none" and mode == "full":
         raise ConfigError(f"PruningConfig.calibration.offload={offload!r} moves one transformer block at a time to "
-                          "the execution device, which only the block-by-block pass does; set "
-                          "calibration.mode='sequential' (or offload='none').")
+                          "the execution device, which only the block-by-block passes do; set "
+                          "calibration.mode='sequential' or 'one_pass' (or offload='none').")
+    if mode == "one_pass":
+        _check_one_pass(config)
     if offload != "none" and config.prunes_width_depth:
         raise ConfigError(f"PruningConfig.calibration.offload={offload!r} covers the unit axes (weights, N:M, "
                           f"neurons, heads); granularity {config.granularity!r} removes blocks, residual channels "
@@ -119,3 +121,21 @@ def check_config(config: Any) -> None:
         if value != _default(config, name) and not applies(config):
             raise ConfigError(f"PruningConfig.{name}={shown(value)} has no effect: it is used only {when}. "
                               "Remove it, or change the config so that it applies.")
+
+
+def _check_one_pass(config: Any) -> None:
+    """calibration.mode='one_pass' decides each block's masks inside the refit pass: it needs the refit, each
+    layer's own output as the target, and a selection that one block's scores can make."""
+    why = None
+    if config.reconstruction.method == "none":
+        why = "it chooses the masks inside the reconstruction pass; set reconstruction.method='weights' (or 'auto')"
+    elif config.reconstruction.target != "layer":
+        why = "it fits each layer to its own output on the inputs it receives; set reconstruction.target='layer'"
+    elif config.prunes_width_depth:
+        why = (f"granularity {config.granularity!r} removes blocks, residual channels or experts, which are scored "
+               "on the whole model")
+    elif config.structured and config.scope == "global":
+        why = "scope='global' ranks the units of every block together, before any block is refit; use scope='local'"
+    if why:
+        raise ConfigError(f"PruningConfig.calibration.mode='one_pass' is not allowed: {why}, or use "
+                          "calibration.mode='sequential'.")

@@ -70,13 +70,14 @@ class CalibrationConfig(OptionGroup):
         "(seeded, cached; no data needed); 'mixed': the data given plus generated text (`generated_share`).")
     generated_share: float = option(0.5, "With source 'mixed': the share of the calibration sequences the model "
                                     "generates (the rest come from the data given).")
-    mode: Literal["full", "sequential"] = option("full", "'full': whole-model forward (and backward) passes, "
-                                                 "statistics of every layer held at once; 'sequential': "
-                                                 "layer-by-layer for large models, one transformer block's inputs "
-                                                 "and statistics at a time (forward-only criteria; same masks as "
-                                                 "'full' for them). See docs/scaling.md.")
+    mode: Literal["full", "sequential", "one_pass"] = option(
+        "full", "'full': whole-model forward (and backward) passes, statistics of every layer held at once; "
+        "'sequential': layer-by-layer for large models, one transformer block's inputs and statistics at a time "
+        "(forward-only criteria; same masks as 'full' for them); 'one_pass': with reconstruction, each block's "
+        "statistics, scores, masks and refit in one pass, on the inputs the pruned and refit blocks before it give "
+        "(SparseGPT's order; the calibration pass of the other modes is saved). See docs/scaling.md.")
     offload: Literal["none", "cpu", "disk"] = option(
-        "none", "With mode 'sequential': where the transformer blocks wait while another block is calibrated and "
+        "none", "With mode 'sequential' or 'one_pass': where the transformer blocks wait while another block is calibrated and "
         "refit. 'none': in place; 'cpu': in CPU memory, each block moved to `device` for its turn (a model larger "
         "than the accelerator); 'disk': written to a temporary folder in Accelerate's offload format and read "
         "back block by block. See docs/scaling.md.")

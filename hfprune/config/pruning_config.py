@@ -150,9 +150,10 @@ class PruningConfig:
         self.options.__post_init__()
         check_config(self)
         criterion = cls(self)  # the criterion checks the granularity and its own options
-        problem = criterion.sequential_problem() if self.calibration.mode == "sequential" else None
+        mode = self.calibration.mode
+        problem = criterion.sequential_problem() if mode != "full" else None
         if problem:
-            raise ConfigError(f"PruningConfig.calibration.mode='sequential' is not allowed: {problem}.")
+            raise ConfigError(f"PruningConfig.calibration.mode={mode!r} is not allowed: {problem}.")
 
     # --- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ..steps.compaction import Compaction, add_bias, compact_units, rewrite_conf
 from ..structure.loaders import Loader
 from ..steps.masks import apply_weight_masks, removed_columns
 from ..steps.protection import Protection, detect_outliers
-from ..steps.scoring import compute_masks
+from ..steps.scoring import BlockSelector, compute_masks
 from ..steps.selection import Selection, check_head_ratio
 from ..structure import UnitGroup, adapter_for, find_groups, find_layers, target_layers
 from ..structure.widths import multiples_used
@@ -83,6 +83,10 @@ class UnitStep:
         else:
             self.layers = target_layers(model, config)
             self.masks = {n: torch.ones(l.weight_matrix().shape, dtype=torch.bool) for n, l in self.layers.items()}
+        if config.calibration.mode == "one_pass" and config.reconstruction.method == "none":
+            raise ConfigError("calibration.mode='one_pass' chooses the masks inside the reconstruction pass, which "
+                              "needs calibration data and a model built from a list of blocks; pass calibration "
+                              "data, or use calibration.mode='sequential'.")
         self.forced_min: set[str] = set()
         self.over_protected: dict[str, tuple[int, int]] = {}
         self.batches_per_process: list[int] = []
@@ -106,14 +110,18 @@ class UnitStep:
         Returns the selection and the sparsity reached (the one asked for)."""
         removed = {n: ~m for n, m in self.masks.items()} if already else {}
         logger.info("step to sparsity %g: calibrating on %d batch(es), scoring, selecting", sparsity, len(batches))
-        protected = self._protect(batches, timings)
-        selection, _, stats = compute_masks(self.model, self.criterion, self.layers, self.groups, batches,
-                                            self.progress, removed, timings, self.config_at(sparsity),
-                                            protected=protected)
-        if self.criterion.needs_data and batches:
-            self.batches_per_process = gather_counts(len(my_share(batches)))
-        new = broadcast_masks(dict(selection.masks)) if self.world_size > 1 else selection.masks
-        refit = self._reconstruct(new, batches, timings)
+        if self.config.calibration.mode == "one_pass":
+            selection, stats, refit = self._one_pass(sparsity, batches, timings, removed)
+            new = selection.masks
+        else:
+            protected = self._protect(batches, timings)
+            selection, _, stats = compute_masks(self.model, self.criterion, self.layers, self.groups, batches,
+                                                self.progress, removed, timings, self.config_at(sparsity),
+                                                protected=protected)
+            if self.criterion.needs_data and batches:
+                self.batches_per_process = gather_counts(len(my_share(batches)))
+            new = broadcast_masks(dict(selection.masks)) if self.world_size > 1 else selection.masks
+            refit = self._reconstruct(new, batches, timings)
         t = time.perf_counter()
         newly = {n: new[n] | removed[n] for n in new} if removed else new  # keep-mask of this step's removal
         self._compensate({n: v for n, v in stats.items() if n not in refit}, newly)
@@ -138,7 +146,8 @@ class UnitStep:
                         sum(len(v) for v in self.protection.to_report().values()), mode)
         return self.protection.masks
 
-    def _reconstruct(self, masks: dict[str, torch.Tensor], batches: list, timings: dict[str, float]) -> set[str]:
+    def _reconstruct(self, masks: dict[str, torch.Tensor], batches: list, timings: dict[str, float],
+                     chooser: BlockSelector | None = None) -> set[str]:
         """Refit the kept weights (hfprune extension, `hfprune.reconstruction.refit`); the names of the refit
         layers, whose bias (elimination-compensation with ``compensate``) is fitted jointly instead of compensated.
         Every process refits on all batches (the same result everywhere)."""
@@ -148,11 +157,32 @@ class UnitStep:
         self.reconstruction = reconstruct(self.model, self.layers, masks, batches, groups=self.groups,
                                           damp=options.damp, target=options.target, cg_steps=options.cg_steps,
                                           fit_bias=self.criterion.compensates, adapter=self.adapter,
-                                          progress=self.progress, offload=offload_of(self.config))
+                                          progress=self.progress, offload=offload_of(self.config),
+                                          chooser=chooser)
         timings["reconstruction"] = timings.get("reconstruction", 0.0) + self.reconstruction.seconds
         for name in self.reconstruction.rank_deficient:
             logger.info("reconstruction: the inputs of %s were rank-deficient; damped", name)
         return {f.name for f in self.reconstruction.layers}
+
+    def _one_pass(self, sparsity: float, batches: list, timings: dict[str, float],
+                  removed: dict[str, torch.Tensor]) -> tuple[Selection, dict, set[str]]:
+        """calibration.mode='one_pass': each block's statistics, protection, scores, masks and refit in one pass
+        over the blocks (`reconstruct` with a `BlockSelector`), protection detected there on the first step (on the
+        inputs each block receives) instead of in a whole-model pass; every process runs every batch, so all
+        decide the same masks."""
+        for phase in ("calibration", "scoring", "selection"):
+            timings.setdefault(phase, 0.0)
+        config = self.config_at(sparsity)
+        observed = self.criterion.observed_layers(self.layers, self.groups)
+        mode = self.config.protection.mode
+        detect = mode != "none" and self.protection is None
+        chooser = BlockSelector(self.model, self.criterion, self.layers, self.groups, observed, removed, timings,
+                                config, self.protection.masks if self.protection else {},
+                                protect=(mode, float(self.config.protection.threshold)) if detect else None)
+        refit = self._reconstruct({}, batches, timings, chooser)  # ends with chooser.finish()
+        if detect:
+            self.protection = chooser.protection
+        return chooser.selection, chooser.kept, refit
 
     def _compensate(self, stats: dict, masks: dict[str, torch.Tensor]) -> None:
         """Elimination-compensation: add each layer's optimal bias change for the weights being removed."""

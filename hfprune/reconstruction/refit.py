@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -91,11 +91,12 @@ class ReconstructionReport:
 # --- driver ---------------------------------------------------------------------------------------------------------
 def _plan(layers: dict[str, Layer], masks: dict[str, torch.Tensor], groups: list[UnitGroup] | None
           ) -> dict[str, tuple[str, torch.Tensor]]:
-    """Per layer to refit: ("rows", [out, in] keep mask) or ("columns", [in] kept columns)."""
+    """Per layer of ``layers`` to refit: ("rows", [out, in] keep mask) or ("columns", [in] kept columns)."""
     plan: dict[str, tuple[str, torch.Tensor]] = {}
     if groups is None:
-        for n, m in masks.items():
-            if not m.all():
+        for n in layers:
+            m = masks[n] if n in masks else None
+            if m is not None and not m.all():
                 plan[n] = ("rows", m.bool().cpu())
         return plan
     for n in sorted({c.layer for g in groups for c in g.consumers if c.layer in layers}):
@@ -103,6 +104,27 @@ def _plan(layers: dict[str, Layer], masks: dict[str, torch.Tensor], groups: list
         if removed is not None and removed.any():
             plan[n] = ("columns", ~removed[0])
     return plan
+
+
+def _candidates(layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
+    """The layers a refit may touch: every masked layer (unstructured), the groups' consumers (structured)."""
+    if groups is None:
+        return list(layers)
+    return sorted({c.layer for g in groups for c in g.consumers if c.layer in layers})
+
+
+class BlockChooser(Protocol):
+    """Masks decided block by block inside the refit pass (`hfprune.steps.scoring.BlockSelector`)."""
+
+    observed: dict[int, list[str]]  # per block, the layers whose statistics the choice reads
+    measured: dict[int, list[str]]  # per block, the layers whose inputs protection measures
+    selection: Any  # .masks: per layer or group, filled block by block
+
+    def watch(self, i: int) -> list[Any]: ...
+
+    def decide_block(self, i: int) -> None: ...
+
+    def finish(self) -> Any: ...
 
 
 def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramStats, method: str, bias: bool,
@@ -141,7 +163,7 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
                 batches: list[Any], *, groups: list[UnitGroup] | None = None, damp: float = 0.01,
                 sequential: bool = True, target: str = "layer", method: str = "obs", cg_steps: int = 0,
                 fit_bias: bool | set[str] = False, adapter: Any = None, progress: bool = False,
-                offload: Offload = Offload()) -> ReconstructionReport:
+                offload: Offload = Offload(), chooser: BlockChooser | None = None) -> ReconstructionReport:
     """Refit the kept weights of every masked layer in place (masks unchanged), block by block; see the module.
 
     ``masks``: per layer ``[out, in]`` keep masks (``groups=None``) or per group ``[units]`` keep masks. After the
@@ -154,7 +176,10 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
     each layer to the unpruned layer's output on the inputs it now receives (SparseGPT's choice), "dense" to the
     *dense* model's output on the dense inputs (`dense_target`; the errors of the blocks before are corrected too,
     but on SmolLM2 FFN neurons it generalised worse: 54.5 against 49.8). ``offload``: the blocks wait in CPU
-    memory or on disk and each is refit on the execution device (`hfprune.calibration.offload`).
+    memory or on disk and each is refit on the execution device (`hfprune.calibration.offload`). ``chooser``
+    (one pass, ``calibration.mode='one_pass'``): ``masks`` is ignored; block i's criterion statistics are
+    gathered in the same forward as its refit statistics, on the inputs the pruned and refit blocks before it give,
+    and the chooser decides block i's masks before block i is refit.
     """
     if method not in METHODS:
         raise ConfigError(f"reconstruction method {method!r} is not one of {', '.join(METHODS)}.")
@@ -169,16 +194,20 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
     t0 = time.perf_counter()
     paired = sequential and target == "dense"
     report = ReconstructionReport(sequential, float(damp), method, target if sequential else "dense")
-    plan = _plan(layers, masks, groups)
+    if chooser is not None:
+        masks = chooser.selection.masks  # filled block by block, before each block's refit
     prefix, blocks = find_blocks(model)
-    where = block_of(list(plan), prefix, len(blocks))
-    report.skipped = sorted(n for n, i in where.items() if i is None)
+    candidates = _candidates(layers, groups) if chooser is not None else list(_plan(layers, masks, groups))
+    where = block_of(candidates, prefix, len(blocks))
     group_block: dict[str, set] = {}
     done: set[str] = set()
     if groups is not None:
         gw = block_of([c.layer for g in groups for c in g.couplings], prefix, len(blocks))
         group_block = {g.name: {gw[c.layer] for c in g.couplings} for g in groups}
     last = max((i for i in where.values() if i is not None), default=-1)
+    if chooser is not None:
+        last = max([last, *chooser.observed, *chooser.measured])
+    plan: dict[str, tuple[str, torch.Tensor]] = {}
     was_training = model.training
     model.eval()
     try:
@@ -190,8 +219,9 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
             for i in tqdm(range(last + 1), desc="reconstructing, block by block", disable=not progress, leave=False):
                 if resident is not None:
                     resident.onload(i)
-                names = [n for n in plan if where[n] == i]
-                hooks = InputStatistics({n: layers[n] for n in names}, paired)
+                here_layers = {n: layers[n] for n in candidates if where[n] == i}
+                handles = chooser.watch(i) if chooser is not None else []
+                hooks = InputStatistics(here_layers, paired)
                 try:
                     for b, entry in enumerate(cache):
                         if dense is not None:  # block i is still dense: its output is the next dense input
@@ -202,6 +232,14 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
                         _run_block(blocks[i], entry, write=not sequential)
                 finally:
                     hooks.remove()
+                    for h in handles:
+                        h.remove()
+                if chooser is not None:  # one pass: this block's masks from the inputs it now receives
+                    chooser.decide_block(i)
+                decided = [g for g in groups if g.name in masks] if groups is not None else None
+                block_plan = _plan(here_layers, masks, decided)
+                plan.update(block_plan)
+                names = list(block_plan)
                 seen = {}
                 for n in names:
                     st = hooks.stats.get(n)
@@ -219,13 +257,13 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
                     key = (id(st), bias)
                     if key not in factors:
                         factors[key] = make_factor(st, damp, bias)
-                    how, keep = plan[n]
+                    how, keep = block_plan[n]
                     fits[n] = _fit_layer(layers[n], how, keep, factors[key], st, method, bias, cg_steps)
                 for n, (Wn, delta, fit) in fits.items():  # write only once the whole block fitted
-                    _write(model, layers[n], Wn, delta, plan[n], adapter)
+                    _write(model, layers[n], Wn, delta, block_plan[n], adapter)
                     report.layers.append(fit)
                 if groups is not None:
-                    here = [g for g in groups if group_block[g.name] == {i}]
+                    here = [g for g in decided if group_block[g.name] == {i}]
                     apply_unit_masks(model, here, masks)
                     done.update(g.name for g in here)
                 del fits, factors, hooks
@@ -237,6 +275,11 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
                 release_memory()
     finally:
         model.train(was_training)
+    if chooser is not None:  # units no block's statistics reached; masks is the chooser's, now complete
+        masks = chooser.finish()[0].masks
+    outside = [n for n in candidates if where[n] is None]
+    plan.update(_plan({n: layers[n] for n in outside}, masks, groups))
+    report.skipped = sorted(n for n in outside if n in plan)
     if groups is not None:  # units not zeroed block by block (spanning blocks, or after the last refit one)
         apply_unit_masks(model, [g for g in groups if g.name not in done], masks)
     for n in report.skipped:

@@ -32,6 +32,9 @@ class PackedMasks(MutableMapping):
         bits, shape = self._packed[name]
         return torch.from_numpy(np.unpackbits(bits, count=math.prod(shape)).astype(bool)).view(shape)
 
+    def __contains__(self, name: object) -> bool:  # without unpacking
+        return name in self._packed
+
     def __delitem__(self, name: str) -> None:
         del self._packed[name]
 

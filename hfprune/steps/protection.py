@@ -43,6 +43,36 @@ class Protection:
         return {n: m.nonzero().flatten().tolist() for n, m in self.masks.items() if m.any()}
 
 
+def measure_hook(layer: Layer, mode: str, acc: dict[str, torch.Tensor], count: dict[str, int], name: str):
+    """A forward hook adding one call's ``max |a_j|`` (``"outliers"``) or ``sum a_j^2`` (``"energy"``) per input
+    column of ``layer`` to ``acc[name]`` (float64 ``[in]``), and its token count to ``count[name]``."""
+    def fn(module: nn.Module, args: tuple, output: Any) -> None:
+        x = layer.input_matrix(args[0].detach())
+        if mode == "outliers":
+            v = x.abs().amax(dim=0).double()
+            acc[name] = v if name not in acc else torch.maximum(acc[name], v)
+        else:
+            v = x.double().square().sum(dim=0)
+            acc[name] = v if name not in acc else acc[name] + v
+        count[name] = count.get(name, 0) + x.shape[0]
+    return fn
+
+
+def finish_measure(acc: dict[str, torch.Tensor], count: dict[str, int], mode: str) -> dict[str, torch.Tensor]:
+    """The measures from the hooks' sums (energy: the mean over tokens); non-finite activations are an error."""
+    for n, v in acc.items():
+        if not torch.isfinite(v).all():
+            raise CalibrationError(f"Protection: non-finite activations at the input of {n}; check the weights and "
+                                   "the calibration data.")
+    return acc if mode == "outliers" else {n: v / max(count[n], 1) for n, v in acc.items()}
+
+
+def measured_layers(layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
+    """The layers whose inputs protection measures: every target layer (unstructured), the groups' consumers."""
+    return list(layers) if groups is None else sorted({c.layer for g in groups for c in g.consumers
+                                                       if c.layer in layers})
+
+
 @torch.no_grad()
 def input_measure(model: nn.Module, layers: dict[str, Layer], batches: list[Any],
                   mode: str) -> dict[str, torch.Tensor]:
@@ -50,20 +80,7 @@ def input_measure(model: nn.Module, layers: dict[str, Layer], batches: list[Any]
     (``mode="outliers"``) or ``E[a_j^2]`` (``"energy"``), float64 ``[in]``."""
     acc: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
-
-    def hook(name: str):
-        def fn(module: nn.Module, args: tuple, output: Any) -> None:
-            x = layers[name].input_matrix(args[0].detach())
-            if mode == "outliers":
-                v = x.abs().amax(dim=0).double()
-                acc[name] = v if name not in acc else torch.maximum(acc[name], v)
-            else:
-                v = x.double().square().sum(dim=0)
-                acc[name] = v if name not in acc else acc[name] + v
-            count[name] = count.get(name, 0) + x.shape[0]
-        return fn
-
-    handles = [l.module.register_forward_hook(hook(n)) for n, l in layers.items()]
+    handles = [l.module.register_forward_hook(measure_hook(l, mode, acc, count, n)) for n, l in layers.items()]
     was_training = model.training
     model.eval()
     try:
@@ -74,11 +91,7 @@ def input_measure(model: nn.Module, layers: dict[str, Layer], batches: list[Any]
         model.train(was_training)
         for h in handles:
             h.remove()
-    for n, v in acc.items():
-        if not torch.isfinite(v).all():
-            raise CalibrationError(f"Protection: non-finite activations at the input of {n}; check the weights and "
-                                   "the calibration data.")
-    return acc if mode == "outliers" else {n: v / max(count[n], 1) for n, v in acc.items()}
+    return finish_measure(acc, count, mode)
 
 
 def _above_median(measure: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +103,14 @@ def detect_outliers(model: nn.Module, layers: dict[str, Layer], groups: list[Uni
                     threshold: float, mode: str = "outliers") -> Protection:
     """Protected units of ``groups`` (or input columns of ``layers`` when ``groups`` is None); see the module.
     ``mode``: "outliers" (activation peak) or "energy" (output energy ``E[a_j^2] ||W_:,j||^2``)."""
-    names = list(layers) if groups is None else sorted({c.layer for g in groups for c in g.consumers
-                                                        if c.layer in layers})
-    stats = input_measure(model, {n: layers[n] for n in names}, batches, mode)
+    names = measured_layers(layers, groups)
+    return protect_from(input_measure(model, {n: layers[n] for n in names}, batches, mode), layers, groups,
+                        threshold, mode)
 
+
+def protect_from(stats: dict[str, torch.Tensor], layers: dict[str, Layer], groups: list[UnitGroup] | None,
+                 threshold: float, mode: str) -> Protection:
+    """The protected units of ``groups`` (or columns of the layers in ``stats``) from their layers' measures."""
     def measure(name: str) -> torch.Tensor:  # per input column
         if mode == "outliers":
             return stats[name].cpu()
@@ -102,7 +119,7 @@ def detect_outliers(model: nn.Module, layers: dict[str, Layer], groups: list[Uni
 
     out = Protection()
     if groups is None:
-        for n in names:
+        for n in stats:
             out.masks[n], r = _above_median(measure(n), threshold)
             out.ratio[n] = r[out.masks[n]].tolist()
         return out

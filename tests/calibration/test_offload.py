@@ -12,6 +12,8 @@ from hfprune.calibration.offload import BlockOffload, Offload, check_offload, to
 
 CASES = [
     ("wanda", "weights", {}),
+    ("wanda", "weights", {"mode": "one_pass"}),
+    ("wanda", "neurons+heads", {"head_sparsity": 1 / 3, "mode": "one_pass"}),
     ("wanda", "2:4", {}),
     ("wanda", "neurons+heads", {"head_sparsity": 1 / 3}),
     ("elimination_compensation", "neurons", {"options": {"output": "layer"}, "scope": "global"}),
@@ -19,18 +21,21 @@ CASES = [
 
 
 def _run(criterion, granularity, kw, offload, dtype=torch.float32, watch=None):
+    kw = dict(kw)
+    mode = kw.pop("mode", "sequential")
     model = tiny_model("llama").to(dtype)
     if watch is not None:
         watch(model)
     config = PruningConfig(criterion=criterion, granularity=granularity, sparsity=0.5,
-                           calibration={"mode": "sequential", "num_samples": 8, "seq_len": 12, "batch_size": 3,
+                           calibration={"mode": mode, "num_samples": 8, "seq_len": 12, "batch_size": 3,
                                         "offload": offload}, **kw)
     result = prune(model, config, calibration_data=calibration("llama"), progress=False)
     return result, model
 
 
 @pytest.mark.parametrize("offload", ["cpu", "disk"])
-@pytest.mark.parametrize("criterion,granularity,kw", CASES, ids=[f"{c}-{g}" for c, g, _ in CASES])
+@pytest.mark.parametrize("criterion,granularity,kw", CASES,
+                         ids=[f"{c}-{g}-{k.get('mode', 'sequential')}" for c, g, k in CASES])
 def test_offloaded_run_equals_in_memory_run(criterion, granularity, kw, offload):
     ref, ref_model = _run(criterion, granularity, kw, "none")
     got, model = _run(criterion, granularity, kw, offload)
