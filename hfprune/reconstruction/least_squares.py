@@ -56,6 +56,10 @@ class GramStats:
                                    "activations, or non-finite weights/data); nothing was written. Use float32 "
                                    "weights and check the calibration data.")
 
+    def mean(self) -> torch.Tensor:
+        """``mu``, the mean input (float64)."""
+        return self.s / self.n
+
     def moments(self, centered: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(second moment ``H/n``, or covariance ``S`` when ``centered``; the mean ``mu``), float64."""
         mu = self.s / self.n
@@ -169,7 +173,8 @@ def make_factor(st: GramStats, damp: float, centered: bool) -> Factor:
     lam = damp * float(diag.mean().clamp(min=1e-12))
     if lam == 0 and rank_deficient:
         lam = 1e-8 * float(diag.mean().clamp(min=1e-12))  # damp=0 asked, but a singular H has no solution
-    return Factor(m + lam * torch.eye(m.shape[0], dtype=m.dtype, device=m.device), mu, lam, rank_deficient, dead)
+    m.diagonal().add_(lam)  # in place: no identity matrix nor second copy (the widest input's float64 matrices
+    return Factor(m, mu, lam, rank_deficient, dead)  # are a refit's memory peak, docs/scaling.md)
 
 
 def refit_columns(W: torch.Tensor, keep_cols: torch.Tensor, f: Factor) -> torch.Tensor:
@@ -286,8 +291,8 @@ def output_error(D: torch.Tensor, delta: torch.Tensor | None, W: torch.Tensor, s
     """``E||D a + W d + delta||^2`` from the statistics (never the samples themselves): the error of the refit
     layer ``W + D`` (and bias change ``delta``) on the pruned model's inputs ``a`` against the dense layer on the
     dense inputs ``a0 = a - d`` (``d = 0`` unless the statistics are paired)."""
-    m, mu = st.moments(False)
-    err = _quad(D, m)
+    mu = st.mean()
+    err = _quad(D, st.H) / st.n  # the float32 sums as they are: no float64 copy of H per call
     shift = D.new_zeros(D.shape[0])
     if st.paired:
         P, Q, md = st.shift_moments(False)
@@ -300,8 +305,8 @@ def output_error(D: torch.Tensor, delta: torch.Tensor | None, W: torch.Tensor, s
 
 def output_energy(W: torch.Tensor, st: GramStats) -> float:
     """``E||W a0||^2``, the dense layer's output energy (the reference of the relative errors)."""
+    if not st.paired:
+        return max(_quad(W, st.H) / st.n, 1e-30)
     m, _ = st.moments(False)
-    if st.paired:
-        P, Q, _ = st.shift_moments(False)
-        m = m - P - P.T + Q
-    return max(_quad(W, m), 1e-30)
+    P, Q, _ = st.shift_moments(False)
+    return max(_quad(W, m - P - P.T + Q), 1e-30)

@@ -143,7 +143,7 @@ def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramSt
         if cg_steps:
             Wn = refine_rows_cg(target, Wn, keep_full, f, cg_steps)
             method = f"obs+cg{cg_steps}"
-    _, mu = st.moments(False)
+    mu = st.mean()
     D0 = -Wd * (~keep_full).to(Wd.device)  # plain masking
     D1 = Wn - Wd
     delta = None
@@ -156,7 +156,7 @@ def _fit_layer(layer: Layer, how: str, keep: torch.Tensor, f: Factor, st: GramSt
     if after > before:
         fit.reverted, fit.error_after, fit.bias = True, before / ref, False
         return D0.new_zeros(0), None, fit
-    return Wn, delta, fit
+    return Wn.to(W.dtype), delta, fit  # held in the weights' dtype until the block is written
 
 
 def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, torch.Tensor],
@@ -249,24 +249,25 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
                 for st, ns in seen.values():
                     st.check(ns)
                 fits = {}
-                factors: dict[tuple[int, bool], Factor] = {}
-                for n in names:
-                    st = hooks.stats[n]
-                    bias = layers[n].bias is not None or fit_bias is True or (
-                        isinstance(fit_bias, set) and n in fit_bias)
-                    key = (id(st), bias)
-                    if key not in factors:
-                        factors[key] = make_factor(st, damp, bias)
-                    how, keep = block_plan[n]
-                    fits[n] = _fit_layer(layers[n], how, keep, factors[key], st, method, bias, cg_steps)
-                for n, (Wn, delta, fit) in fits.items():  # write only once the whole block fitted
+                for st, ns in seen.values():  # one distinct input at a time: its factors go before the next's
+                    factors: dict[bool, Factor] = {}
+                    for n in ns:
+                        bias = layers[n].bias is not None or fit_bias is True or (
+                            isinstance(fit_bias, set) and n in fit_bias)
+                        if bias not in factors:
+                            factors[bias] = make_factor(st, damp, bias)
+                        how, keep = block_plan[n]
+                        fits[n] = _fit_layer(layers[n], how, keep, factors[bias], st, method, bias, cg_steps)
+                    del factors
+                for n in names:  # write only once the whole block fitted, in the plan's order
+                    Wn, delta, fit = fits[n]
                     _write(model, layers[n], Wn, delta, block_plan[n], adapter)
                     report.layers.append(fit)
                 if groups is not None:
                     here = [g for g in decided if group_block[g.name] == {i}]
                     apply_unit_masks(model, here, masks)
                     done.update(g.name for g in here)
-                del fits, factors, hooks
+                del fits, hooks, seen
                 if sequential and i < last:
                     for entry in cache:
                         _run_block(blocks[i], entry, write=True)
