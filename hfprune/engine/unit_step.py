@@ -180,6 +180,8 @@ class UnitStep:
                                 config, self.protection.masks if self.protection else {},
                                 protect=(mode, float(self.config.protection.threshold)) if detect else None)
         refit = self._reconstruct({}, batches, timings, chooser)  # ends with chooser.finish()
+        if batches:
+            self.batches_per_process = gather_counts(len(batches))  # every process ran every batch
         if detect:
             self.protection = chooser.protection
         return chooser.selection, chooser.kept, refit

@@ -59,7 +59,7 @@ CASES = {"a": "wanda neurons+heads 25%, 1 KV group, refit", "b": "wanda weights 
 PHASES = [("setup", ["setup"]), ("protection", ["protection"]), ("masks", ["calibration", "scoring", "selection"]),
           ("search", ["search"]), ("reconstruction", ["reconstruction"]), ("compensation", ["compensation"]),
           ("compaction", ["compaction"])]
-KEY = ("shape", "layers", "dtype", "case", "samples", "seq_len", "batch")
+KEY = ("shape", "layers", "dtype", "case", "samples", "seq_len", "batch", "mode")
 
 
 # --- the model ------------------------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     ids = torch.randint(0, cfg.vocab_size, (args.num_samples, args.seq_len),
                         generator=torch.Generator().manual_seed(args.seed + 1))
     calibration = {"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
-                   "mode": "sequential"}
+                   "mode": args.mode}
     config = case_config(args.case, cfg, params, calibration)
     trim_heap()
     exact = reset_peak()
@@ -186,7 +186,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     tokens = args.num_samples * args.seq_len
     return {
         "shape": args.shape, "family": SHAPES[args.shape][0], "layers": cfg.num_hidden_layers, "dtype": args.dtype,
-        "case": args.case, "samples": args.num_samples, "seq_len": args.seq_len, "batch": args.batch_size,
+        "case": args.case, "mode": args.mode, "samples": args.num_samples, "seq_len": args.seq_len, "batch": args.batch_size,
         "threads": torch.get_num_threads(),
         "params": params, "params MB": nbytes / MB, "params after": res.report.params_after,
         "RSS before build MB": rss0, "model resident MB": rss_model - rss0, "build s": t_build,
@@ -206,17 +206,19 @@ def planned_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
     full depth x half and all the samples)."""
     if args.depth_check:
         full = SHAPES["0.1B"][1]["num_hidden_layers"]
-        return [{"shape": "0.1B", "dtype": "bf16", "case": "a", "layers": d, "samples": n}
+        return [{"shape": "0.1B", "dtype": "bf16", "case": "a", "layers": d, "samples": n, "mode": args.mode}
                 for d in (full // 2, full) for n in (args.num_samples // 2, args.num_samples)]
     return [{"shape": s, "dtype": d, "case": c, "layers": args.depth or SHAPES[s][1]["num_hidden_layers"],
-             "samples": args.num_samples} for s in args.shapes for d in args.dtypes for c in args.cases]
+             "samples": args.num_samples, "mode": args.mode}
+            for s in args.shapes for d in args.dtypes for c in args.cases]
 
 
 def run_one(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """One run in a fresh process; a run past --timeout is recorded as such."""
     cmd = [__file__, "--child", "--shape", run["shape"], "--dtype", run["dtype"], "--case", run["case"],
            "--layers", str(run["layers"]), "--num-samples", str(run["samples"]), "--seq-len", str(args.seq_len),
-           "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--seed", str(args.seed)]
+           "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--seed", str(args.seed),
+           "--mode", run["mode"]]
     try:
         row = run_child(cmd, timeout=args.timeout)
     except Exception as e:  # subprocess.TimeoutExpired: the child was killed
@@ -278,7 +280,7 @@ def plot(rows: list[dict[str, Any]], path: str, samples: int) -> None:
     fig.savefig(path, dpi=120)
 
 
-COLUMNS = ["shape", "layers", "dtype", "case", "samples", "params MB", "peak - before MB", "peak / params",
+COLUMNS = ["shape", "layers", "dtype", "case", "mode", "samples", "params MB", "peak - before MB", "peak / params",
            "peak phase", "gram fp64 MB", "total s", "cpu s", "cpu s per block", "cpu ms per token", "error"]
 
 
@@ -289,6 +291,8 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=["a", "b"])
     ap.add_argument("--depth", type=int, default=None, help="blocks of every shape (default: the family's)")
     ap.add_argument("--depth-check", action="store_true", help="0.1B, bf16, case a: 15/30 layers x N/2, N samples")
+    ap.add_argument("--mode", choices=["sequential", "one_pass"], default="sequential",
+                    help="calibration.mode (one_pass: statistics, scores and refit in one pass; not with case c)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=1500, help="seconds one run may take")

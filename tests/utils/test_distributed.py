@@ -62,6 +62,18 @@ def test_cli_prune_two_processes_write_once_and_match_one_process(model_dir, tmp
     assert cal2["batches_per_process"] == [2, 2] and cal1["batches_per_process"] == [4]
 
 
+def test_one_pass_two_processes_decide_the_same_masks_as_one(model_dir, tmp_path):
+    """calibration.mode='one_pass': every process runs every batch through the refit pass, so all decide the same
+    masks and weights, equal to a 1-process run's."""
+    extra = ["--calibration.mode", "one_pass"]
+    two = _run(TORCHRUN + _prune_cli(model_dir, str(tmp_path / "two")) + extra)
+    _run([sys.executable] + _prune_cli(model_dir, str(tmp_path / "one")) + extra)
+    assert two.stderr.count("saved to") == 1, two.stderr
+    _same_weights(str(tmp_path / "two"), str(tmp_path / "one"), exact=True)
+    cal2 = json.load(open(tmp_path / "two" / "pruning_report.json"))["calibration"]
+    assert cal2["processes"] == 2 and cal2["batches_per_process"] == [4, 4]
+
+
 def test_run_one_shot_recipe_two_processes(model_dir, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"""model: {{name: {model_dir}}}
