@@ -81,14 +81,19 @@ def measure_baseline(model: nn.Module, seq_len: int, example_inputs: Any = None)
     return Baseline(params, count_macs(model, inputs), inputs, shape)
 
 
-#: a pruned model whose perplexity on the first calibration batch is this many times the dense one's is flagged
+#: a pruned model whose perplexity on the probe's rows is this many times the dense one's is flagged
 BROKEN_RATIO = 3.0
 
 
+#: the probe reads the first calibration batch's rows up to this many tokens (two 512-token rows): enough to see a
+#: broken model, a tenth of a run's time less than the whole batch through the LM head (docs/scaling.md)
+PROBE_TOKENS = 1024
+
+
 def probe_loss(model: nn.Module, batches: list) -> tuple[float | None, str | None]:
-    """(next-token loss of a causal LM on the first calibration batch, why it was skipped): two forward passes per
-    run that let every run say when it hands back a broken model. (None, None) for other models or without data;
-    a skipped probe is stated in the report, never written as a NaN."""
+    """(next-token loss of a causal LM on the first calibration batch's first rows, up to `PROBE_TOKENS` tokens,
+    why it was skipped): two forward passes per run that let every run say when it hands back a broken model.
+    (None, None) for other models or without data; a skipped probe is stated in the report, never a NaN."""
     if not batches or auto_class_name(model) != "AutoModelForCausalLM" or not isinstance(batches[0], dict) \
             or "input_ids" not in batches[0]:
         return None, None
@@ -101,8 +106,9 @@ def probe_loss(model: nn.Module, batches: list) -> tuple[float | None, str | Non
                       "(rows of one token); longer calibration texts give it")
     rows = batch["input_ids"].shape[0]  # one row at a time: the logits (and the loss's float32 copy of them) of a
     # whole batch are rows x tokens x vocabulary, the run's memory peak on large vocabularies (docs/scaling.md)
+    read = min(rows, max(1, PROBE_TOKENS // batch["input_ids"].shape[-1]))
     loss = lm_loss(model, [{k: v[i:i + 1] if isinstance(v, torch.Tensor) and v.shape[:1] == (rows,) else v
-                            for k, v in batch.items()} for i in range(rows)])
+                            for k, v in batch.items()} for i in range(read)])
     return (loss, None) if math.isfinite(loss) else (None, "the loss on the first calibration batch is NaN or inf")
 
 
@@ -115,7 +121,7 @@ def add_probe(calibration: dict[str, Any], warnings: list[str], before: float | 
     ppl_before, ppl_after = math.exp(min(before, 700)), math.exp(min(after, 700))
     calibration["probe_perplexity"] = {"before": ppl_before, "after": ppl_after}
     if ppl_after > BROKEN_RATIO * ppl_before:
-        warnings.append(message := f"perplexity on the first calibration batch rose {ppl_after / ppl_before:.1f}x "
+        warnings.append(message := f"perplexity on the first calibration rows rose {ppl_after / ppl_before:.1f}x "
                         f"({ppl_before:.1f} -> {ppl_after:.1f}): the pruned model is probably broken. Measured "
                         f"remedies (docs/criteria.md): {_remedies(config)}.")
         logger.warning(message)
