@@ -77,8 +77,8 @@ class CalibrationConfig(OptionGroup):
         "statistics, scores, masks and refit in one pass, on the inputs the pruned and refit blocks before it give "
         "(SparseGPT's order; the calibration pass of the other modes is saved). See docs/scaling.md.")
     offload: Literal["none", "cpu", "disk"] = option(
-        "none", "With mode 'sequential' or 'one_pass': where the transformer blocks wait while another block is calibrated and "
-        "refit. 'none': in place; 'cpu': in CPU memory, each block moved to `device` for its turn (a model larger "
+        "none", "With mode 'sequential' or 'one_pass': where the transformer blocks wait while another block is "
+        "calibrated and refit. 'none': in place; 'cpu': in CPU memory, each block moved to `device` for its turn (a model larger "
         "than the accelerator); 'disk': written to a temporary folder in Accelerate's offload format and read "
         "back block by block. See docs/scaling.md.")
     device: str | None = option(None, "With offload 'cpu' or 'disk': the execution device each block is moved to "

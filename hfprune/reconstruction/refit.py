@@ -46,7 +46,7 @@ from ..steps.compaction import add_bias
 from ..errors import CalibrationError, ConfigError
 from .least_squares import (Factor, GramStats, InputStatistics, dense_target, make_factor, output_energy, output_error,
                             refine_rows_cg, refit_columns, refit_rows_exact, refit_rows_obs)
-from ..steps.masks import apply_unit_masks, removed_columns
+from ..steps.masks import apply_unit_masks, consumer_layers, removed_columns
 from ..structure import Layer, UnitGroup
 
 METHODS = ("obs", "exact")
@@ -99,18 +99,11 @@ def _plan(layers: dict[str, Layer], masks: dict[str, torch.Tensor], groups: list
             if m is not None and not m.all():
                 plan[n] = ("rows", m.bool().cpu())
         return plan
-    for n in sorted({c.layer for g in groups for c in g.consumers if c.layer in layers}):
+    for n in consumer_layers(layers, groups):
         removed = removed_columns(layers[n], groups, masks)
         if removed is not None and removed.any():
             plan[n] = ("columns", ~removed[0])
     return plan
-
-
-def _candidates(layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
-    """The layers a refit may touch: every masked layer (unstructured), the groups' consumers (structured)."""
-    if groups is None:
-        return list(layers)
-    return sorted({c.layer for g in groups for c in g.consumers if c.layer in layers})
 
 
 class BlockChooser(Protocol):
@@ -197,7 +190,7 @@ def reconstruct(model: nn.Module, layers: dict[str, Layer], masks: dict[str, tor
     if chooser is not None:
         masks = chooser.selection.masks  # filled block by block, before each block's refit
     prefix, blocks = find_blocks(model)
-    candidates = _candidates(layers, groups) if chooser is not None else list(_plan(layers, masks, groups))
+    candidates = consumer_layers(layers, groups) if chooser is not None else list(_plan(layers, masks, groups))
     where = block_of(candidates, prefix, len(blocks))
     group_block: dict[str, set] = {}
     done: set[str] = set()

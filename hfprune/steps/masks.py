@@ -45,6 +45,14 @@ class PackedMasks(MutableMapping):
         return len(self._packed)
 
 
+def consumer_layers(layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
+    """The layers of ``layers`` that read the units: every layer (unstructured, ``groups`` None), else the groups'
+    consumers (``down_proj`` for FFN neurons, ``o_proj`` for heads): what protection measures and a refit fits."""
+    if groups is None:
+        return list(layers)
+    return sorted({c.layer for g in groups for c in g.consumers if c.layer in layers})
+
+
 @torch.no_grad()
 def apply_weight_masks(layers: dict[str, Layer], masks: dict[str, torch.Tensor]) -> None:
     """Zero the weights where ``masks[name]`` (``[out, in]``, True = keep) is False."""

@@ -28,6 +28,7 @@ from torch import nn
 from ..calibration.forward import no_kv_cache, run_model
 from ..errors import CalibrationError
 from ..structure import Layer, UnitGroup
+from .masks import consumer_layers
 
 
 @dataclass
@@ -67,12 +68,6 @@ def finish_measure(acc: dict[str, torch.Tensor], count: dict[str, int], mode: st
     return acc if mode == "outliers" else {n: v / max(count[n], 1) for n, v in acc.items()}
 
 
-def measured_layers(layers: dict[str, Layer], groups: list[UnitGroup] | None) -> list[str]:
-    """The layers whose inputs protection measures: every target layer (unstructured), the groups' consumers."""
-    return list(layers) if groups is None else sorted({c.layer for g in groups for c in g.consumers
-                                                       if c.layer in layers})
-
-
 @torch.no_grad()
 def input_measure(model: nn.Module, layers: dict[str, Layer], batches: list[Any],
                   mode: str) -> dict[str, torch.Tensor]:
@@ -103,7 +98,7 @@ def detect_outliers(model: nn.Module, layers: dict[str, Layer], groups: list[Uni
                     threshold: float, mode: str = "outliers") -> Protection:
     """Protected units of ``groups`` (or input columns of ``layers`` when ``groups`` is None); see the module.
     ``mode``: "outliers" (activation peak) or "energy" (output energy ``E[a_j^2] ||W_:,j||^2``)."""
-    names = measured_layers(layers, groups)
+    names = consumer_layers(layers, groups)
     return protect_from(input_measure(model, {n: layers[n] for n in names}, batches, mode), layers, groups,
                         threshold, mode)
 

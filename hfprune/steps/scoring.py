@@ -16,8 +16,8 @@ from ..calibration.sequential import block_of, block_statistics, find_blocks
 from ..config.pruning_config import PruningConfig
 from ..criteria import Criterion
 from ..errors import ConfigError
-from .masks import PackedMasks
-from .protection import Protection, finish_measure, measure_hook, measured_layers, protect_from
+from .masks import PackedMasks, consumer_layers
+from .protection import Protection, finish_measure, measure_hook, protect_from
 from .selection import Selection, protect_scores, structured_masks, unstructured_masks
 from ..structure import Layer, UnitGroup
 
@@ -128,13 +128,12 @@ class BlockSelector:
                               f"or lie outside {prefix}.N; use calibration.mode='full'.")
         self.criterion, self.layers, self.groups, self.removed = criterion, layers, groups, removed
         self.timings, self.config, self.protected = timings, config, protected
-        self.observed = {i: [n for n in observed if where[n] == i] for i in set(where.values()) if i is not None}
-        self.observed = {i: ns for i, ns in self.observed.items() if ns}
+        blocks_here = {i for i in where.values() if i is not None}
+        self.observed = {i: ns for i in blocks_here if (ns := [n for n in observed if where[n] == i])}
         self.protect = protect  # (mode, threshold): protection detected block by block, in the one pass
         self.protection = Protection() if protect else None
-        measured = measured_layers(layers, groups) if protect else []
-        self.measured = {i: ns for i in set(where.values()) if i is not None
-                         if (ns := [n for n in measured if where[n] == i])}
+        measured = consumer_layers(layers, groups) if protect else []
+        self.measured = {i: ns for i in blocks_here if (ns := [n for n in measured if where[n] == i])}
         self._stats: dict = {}
         self._measure: tuple[dict, dict] = ({}, {})
         self.deferred = groups is not None and config.scope == "global"

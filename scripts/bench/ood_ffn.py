@@ -76,7 +76,8 @@ def main() -> None:
         t = time.perf_counter()
         prune(m, cfg, None if cal == "generated" else lee_texts("background"), tokenizer=tok, progress=False)
         ppl = evaluate(m, tok, args)
-        row = {"method": f"hfprune wanda defaults ({cal})" + (f" {' '.join(args.set)}" if args.set else ""), "ppl": ppl, "seconds": round(time.perf_counter() - t, 1),
+        method = f"hfprune wanda defaults ({cal})" + (f" {' '.join(args.set)}" if args.set else "")
+        row = {"method": method, "ppl": ppl, "seconds": round(time.perf_counter() - t, 1),
                "increase_vs_tp": {k: round((ppl[k] - dense[k]) / (tp["ppl"][k] - dense[k]), 3) for k in ppl}}
         out["rows"].append(row)
         print(row, flush=True)

@@ -186,7 +186,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     tokens = args.num_samples * args.seq_len
     return {
         "shape": args.shape, "family": SHAPES[args.shape][0], "layers": cfg.num_hidden_layers, "dtype": args.dtype,
-        "case": args.case, "mode": args.mode, "samples": args.num_samples, "seq_len": args.seq_len, "batch": args.batch_size,
+        "case": args.case, "mode": args.mode, "samples": args.num_samples, "seq_len": args.seq_len,
+        "batch": args.batch_size,
         "threads": torch.get_num_threads(),
         "params": params, "params MB": nbytes / MB, "params after": res.report.params_after,
         "RSS before build MB": rss0, "model resident MB": rss_model - rss0, "build s": t_build,

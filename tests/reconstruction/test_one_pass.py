@@ -25,8 +25,10 @@ def _wanda_masks_by_hand(model, block: int, batches: torch.Tensor) -> dict[str, 
     whole-model forward: an independent computation of what the one pass must decide."""
     inputs: dict[str, list[torch.Tensor]] = {}
     layers = {n: m for n, m in model.model.layers[block].named_modules() if isinstance(m, torch.nn.Linear)}
-    hooks = [m.register_forward_hook(lambda mod, a, out, n=n: inputs.setdefault(n, []).append(a[0].reshape(-1, a[0].shape[-1])))
-             for n, m in layers.items()]
+    def keep(n):
+        return lambda mod, a, out: inputs.setdefault(n, []).append(a[0].reshape(-1, a[0].shape[-1]))
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in layers.items()]
     with torch.no_grad():
         for i in range(0, len(batches), 3):
             model(input_ids=batches[i:i + 3])
