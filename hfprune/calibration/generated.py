@@ -39,8 +39,9 @@ def cache_dir(kind: str = "generated") -> Path:
     return Path(os.environ.get("HFPRUNE_CACHE", Path.home() / ".cache" / "hfprune")) / kind
 
 
-def fingerprint(model: nn.Module, num_samples: int, seq_len: int, seed: int) -> str:
-    """A key for the weights and the settings: the config, and a strided sample of every parameter's values."""
+def fingerprint(model: nn.Module, *settings: object) -> str:
+    """A key for the weights and the settings (JSON values): the config, and a strided sample of every parameter's
+    values."""
     h = hashlib.sha256()
     cfg = getattr(model, "config", None)
     h.update((cfg.to_json_string(use_diff=False) if cfg is not None else type(model).__name__).encode())
@@ -48,7 +49,7 @@ def fingerprint(model: nn.Module, num_samples: int, seq_len: int, seed: int) -> 
         flat = p.detach().reshape(-1)
         h.update(name.encode())
         h.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
-    h.update(json.dumps([num_samples, seq_len, seed, TOP_P, TEMPERATURE]).encode())
+    h.update(json.dumps(list(settings)).encode())
     return h.hexdigest()[:24]
 
 
@@ -103,7 +104,7 @@ def generated_token_ids(model: nn.Module, num_samples: int, seq_len: int, seed: 
     from safetensors.torch import load_file
 
     check_can_generate(model)
-    path = cache_dir() / f"{fingerprint(model, num_samples, seq_len, seed)}.safetensors"
+    path = cache_dir() / f"{fingerprint(model, num_samples, seq_len, seed, TOP_P, TEMPERATURE)}.safetensors"
     ids = None
     if is_main_process():
         if cache and path.is_file():

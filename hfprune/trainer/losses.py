@@ -120,3 +120,23 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         keep = mask.to(s.device).bool().reshape(-1)
         s, t = s[keep], t[keep]
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def top_k_distillation_loss(student_logits: torch.Tensor, top_logprobs: torch.Tensor, top_ids: torch.Tensor,
+                            tail: torch.Tensor, temperature: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`distillation_loss` from cached teacher outputs (hfprune extension, see
+    `hfprune.trainer.recovery.teacher_cache`): KL(teacher || student) over the teacher's top-k tokens plus one
+    bucket holding every other token, scaled by T², averaged over the kept positions. ``top_logprobs`` and
+    ``tail`` are the teacher's log-probabilities at ``temperature`` (normalised over the whole vocabulary). Equal
+    to `distillation_loss` when k is the vocabulary size, never larger otherwise."""
+    k, v = top_ids.shape[-1], student_logits.shape[-1]
+    s = F.log_softmax(student_logits.reshape(-1, v).float() / temperature, dim=-1)
+    t_top, ids, t_tail = top_logprobs.reshape(-1, k).float(), top_ids.reshape(-1, k), tail.reshape(-1).float()
+    if mask is not None:
+        keep = mask.to(s.device).bool().reshape(-1)
+        s, t_top, ids, t_tail = s[keep], t_top[keep], ids[keep], t_tail[keep]
+    kl = (t_top.exp() * (t_top - s.gather(-1, ids))).sum(-1)
+    if k < v:  # the bucket of the other tokens (empty, and its logsumexp's gradient NaN, when k covers the vocabulary)
+        s_tail = s.scatter(-1, ids, float("-inf")).logsumexp(-1)
+        kl = kl + t_tail.exp() * (t_tail - s_tail)
+    return kl.sum() / max(s.shape[0], 1) * temperature ** 2

@@ -94,6 +94,17 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
+def gather_objects(obj: T) -> list[T]:
+    """Every process's ``obj`` (picklable), in rank order, on every process; ``[obj]`` in one process. Used where
+    each process computed a share that all of them need (the teacher cache)."""
+    world = rank_world()[1]
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def wait_for_everyone() -> None:
     if rank_world()[1] > 1:
         dist.barrier()

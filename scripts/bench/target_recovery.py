@@ -4,6 +4,10 @@ of domain (held-out lee.cor, the movie reviews, Python's documentation) along th
 
     PYTHONPATH=.:scripts nice -n 5 python scripts/bench/target_recovery.py --models bench_out/ts_models/hfprune \\
         --data mixed --tokens 32768 --out bench_out/target_recovery.json
+
+``--teacher-top-k 0 64`` distils each model twice, with the live teacher and from its cached top-64 outputs
+(`RecoveryConfig.teacher_top_k`); ``s_per_1k_tokens`` leaves out the curve's evaluations and ``setup_s`` holds the
+cache's computation.
 """
 
 from __future__ import annotations
@@ -43,12 +47,15 @@ class Curve(T.TrainerCallback):
     def __init__(self, tok, args, out: dict, partial: dict) -> None:
         self.tok, self.args, self.points = tok, args, []
         self.out, self.partial = out, partial
+        self.seconds = 0.0  # time spent evaluating (left out of the training time)
 
     def on_step_end(self, args, state, control, model=None, **kw):
-        if state.global_step % self.args.curve_every_steps == 0:
+        if self.args.curve_every_steps and state.global_step % self.args.curve_every_steps == 0:
+            t = time.perf_counter()
             self.points.append({"tokens": int(state.num_input_tokens_seen),
                                 **evaluate(model, self.tok, self.args.curve_tokens, self.args.eval_seq_len)})
             save_json(self.args.out, {**self.out, "running": {**self.partial, "curve": self.points}})  # long runs
+            self.seconds += time.perf_counter() - t
 
 
 def main() -> None:
@@ -60,10 +67,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--kd-weight", type=float, default=1.0)
+    ap.add_argument("--teacher-top-k", type=int, nargs="+", default=[0],
+                    help="cache the teacher's top-k outputs before training (0: live teacher); one row per value")
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--eval-seq-len", type=int, default=512)
     ap.add_argument("--curve-tokens", type=int, default=1024)
-    ap.add_argument("--curve-every-steps", type=int, default=8)
+    ap.add_argument("--curve-every-steps", type=int, default=8, help="0: no curve")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench_out/target_recovery.json")
     args = ap.parse_args()
@@ -73,38 +82,42 @@ def main() -> None:
     out = {"device": device_line(), "args": vars(args), "dense": evaluate(teacher, tok, args.eval_tokens,
                                                                           args.eval_seq_len), "rows": []}
     user = pack_texts(tok, lee_texts("background"), args.seq_len)
-    for folder in args.models:
-        for data in args.data:
-            t = time.perf_counter()
-            rows = mixed_rows(teacher, user, SHARES[data], args.seq_len, args.tokens, seed=0) if SHARES[data] \
-                else user
-            gen_s = time.perf_counter() - t
-            model = load_pruned(folder, dtype=torch.float32)
-            before = evaluate(model, tok, args.eval_tokens, args.eval_seq_len)
-            curve = Curve(tok, args, out, {"model": folder, "data": data, "before": before})
-            targs = T.TrainingArguments(
-                output_dir=tempfile.mkdtemp(prefix="target-recovery-"), per_device_train_batch_size=args.batch_size,
-                learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=2, weight_decay=0.0, logging_steps=4,
-                save_strategy="no", report_to="none", disable_tqdm=True, seed=0, data_seed=0, use_cpu=True)
-            torch.manual_seed(0)
-            trainer = RecoveryTrainer(model=model, args=targs, teacher=teacher, pruned=folder, train_dataset=rows,
-                                      processing_class=tok, callbacks=[curve],
-                                      recovery=RecoveryConfig(max_tokens=args.tokens,
-                                                              distillation_weight=args.kd_weight))
-            t = time.perf_counter()
-            trainer.train()
-            train_s = time.perf_counter() - t
-            after = evaluate(trainer.model, tok, args.eval_tokens, args.eval_seq_len)
-            row = {"model": folder, "data": data, "generated_share": SHARES[data], "tokens": trainer.tokens_trained,
-                   "params": sum(p.numel() for p in trainer.model.parameters()), "before": before, "after": after,
-                   "x_dense_after": {k: round(v / out["dense"][k], 3) for k, v in after.items()},
-                   "train_s": round(train_s, 1), "s_per_1k_tokens": round(1000 * train_s / trainer.tokens_trained, 2),
-                   "generation_s": round(gen_s, 1), "curve": curve.points}
-            out["rows"].append(row)
-            print({k: row[k] for k in ("model", "data", "before", "after", "x_dense_after", "s_per_1k_tokens")},
-                  flush=True)
-            save_json(args.out, out)
-            del trainer, model
+    for folder, data, top_k in [(f, d, k) for f in args.models for d in args.data for k in args.teacher_top_k]:
+        t = time.perf_counter()
+        rows = mixed_rows(teacher, user, SHARES[data], args.seq_len, args.tokens, seed=0) if SHARES[data] \
+            else user
+        gen_s = time.perf_counter() - t
+        model = load_pruned(folder, dtype=torch.float32)
+        before = evaluate(model, tok, args.eval_tokens, args.eval_seq_len)
+        curve = Curve(tok, args, out, {"model": folder, "data": data, "teacher_top_k": top_k, "before": before})
+        targs = T.TrainingArguments(
+            output_dir=tempfile.mkdtemp(prefix="target-recovery-"), per_device_train_batch_size=args.batch_size,
+            learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=2, weight_decay=0.0, logging_steps=4,
+            save_strategy="no", report_to="none", disable_tqdm=True, seed=0, data_seed=0, use_cpu=True)
+        torch.manual_seed(0)
+        t = time.perf_counter()
+        trainer = RecoveryTrainer(model=model, args=targs, teacher=teacher, pruned=folder, train_dataset=rows,
+                                  processing_class=tok, callbacks=[curve],
+                                  recovery=RecoveryConfig(max_tokens=args.tokens, distillation_weight=args.kd_weight,
+                                                          teacher_top_k=top_k or None))
+        setup_s = time.perf_counter() - t
+        t = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t - curve.seconds
+        after = evaluate(trainer.model, tok, args.eval_tokens, args.eval_seq_len)
+        row = {"model": folder, "data": data, "generated_share": SHARES[data], "teacher_top_k": top_k or None,
+               "teacher_cache": trainer.recovery_info["teacher_cache"], "setup_s": round(setup_s, 1),
+               "tokens": trainer.tokens_trained,
+               "params": sum(p.numel() for p in trainer.model.parameters()), "before": before, "after": after,
+               "x_dense_after": {k: round(v / out["dense"][k], 3) for k, v in after.items()},
+               "train_s": round(train_s, 1), "s_per_1k_tokens": round(1000 * train_s / trainer.tokens_trained, 2),
+               "generation_s": round(gen_s, 1), "curve": curve.points}
+        out["rows"].append(row)
+        print({k: row[k] for k in ("model", "data", "teacher_top_k", "before", "after", "x_dense_after",
+                                   "s_per_1k_tokens", "setup_s")},
+              flush=True)
+        save_json(args.out, out)
+        del trainer, model
 
 
 if __name__ == "__main__":

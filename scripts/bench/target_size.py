@@ -48,7 +48,8 @@ def evaluate(model, tok, args) -> dict[str, float]:
 def config_for(method: str, args) -> PruningConfig:
     calibration = {"num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
                    "source": {"lee": "data", "generated": "generated", "mixed": "mixed"}[args.calibration]}
-    common = dict(criterion="wanda", calibration=calibration, seed=0)
+    round_to = args.round_to if args.round_to == "auto" else int(args.round_to)
+    common = dict(criterion="wanda", calibration=calibration, seed=0, round_to=round_to)
     if method == "hfprune":
         return PruningConfig(granularity=args.granularity, **common,
                              width_depth={"target_params": args.target, "search_refits": args.search_refits})
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--target", default="100M")
     ap.add_argument("--granularity", default="hidden+neurons+layers")
     ap.add_argument("--search-refits", type=int, default=4)
+    ap.add_argument("--round-to", default="auto", help="'auto' (the default grid) or an integer multiple")
     ap.add_argument("--calibration", choices=["lee", "generated", "mixed"], default="lee")
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--eval-seq-len", type=int, default=512)

@@ -376,9 +376,11 @@ def test_a_killed_recovery_run_resumes_from_its_checkpoints_beside_the_output(tm
 
 # --- distributed ----------------------------------------------------------------------------------------------------
 @pytest.mark.multiprocess
-def test_distillation_under_two_processes_equals_one(tmp_path):
+@pytest.mark.parametrize("top_k", [None, 20])
+def test_distillation_under_two_processes_equals_one(tmp_path, top_k):
     """DDP (gloo, 2 processes x 4 rows) and one process (8 rows) take the same steps on the same rows: the
-    distilled students agree within float tolerance; the teacher stays on each process, frozen."""
+    distilled students agree within float tolerance; the teacher stays on each process, frozen. With a teacher
+    cache, each process computes half of it and both hold all of it."""
     import os
     import subprocess
     import sys
@@ -391,12 +393,14 @@ def test_distillation_under_two_processes_equals_one(tmp_path):
     for cmd, out, b in (([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"], "two", "4"),
                         ([sys.executable], "one", "8")):
         (tmp_path / out).mkdir()
-        done = subprocess.run(cmd + [script, str(tmp_path / out), b], env=env, timeout=300, capture_output=True,
-                              text=True, cwd=root)
+        cache = {"HFPRUNE_CACHE": str(tmp_path / out / "cache")}  # each run computes its own cache
+        done = subprocess.run(cmd + [script, str(tmp_path / out), b] + ([str(top_k)] if top_k else []),
+                              env={**env, **cache}, timeout=300, capture_output=True, text=True, cwd=root)
         assert done.returncode == 0, done.stderr[-3000:]
     two, one = load_file(str(tmp_path / "two" / "student.safetensors")), load_file(str(tmp_path / "one" /
                                                                                          "student.safetensors"))
     assert int(two.pop("_steps")) == int(one.pop("_steps")) == 3
+    assert int(two.pop("_cached_rows")) == int(one.pop("_cached_rows")) == (8 if top_k else -1)
     start = pruned_pair()[1].model.state_dict()
     moved = 0
     for k in one:

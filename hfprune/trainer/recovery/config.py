@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ...config.groups import OptionGroup, option
+from ...errors import ConfigError
 from ...utils.rules import Rule, integer, is_int, number, optional
 
 PROJECTIONS_FILE = "hfprune_recovery.safetensors"
@@ -49,6 +50,7 @@ class RecoveryConfig(OptionGroup):
         "layer_map": optional(_INDICES),
         "lora_r": optional(integer(1, allowed="a positive rank (e.g. 16)")),
         "lora_alpha": integer(1), "lora_targets": optional(_SUFFIXES), "seed": integer(0),
+        "teacher_top_k": optional(integer(1, allowed="a positive number of tokens per position (e.g. 64)")),
     }
 
     max_tokens: int | None = option(None, "Training-token budget; converted to TrainingArguments.max_steps from the "
@@ -66,6 +68,11 @@ class RecoveryConfig(OptionGroup):
                          "seeded random orthonormal map of the teacher's states to the student's size).")
     teacher_dtype: TeacherDtype = option("auto", "Teacher precision: 'auto' (bfloat16 on CUDA devices that support it, "
                             "float32 elsewhere), 'float32', 'bfloat16' or 'float16'.")
+    teacher_top_k: int | None = option(None, "Cache the teacher's outputs once before training: its k most likely "
+                                       "tokens per position (and the rest as one bucket), reused at every step "
+                                       "and by later runs on the same rows (hfprune extension; exact when k "
+                                       "covers the vocabulary). Logit distillation only. None: the teacher runs "
+                                       "at every step.")
     lora_r: int | None = option(None, "LoRA rank (RecoveryTrainer only): train low-rank adapters instead of all "
                             "weights; merged into the weights before saving. None: full fine-tuning.")
     lora_alpha: int = option(16, "LoRA scaling numerator (peft's lora_alpha).")
@@ -73,6 +80,15 @@ class RecoveryConfig(OptionGroup):
     lora_targets: list[str] | None = option(None, "Module-name suffixes that get adapters (e.g. ['q_proj', "
                                         "'down_proj']); default every Linear layer except the output head.")
     seed: int = option(0, "Seed of the fixed projections and the learned projections' initialisation.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.teacher_top_k is not None and (self.distillation_weight == 0 or self.hidden_weight > 0
+                                               or self.attention_weight > 0):
+            raise ConfigError(f"RecoveryConfig.teacher_top_k={self.teacher_top_k} caches the teacher's logits, so it "
+                              "needs logit distillation only: distillation_weight above 0, hidden_weight and "
+                              "attention_weight 0 (intermediate states are too large to cache). Set "
+                              "teacher_top_k=None, or drop the intermediate terms.")
 
     @property
     def distills(self) -> bool:

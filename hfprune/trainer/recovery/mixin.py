@@ -20,6 +20,7 @@ from ...errors import ConfigError, TrainingError
 from .budget import steps_for_tokens, tokens_per_row
 from .config import PROJECTIONS_FILE, RecoveryConfig
 from .teacher import Distiller, check_teacher
+from .teacher_cache import TeacherCache
 
 
 class _Projections(TrainerCallback):
@@ -81,6 +82,10 @@ class RecoveryMixin:
             check_weights(teacher, "the teacher")  # a NaN teacher would train a NaN student, silently
             check_teacher(student, teacher, self.processing_class, teacher_tokenizer)
             self.distiller = Distiller(student, teacher, recovery, self.args.device)
+            if recovery.teacher_top_k is not None:
+                self.distiller.cache = TeacherCache.for_dataset(
+                    self.distiller.teacher, self.train_dataset, recovery.teacher_top_k, recovery.temperature,
+                    batch_size=self.args.per_device_eval_batch_size)
             if self.distiller.projections is not None:
                 self.add_callback(_Projections(self))
 

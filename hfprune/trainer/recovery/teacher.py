@@ -12,9 +12,10 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...structure import adapter_for
-from ..losses import distillation_loss
+from ..losses import distillation_loss, top_k_distillation_loss
 
 from .config import RecoveryConfig
+from .teacher_cache import TeacherCache
 
 
 # --- the teacher ---------------------------------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class Distiller:
         self.fixed: list[torch.Tensor] = []
         self.student_attn: OutputCapture | None = None
         self.teacher_attn: OutputCapture | None = None
+        self.cache: TeacherCache | None = None  # set by the trainer when RecoveryConfig.teacher_top_k is given
         if config.hidden_weight > 0 or config.attention_weight > 0:
             self._intermediate(student, device)
 
@@ -202,12 +204,16 @@ class Distiller:
         cfg = self.config
         mask = inputs.get("attention_mask")
         labels = inputs.get("labels")
+        keep = mask if mask is not None else (labels != -100 if labels is not None else None)
+        if keep is not None and tuple(keep.shape) != tuple(outputs.logits.shape[:-1]):
+            keep = None  # sequence-level logits (a classifier): every row counts
+        if self.cache is not None:  # logit distillation only (RecoveryConfig checks it): no teacher forward
+            top, ids, tail = self.cache.batch(inputs["input_ids"], mask)
+            kd = top_k_distillation_loss(outputs.logits, top, ids, tail, cfg.temperature, keep)
+            return {"kd": cfg.distillation_weight * kd}
         t_out, t_attn = self.teacher_forward(inputs)
         terms: dict[str, torch.Tensor] = {}
         if cfg.distillation_weight > 0:
-            keep = mask if mask is not None else (labels != -100 if labels is not None else None)
-            if keep is not None and tuple(keep.shape) != tuple(outputs.logits.shape[:-1]):
-                keep = None  # sequence-level logits (a classifier): every row counts
             terms["kd"] = cfg.distillation_weight * distillation_loss(outputs.logits, t_out.logits, cfg.temperature,
                                                                       keep)
         if cfg.hidden_weight > 0:

@@ -111,6 +111,7 @@ class RecoveryTrainer(EvaluationRecords, RecoveryMixin, Trainer):
             "teacher": getattr(getattr(teacher, "config", None), "_name_or_path", None) if teacher is not None else None,
             "seconds": round(self._seconds, 2),
             "seconds_per_1k_tokens": round(1000 * self._seconds / tokens, 4) if tokens else None,
+            "teacher_cache": self.distiller.cache.describe() if self.distiller and self.distiller.cache else None,
             "settings": {k: v for k, v in dataclasses.asdict(self.recovery).items() if v is not None},
             "evaluation": {k: dict(v) for k, v in self._evaluation.items()},
         }
