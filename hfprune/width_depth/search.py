@@ -110,8 +110,10 @@ def _fit(model: nn.Module, config: PruningConfig, base: Plan, target: int, mix: 
 
 
 def _key(plan: Plan) -> tuple:
-    """Candidates that differ only by float noise in a fraction are the same architecture."""
-    return plan.layers, plan.hidden, round(plan.neurons, 4), plan.heads, plan.params
+    """The architecture a candidate builds: blocks, residual width, heads and parameter count (which fixes the FFN
+    width given the rest). Fractions are not compared: two that round to the same width on the grid (e.g. 3e-5
+    and 6e-5 of 1,536 neurons in steps of 128: none removed) are one candidate, screened once."""
+    return plan.layers, plan.hidden, plan.heads, plan.params
 
 
 def _head_fractions(model: nn.Module, config: PruningConfig) -> list[float]:

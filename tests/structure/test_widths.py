@@ -86,3 +86,17 @@ def test_target_search_tolerance_is_one_ffn_step_on_a_coarse_grid():
     exact = tolerance(model, PruningConfig(granularity="hidden+neurons", round_to=1,
                                            width_depth={"target_params": target}), target)
     assert exact == 0.01
+
+
+def test_target_search_screens_each_architecture_once():
+    """Width mixes whose neuron fractions differ but round to the same FFN width on the grid are one candidate."""
+    from hfprune.width_depth.search import candidates
+
+    model = wide_llama()
+    before = sum(p.numel() for p in model.parameters())
+    for target in (int(before * f) for f in (0.5, 0.7, 0.9)):  # at 0.5 two mixes both keep FFN 1,024
+        cfg = PruningConfig(criterion="wanda", granularity="hidden+neurons+layers",
+                            width_depth={"target_params": target})
+        found = candidates(model, cfg, target)
+        shapes = [(c.layers, c.hidden, c.heads, c.params) for c in found]
+        assert found and len(shapes) == len(set(shapes))
