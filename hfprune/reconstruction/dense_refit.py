@@ -22,7 +22,8 @@ Blocks are refit in order on cached block inputs (`hfprune.calibration.sequentia
 order, one stage per distinct input (q/k/v, then o_proj, then gate/up, then down_proj for Llama), so that each
 stage is fitted on inputs produced by the already refit stages before it. The dense model's layer inputs of one
 block are cached once (memory: calibration tokens x the sum of the block's distinct input widths); each stage's
-pruned pass stops after its last layer. Layers outside the blocks (the LM head, tied to the embedding on most
+pruned pass stops after its last layer. Blocks before the first change (the same weights, on the same stream)
+already give the reference output: they are passed through, not fitted. Layers outside the blocks (the LM head, tied to the embedding on most
 LLMs) are not refit. A layer whose fit is worse on the calibration statistics than its compacted weights keeps them.
 """
 
@@ -207,13 +208,22 @@ def refit_to_dense(dense: nn.Module, pruned: nn.Module, removed_blocks: list[int
     try:
         dcache = capture_block_inputs(dense, dblocks[0], batches)
         pcache = capture_block_inputs(pruned, pblocks[0], batches)
+        same = all(torch.equal(p[0], q[0]) for p, q in zip(pcache, dcache))  # the streams have not diverged yet
         d = 0
         for j, i in enumerate(tqdm(kept, desc="refitting to the reference model, block by block",
                                    disable=not progress, leave=False)):
             for k in range(d, i):  # the dense stream passes through the removed blocks
                 for entry in dcache:
                     _run(dblocks[k], entry, write=True)
+            same = same and i == d and _same_weights(dblocks[i], pblocks[j])
             layers = _tracked(pblocks[j])
+            if same:  # the block already gives the reference output on the reference input: nothing to fit
+                report.layers += [DenseFit(f"{prefix}.{j}.{n}", 0.0, 0.0) for n in layers]
+                for block, cache in ((dblocks[i], dcache), (pblocks[j], pcache)):
+                    for entry in cache:
+                        _run(block, entry, write=True)
+                d = i + 1
+                continue
             stages = _stages(pblocks[j], layers, pcache[0])
             dense_in = _dense_inputs(dblocks[i], stages, dcache)
             for s, names in enumerate(stages):
@@ -229,6 +239,12 @@ def refit_to_dense(dense: nn.Module, pruned: nn.Module, removed_blocks: list[int
         pruned.train(was[1])
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two blocks hold the same parameters (names, shapes and values)."""
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    return pa.keys() == pb.keys() and all(pa[k].shape == pb[k].shape and torch.equal(pa[k], pb[k]) for k in pa)
 
 
 def _refit_stage(report: DenseRefitReport, where: str, dblock: nn.Module, pblock: nn.Module,

@@ -123,6 +123,35 @@ def test_refit_reduces_the_error_to_the_dense_model(axes):
     assert errs["weights"] < errs["none"]
 
 
+def test_blocks_before_the_first_removed_one_are_passed_through(monkeypatch):
+    """Blocks before the first removed block hold the reference weights on the reference stream: they are not
+    fitted (no statistics), stay bitwise equal, and the report lists their layers with zero error; the blocks
+    after it are fitted."""
+    import copy
+
+    import hfprune.reconstruction.dense_refit as dr
+    from hfprune.structure.layers import track_origins
+    from hfprune.width_depth.blocks import remove_blocks
+
+    fitted: list[str] = []
+    real = dr._refit_stage
+    monkeypatch.setattr(dr, "_refit_stage", lambda report, where, *a, **k: (fitted.append(where),
+                                                                            real(report, where, *a, **k))[1])
+    dense = tiny("llama")
+    model = copy.deepcopy(dense)
+    x = calib("llama", 8)
+    with track_origins(model):
+        remove_blocks(model, [2])
+        report = dr.refit_to_dense(dense, model, [2], [{"input_ids": x[:4]}, {"input_ids": x[4:]}])
+    for j in (0, 1):
+        for (n, p), (_, q) in zip(model.model.layers[j].named_parameters(), dense.model.layers[j].named_parameters()):
+            assert torch.equal(p, q), (j, n)
+    assert sorted(set(fitted)) == ["model.layers.2"]  # the block after the removed one (index 2 once renumbered)
+    early = [f for f in report.layers if int(f.name.split(".")[2]) < 2]
+    assert len(early) == 14 and all(f.error_before == f.error_after == 0.0 for f in early)  # 7 linears x 2 blocks
+    assert any(f.error_after < f.error_before for f in report.layers if f.name.startswith("model.layers.2."))
+
+
 def test_refit_is_the_default_with_data_and_off_without():
     _, with_data, _ = _prune("llama", "hidden", "auto")
     assert with_data.config.reconstruction.method == "weights" and with_data.report.reconstruction["layers"]
