@@ -58,9 +58,33 @@ class Curve(T.TrainerCallback):
             self.seconds += time.perf_counter() - t
 
 
+def plot(results: str, png: str) -> None:
+    """The recovery curve of every row of a results file: perplexity on each set against training tokens."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(results) as f:
+        rows = json.load(f)["rows"]
+    fig, axes = plt.subplots(1, len(EVAL_SETS), figsize=(4 * len(EVAL_SETS), 3.2))
+    for ax, name in zip(axes, EVAL_SETS):
+        for r in rows:
+            label = r["data"] + (f", top-{r['teacher_top_k']}" if r.get("teacher_top_k") else "")
+            ax.plot([p["tokens"] for p in r["curve"]], [p[name] for p in r["curve"]], marker="o", label=label)
+        ax.set_title(f"{name} (first 1,024 tokens)")
+        ax.set_xlabel("training tokens")
+    axes[0].set_ylabel("perplexity")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", required=True, help="pruned folders (one row each)")
+    ap.add_argument("--models", nargs="+", default=[], help="pruned folders (one row each)")
     ap.add_argument("--data", nargs="+", choices=list(SHARES), default=["mixed"])
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -75,7 +99,11 @@ def main() -> None:
     ap.add_argument("--curve-every-steps", type=int, default=8, help="0: no curve")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench_out/target_recovery.json")
+    ap.add_argument("--plot", nargs=2, metavar=("RESULTS", "PNG"), help="only draw the curves of a results file")
     args = ap.parse_args()
+    if args.plot:
+        plot(*args.plot)
+        return
     set_threads(args.threads)
     teacher, tok = load_smollm2()
     teacher.eval()
