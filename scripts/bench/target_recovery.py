@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=[], help="pruned folders (one row each)")
     ap.add_argument("--data", nargs="+", choices=list(SHARES), default=["mixed"])
     ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--data-tokens", type=int, default=None,
+                    help="size of the training set in tokens (default --tokens: one pass); smaller: several epochs")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -112,8 +114,8 @@ def main() -> None:
     user = pack_texts(tok, lee_texts("background"), args.seq_len)
     for folder, data, top_k in [(f, d, k) for f in args.models for d in args.data for k in args.teacher_top_k]:
         t = time.perf_counter()
-        rows = mixed_rows(teacher, user, SHARES[data], args.seq_len, args.tokens, seed=0) if SHARES[data] \
-            else user
+        rows = mixed_rows(teacher, user, SHARES[data], args.seq_len, args.data_tokens or args.tokens, seed=0) \
+            if SHARES[data] else user
         gen_s = time.perf_counter() - t
         model = load_pruned(folder, dtype=torch.float32)
         before = evaluate(model, tok, args.eval_tokens, args.eval_seq_len)
