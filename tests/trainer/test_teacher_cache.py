@@ -83,6 +83,9 @@ def test_training_with_a_full_vocabulary_cache_equals_live_distillation(tmp_path
             info = trainer.recovery_info["teacher_cache"]
             distinct = len({tuple(r["input_ids"]) for r in rows()})  # repeated rows are cached once
             assert info["top_k"] == V and info["rows"] == distinct < 32 and not info["reused"]
+            trainer.save_model(str(tmp_path / "saved"))
+            card = (tmp_path / "saved" / "README.md").read_text()
+            assert f"its {V} most likely tokens per position" in card and "hfprune extension" in card
         else:
             assert calls[0] == 6 and trainer.recovery_info["teacher_cache"] is None
     moved = 0
