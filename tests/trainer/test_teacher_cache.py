@@ -90,7 +90,7 @@ def test_training_with_a_full_vocabulary_cache_equals_live_distillation(tmp_path
             assert calls[0] == 6 and trainer.recovery_info["teacher_cache"] is None
     moved = 0
     for name, w in students[None].items():
-        torch.testing.assert_close(students[V][name], w, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(students[V][name], w, rtol=1e-4, atol=1e-5, msg=name)
         moved += not torch.equal(w, pruned_pair()[1].model.state_dict()[name])
     assert moved > 0
 
