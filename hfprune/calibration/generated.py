@@ -112,19 +112,20 @@ def generated_token_ids(model: nn.Module, num_samples: int, seq_len: int, seed: 
         else:
             ids = _sample(model, num_samples, seq_len, seed)
             if cache:
-                _save(ids, path)
+                save_cache_file({"input_ids": ids}, path)
     return broadcast_object(ids)  # every process calibrates / trains on rank 0's tokens
 
 
-def _save(ids: torch.Tensor, path: Path) -> None:
-    """Whole or not at all: a crash leaves no half-written cache entry (nor a temporary file)."""
+def save_cache_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """One safetensors cache entry, whole or not at all: a crash leaves no half-written entry (nor a temporary
+    file). Shared by the generated tokens and the teacher cache."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
-        save_file({"input_ids": ids.contiguous()}, tmp)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -23,8 +23,9 @@ order, one stage per distinct input (q/k/v, then o_proj, then gate/up, then down
 stage is fitted on inputs produced by the already refit stages before it. The dense model's layer inputs of one
 block are cached once (memory: calibration tokens x the sum of the block's distinct input widths); each stage's
 pruned pass stops after its last layer. Blocks before the first change (the same weights, on the same stream)
-already give the reference output: they are passed through, not fitted. Layers outside the blocks (the LM head, tied to the embedding on most
-LLMs) are not refit. A layer whose fit is worse on the calibration statistics than its compacted weights keeps them.
+already give the reference output: they are passed through once, not fitted. Layers outside the blocks (the LM
+head, tied to the embedding on most LLMs) are not refit. A layer whose fit is worse on the calibration statistics
+than its compacted weights keeps them.
 """
 
 from __future__ import annotations
@@ -219,9 +220,9 @@ def refit_to_dense(dense: nn.Module, pruned: nn.Module, removed_blocks: list[int
             layers = _tracked(pblocks[j])
             if same:  # the block already gives the reference output on the reference input: nothing to fit
                 report.layers += [DenseFit(f"{prefix}.{j}.{n}", 0.0, 0.0) for n in layers]
-                for block, cache in ((dblocks[i], dcache), (pblocks[j], pcache)):
-                    for entry in cache:
-                        _run(block, entry, write=True)
+                for p_entry, d_entry in zip(pcache, dcache):  # one forward serves both streams (`_run` replaces
+                    _run(pblocks[j], p_entry, write=True)        # the hidden state, never writes into it)
+                    d_entry[0] = p_entry[0]
                 d = i + 1
                 continue
             stages = _stages(pblocks[j], layers, pcache[0])

@@ -13,6 +13,7 @@ cache's computation.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -106,13 +107,15 @@ def main() -> None:
     if args.plot:
         plot(*args.plot)
         return
+    if not args.models:
+        ap.error("--models is required (pruned folders), unless --plot is given")
     set_threads(args.threads)
     teacher, tok = load_smollm2()
     teacher.eval()
     out = {"device": device_line(), "args": vars(args), "dense": evaluate(teacher, tok, args.eval_tokens,
                                                                           args.eval_seq_len), "rows": []}
     user = pack_texts(tok, lee_texts("background"), args.seq_len)
-    for folder, data, top_k in [(f, d, k) for f in args.models for d in args.data for k in args.teacher_top_k]:
+    for folder, data, top_k in itertools.product(args.models, args.data, args.teacher_top_k):
         t = time.perf_counter()
         rows = mixed_rows(teacher, user, SHARES[data], args.seq_len, args.data_tokens or args.tokens, seed=0) \
             if SHARES[data] else user

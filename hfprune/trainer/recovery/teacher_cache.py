@@ -22,15 +22,14 @@ and gets an error naming the option.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ...calibration.generated import cache_dir, fingerprint
+from ...calibration.generated import cache_dir, fingerprint, save_cache_file
 from ...errors import ConfigError, TrainingError
 from ...utils.distributed import broadcast_object, gather_objects, is_main_process, rank_world
 
@@ -94,7 +93,9 @@ class TeacherCache:
                 batch_size: int = 8) -> "TeacherCache":
         """Run ``teacher`` on ``rows`` (rows of equal length batched together) and keep the top-k per token."""
         device = next(teacher.parameters()).device
-        out: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        top_lp: list[Any] = [None] * len(rows)
+        top_ids: list[Any] = [None] * len(rows)
+        tails: list[Any] = [None] * len(rows)
         by_length: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             by_length.setdefault(len(r), []).append(i)
@@ -108,13 +109,11 @@ class TeacherCache:
                                       f"{type(teacher).__name__} gives logits of shape {tuple(logits.shape)}. Set "
                                       "teacher_top_k=None.")
                 lp = torch.log_softmax(logits.float() / temperature, dim=-1)
-                top, top_ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
-                tail = lp.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
+                top, top_i = lp.topk(min(k, lp.shape[-1]), dim=-1)
+                tail = lp.scatter(-1, top_i, float("-inf")).logsumexp(-1)
                 for j, i in enumerate(part):
-                    out[i] = (top[j].cpu(), top_ids[j].to(torch.int32).cpu(), tail[j].cpu())
-        order = range(len(rows))
-        return cls([row_key(rows[i]) for i in order], [out[i][0] for i in order], [out[i][1] for i in order],
-                   [out[i][2] for i in order], k, temperature)
+                    top_lp[i], top_ids[i], tails[i] = top[j].cpu(), top_i[j].to(torch.int32).cpu(), tail[j].cpu()
+        return cls([row_key(r) for r in rows], top_lp, top_ids, tails, k, temperature)
 
     @classmethod
     def for_dataset(cls, teacher: nn.Module, dataset: Any, k: int, temperature: float, batch_size: int = 8,
@@ -133,10 +132,11 @@ class TeacherCache:
                               "teacher_top_k, train on fewer tokens, or set teacher_top_k=None (live teacher).")
         digest = hashlib.sha256(b"".join(row_key(r) for r in rows)).hexdigest()[:16]
         dtype = str(next(teacher.parameters()).dtype)
-        path = cache_dir("teacher") / f"{fingerprint(teacher, 'teacher-top-k', k, temperature, digest, dtype)}.safetensors"
+        key = fingerprint(teacher, "teacher-top-k", k, temperature, digest, dtype)
+        path = cache_dir("teacher") / f"{key}.safetensors"
         found = broadcast_object(use_disk and is_main_process() and path.is_file())
         if found:
-            cache = broadcast_object(cls.load(str(path)) if is_main_process() else None)
+            cache = broadcast_object(cls.load(path) if is_main_process() else None)
             cache.reused = True
         else:
             rank, world = rank_world()
@@ -144,7 +144,7 @@ class TeacherCache:
             parts = gather_objects(mine)
             cache = cls.merge(parts, k, temperature)
             if use_disk and is_main_process():
-                cache.save(str(path))
+                cache.save(path)
         cache.build_seconds = time.perf_counter() - t
         return cache
 
@@ -160,29 +160,19 @@ class TeacherCache:
         return cls(keys, lp, ids, tail, k, temperature)
 
     # --- disk ----------------------------------------------------------------------------------------------------
-    def save(self, path: str) -> None:
-        """One safetensors file, written whole or not at all."""
-        from safetensors.torch import save_file
-
-        lengths = torch.tensor([len(t) for t in self.tail], dtype=torch.int64)
+    def save(self, path: Path) -> None:
+        """One safetensors file (`save_cache_file`: written whole or not at all)."""
         tensors = {"keys": torch.tensor([list(k) for k in self.index], dtype=torch.uint8).reshape(-1, 16),
-                   "lengths": lengths, "top_logprobs": torch.cat(self.top_logprobs), "top_ids": torch.cat(self.top_ids),
+                   "lengths": torch.tensor([len(t) for t in self.tail], dtype=torch.int64),
+                   "top_logprobs": torch.cat(self.top_logprobs), "top_ids": torch.cat(self.top_ids),
                    "tail": torch.cat(self.tail)}
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"k": str(self.k), "temperature": repr(self.temperature)})
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        save_cache_file(tensors, path, metadata={"k": str(self.k), "temperature": repr(self.temperature)})
 
     @classmethod
-    def load(cls, path: str) -> "TeacherCache":
+    def load(cls, path: Path) -> "TeacherCache":
         from safetensors import safe_open
 
-        with safe_open(path, framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
             t = {name: f.get_tensor(name) for name in f.keys()}
         sizes = t["lengths"].tolist()
@@ -200,9 +190,10 @@ class TeacherCache:
         lp = torch.zeros(b, length, k)
         ids = torch.zeros(b, length, k, dtype=torch.long)
         tail = torch.zeros(b, length)
-        for r in range(b):
-            mask = attention_mask[r].bool().cpu() if attention_mask is not None else torch.ones(length, dtype=torch.bool)
-            i = self.index.get(row_key(input_ids[r].cpu()[mask]))
+        tokens = input_ids.cpu()
+        masks = attention_mask.bool().cpu() if attention_mask is not None else torch.ones(b, length, dtype=torch.bool)
+        for r, mask in enumerate(masks):
+            i = self.index.get(row_key(tokens[r][mask]))
             if i is None:
                 raise TrainingError("A training row is not in the teacher cache: its tokens differ from every row of "
                                     "train_dataset (a collator that changes input_ids, e.g. random masking, cannot "
